@@ -1,0 +1,141 @@
+//! The `ORDERS` stream: its name, subjects, message headers and the workers' durable consumers.
+//!
+//! Defined once here so that the event store (which publishes), the bootstrapper (which creates the
+//! stream and consumers) and the workers (which consume) cannot disagree.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The JetStream stream every order event is published to.
+pub const STREAM: &str = "ORDERS";
+/// Subjects of the stream: `ORDERS.<event_type>`.
+pub const SUBJECTS: &str = "ORDERS.*";
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a republished event.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Message headers set by the event store's outbox relay on every published event.
+pub mod headers {
+    /// JetStream's de-duplication header; always the event id.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    pub const EVENT_TYPE: &str = "Event-Type";
+    pub const AGGREGATE_ID: &str = "Aggregate-Id";
+    pub const AGGREGATE_TYPE: &str = "Aggregate-Type";
+    pub const AGGREGATE_VERSION: &str = "Aggregate-Version";
+    /// Event metadata is copied into headers under its own key (`traceparent`, `correlation_id`, ...).
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    pub const CORRELATION_ID: &str = "correlation_id";
+    pub const CAUSATION_ID: &str = "causation_id";
+}
+
+/// The subject an event of `event_type` is published on, in `stream`.
+pub fn subject(stream: &str, event_type: &str) -> String {
+    format!("{stream}.{event_type}")
+}
+
+/// The body of every message on the stream: the stored event, self-contained so that a message taken
+/// from a dead-letter place can be understood and replayed without the headers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub aggregate_id: String,
+    pub aggregate_type: String,
+    pub aggregate_version: i64,
+    pub stream: String,
+    pub event_data: serde_json::Value,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+}
+
+/// A durable pull consumer of one worker; every instance of the worker shares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// Durable name, also the worker's binary name.
+    pub durable: &'static str,
+    /// nats-server 2.9 takes one filter subject per consumer.
+    pub filter_subject: &'static str,
+    /// How long a delivered message may stay un-acked before it is delivered again.
+    pub ack_wait: Duration,
+    /// Upper bound of un-acked messages across all instances.
+    pub max_ack_pending: i64,
+}
+
+/// The workers' consumers. No `max_deliver`: workers dead-letter by delivery count themselves, because
+/// nats-server 2.9 can stall a consumer at `max_deliver`.
+pub const CONSUMERS: &[ConsumerSpec] = &[
+    ConsumerSpec {
+        durable: "paymentworker",
+        filter_subject: SUBJECTS,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 1000,
+    },
+    ConsumerSpec {
+        durable: "reviewworker",
+        filter_subject: "ORDERS.paymentdebited",
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 1000,
+    },
+    ConsumerSpec {
+        durable: "querymodelworker",
+        filter_subject: SUBJECTS,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 1000,
+    },
+];
+
+/// Looks up a consumer by its durable name.
+pub fn consumer(durable: &str) -> Option<&'static ConsumerSpec> {
+    CONSUMERS.iter().find(|spec| spec.durable == durable)
+}
+
+impl ConsumerSpec {
+    /// The JetStream configuration the bootstrapper creates and the workers bind to.
+    pub fn config(&self) -> async_nats::jetstream::consumer::pull::Config {
+        async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(self.durable.to_owned()),
+            filter_subject: self.filter_subject.to_owned(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_ack_pending: self.max_ack_pending,
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_survives_a_json_round_trip() {
+        let envelope = EventEnvelope {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "created".into(),
+            aggregate_id: "a1".into(),
+            aggregate_type: "order".into(),
+            aggregate_version: 1,
+            stream: STREAM.into(),
+            event_data: serde_json::json!({"order_id": "a1"}),
+            metadata: BTreeMap::from([("traceparent".to_owned(), "00-ab-cd-01".to_owned())]),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        let json = serde_json::to_vec(&envelope).expect("serialises");
+        let back: EventEnvelope = serde_json::from_slice(&json).expect("deserialises");
+        assert_eq!(back, envelope);
+    }
+
+    #[test]
+    fn every_worker_has_one_consumer_on_the_stream() {
+        for name in ["paymentworker", "reviewworker", "querymodelworker"] {
+            let spec = consumer(name).expect("defined");
+            assert!(spec.filter_subject.starts_with("ORDERS."));
+        }
+        assert_eq!(subject(STREAM, "created"), "ORDERS.created");
+    }
+}
