@@ -15,6 +15,17 @@ pub const SUBJECTS: &str = "ORDERS.*";
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a republished event.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// The stream where workers put messages they gave up on, one subject per worker
+/// (`DEADLETTERS.<worker>`), so an operator can list and replay them.
+pub const DEAD_LETTER_STREAM: &str = "DEADLETTERS";
+/// Subjects of the dead-letter stream.
+pub const DEAD_LETTER_SUBJECTS: &str = "DEADLETTERS.>";
+
+/// The dead-letter subject of a worker.
+pub fn dead_letter_subject(worker: &str) -> String {
+    format!("{DEAD_LETTER_STREAM}.{worker}")
+}
+
 /// Message headers set by the event store's outbox relay on every published event.
 pub mod headers {
     /// JetStream's de-duplication header; always the event id.
