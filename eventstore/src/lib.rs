@@ -1,1 +1,156 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod appender;
+mod config;
+mod error;
+mod grpc;
+mod model;
+mod relay;
+mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use eventstore_proto::event_store_server::EventStoreServer;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+pub use crate::error::StoreError;
+pub use crate::relay::publishable;
+
+use crate::appender::{Appender, CommitSignals};
+use crate::grpc::EventStoreService;
+use crate::model::Limits;
+use crate::relay::Relay;
+
+/// Largest gRPC message accepted: the event size limit plus room for the envelope, so an oversized
+/// event is refused by our validation with a clear message rather than by the transport.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long the whole stop may take once the shutdown signal arrived.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The event store, bound to its port and ready to run.
+pub struct App {
+    config: Config,
+    listener: TcpListener,
+    pool: PgPool,
+    nats: async_nats::Client,
+}
+
+impl App {
+    /// Binds the listener and prepares the connections. Neither the database nor NATS needs to be up:
+    /// appends answer UNAVAILABLE while the database is down and wait in the outbox while NATS is.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (EVENTSTORE_ADDR)", config.addr))?;
+        let pool = pipeline_runtime::db::lazy_pool(
+            &config.database_url,
+            config.db_connections,
+            config.timeout(),
+        )
+        .context("EVENTSTORE_DATABASE_URL")?;
+        let nats = pipeline_runtime::nats::connect_in_background(&config.nats_url, "eventstore")
+            .await
+            .context("NATS_URL")?;
+        Ok(Self {
+            config,
+            listener,
+            pool,
+            nats,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.addr)
+    }
+
+    /// Serves until `shutdown` resolves, then stops in order: no new requests, streaming reads end,
+    /// queued appends commit, the relay publishes what was committed, connections close.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            listener,
+            pool,
+            nats,
+        } = self;
+        let signals = CommitSignals {
+            outbox: Arc::new(Notify::new()),
+            commits: watch::channel(0).0,
+        };
+        let (appender, mut workers) = Appender::start(
+            pool.clone(),
+            usize::from(config.batch_workers),
+            usize::from(config.batch_size),
+            signals.clone(),
+        );
+
+        let stop_relay = CancellationToken::new();
+        let mut jetstream = async_nats::jetstream::new(nats.clone());
+        jetstream.set_timeout(config.timeout());
+        let relay = Relay {
+            pool: pool.clone(),
+            nats: nats.clone(),
+            jetstream,
+            wake: Arc::clone(&signals.outbox),
+            sweep_interval: config.sweep_interval(),
+            publish_timeout: config.timeout(),
+        };
+        let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<EventStoreServer<EventStoreService>>()
+            .await;
+        let stop_streams = CancellationToken::new();
+        let service = EventStoreService::new(
+            appender,
+            pool.clone(),
+            Limits {
+                max_event_bytes: config.max_event_bytes,
+            },
+            signals.commits.subscribe(),
+            stop_streams.clone(),
+        );
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(
+                EventStoreServer::new(service)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    shutdown.await;
+                    health
+                        .set_not_serving::<EventStoreServer<EventStoreService>>()
+                        .await;
+                    stop_streams.cancel();
+                },
+            );
+
+        let served = server.await.context("gRPC server failed");
+        let drained = tokio::time::timeout(GRACE, async {
+            // The service (and with it the last Appender) is gone: workers commit what is queued.
+            while workers.join_next().await.is_some() {}
+            stop_relay.cancel();
+            let _ = relay_task.await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown grace period over; unpublished events stay in the outbox");
+        }
+        pool.close().await;
+        served
+    }
+}

@@ -22,7 +22,11 @@ pub const MAX_ATTEMPTS: u32 = 10;
 
 /// Opens a pool that connects lazily and gives up on a connection after `acquire_timeout`, so a
 /// database that is down turns into an error quickly and the pool recovers when it returns.
-pub fn lazy_pool(url: &str, max_connections: u32, acquire_timeout: Duration) -> anyhow::Result<PgPool> {
+pub fn lazy_pool(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<PgPool> {
     let options = connect_options(url)?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
@@ -101,7 +105,11 @@ where
         match attempt().await {
             Err(err) if is_retryable(&err) && tries < MAX_ATTEMPTS => {
                 let delay = backoff(tries);
-                tracing::debug!(attempt = tries, ?delay, "serialization failure, retrying transaction");
+                tracing::debug!(
+                    attempt = tries,
+                    ?delay,
+                    "serialization failure, retrying transaction"
+                );
                 tokio::time::sleep(delay).await;
             }
             other => return other,

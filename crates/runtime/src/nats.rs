@@ -4,19 +4,28 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-/// Connects to the servers listed in `urls` (comma-separated, as in `NATS_URL`).
+/// Connects to the servers listed in `urls` (comma-separated, as in `NATS_URL`) and waits until the
+/// first connection is up, at most `connect_timeout`, so that a wrong URL fails start-up clearly.
 ///
-/// The first connection must succeed within `connect_timeout`; after that the client reconnects by
-/// itself, forever, with backoff, and buffers publishes while disconnected.
+/// After that the client reconnects by itself, forever, with backoff.
 pub async fn connect(
     urls: &str,
     name: &str,
     connect_timeout: Duration,
 ) -> anyhow::Result<async_nats::Client> {
+    let client = connect_in_background(urls, name).await?;
+    wait_connected(&client, connect_timeout)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {urls}"))?;
+    Ok(client)
+}
+
+/// Returns a client at once and connects in the background, retrying forever. For services that must
+/// keep working while NATS is down (the event store appends and publishes later).
+pub async fn connect_in_background(urls: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     let servers = parse_urls(urls)?;
-    let options = async_nats::ConnectOptions::new()
+    async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(connect_timeout)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(|event| async move {
@@ -25,21 +34,23 @@ pub async fn connect(
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 other => tracing::debug!(event = %other, "NATS client event"),
             }
-        });
-    // `retry_on_initial_connect` makes `connect` return at once; wait for the first connection so
-    // that a wrong URL fails start-up with a clear message instead of retrying silently.
-    let client = options
+        })
         .connect(servers.as_slice())
         .await
-        .with_context(|| format!("cannot connect to NATS at {urls}"))?;
-    let deadline = tokio::time::Instant::now() + connect_timeout;
+        .with_context(|| format!("cannot connect to NATS at {urls}"))
+}
+
+/// Waits until `client` is connected, at most `timeout`.
+pub async fn wait_connected(client: &async_nats::Client, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
     while client.connection_state() != async_nats::connection::State::Connected {
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("cannot connect to NATS at {urls}: no server answered within {connect_timeout:?}");
-        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no server answered within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(client)
+    Ok(())
 }
 
 /// Splits and checks a comma-separated list of NATS URLs.

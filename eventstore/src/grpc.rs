@@ -1,0 +1,263 @@
+//! The `EventStore` gRPC service.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use eventstore_proto as pb;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::appender::Appender;
+use crate::error::StoreError;
+use crate::model::{Limits, NewEvent, StoredEvent};
+use crate::store;
+
+/// Rows read per query by streaming reads.
+const PAGE: i64 = 500;
+/// `GetEvents` answers at most this many events; longer histories are read with `GetEventsStream`.
+const MAX_GET_EVENTS: i64 = 10_000;
+/// Following readers look for commits of other event store instances this often.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// A transaction's `created_at` is its start time, so an event can become visible after a later-stamped
+/// one. Following readers of every aggregate re-read this far back and skip what they already sent;
+/// append transactions are far shorter than this.
+const LOOKBACK: time::Duration = time::Duration::seconds(5);
+
+pub struct EventStoreService {
+    appender: Appender,
+    pool: PgPool,
+    limits: Limits,
+    commits: watch::Receiver<u64>,
+    stop: CancellationToken,
+}
+
+impl EventStoreService {
+    pub fn new(
+        appender: Appender,
+        pool: PgPool,
+        limits: Limits,
+        commits: watch::Receiver<u64>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            appender,
+            pool,
+            limits,
+            commits,
+            stop,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::event_store_server::EventStore for EventStoreService {
+    #[tracing::instrument(skip_all, fields(event.id, event.type, aggregate.id, aggregate.version))]
+    async fn create_event(
+        &self,
+        request: Request<pb::CreateEventRequest>,
+    ) -> Result<Response<pb::CreateEventResponse>, Status> {
+        let event = NewEvent::from_request(request.into_inner(), self.limits)?;
+        let span = tracing::Span::current();
+        span.record("event.id", tracing::field::display(event.event_id));
+        span.record("event.type", event.event_type.as_str());
+        span.record("aggregate.id", event.aggregate_id.as_str());
+        let appended = self.appender.append(event).await?;
+        span.record("aggregate.version", appended.version);
+        Ok(Response::new(pb::CreateEventResponse {
+            is_success: true,
+            error: String::new(),
+            aggregate_version: appended.version,
+            duplicate: appended.duplicate,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(event.id, aggregate.id))]
+    async fn get_events(
+        &self,
+        request: Request<pb::GetEventsRequest>,
+    ) -> Result<Response<pb::GetEventsResponse>, Status> {
+        let request = request.into_inner();
+        let events = if !request.event_id.is_empty() {
+            let event_id = parse_event_id(&request.event_id)?;
+            tracing::Span::current().record("event.id", tracing::field::display(event_id));
+            store::event_by_id(&self.pool, event_id)
+                .await
+                .map_err(StoreError::from_sql)?
+                .into_iter()
+                .filter(|e| {
+                    request.aggregate_id.is_empty() || e.aggregate_id == request.aggregate_id
+                })
+                .collect()
+        } else if !request.aggregate_id.is_empty() {
+            tracing::Span::current().record("aggregate.id", request.aggregate_id.as_str());
+            check_from_version(request.from_version)?;
+            let events = store::aggregate_events(
+                &self.pool,
+                &request.aggregate_id,
+                request.from_version.max(1),
+                MAX_GET_EVENTS + 1,
+            )
+            .await
+            .map_err(StoreError::from_sql)?;
+            if events.len() > usize::try_from(MAX_GET_EVENTS).unwrap_or(usize::MAX) {
+                return Err(Status::out_of_range(format!(
+                    "aggregate {} has more than {MAX_GET_EVENTS} events from version {}; read them with GetEventsStream",
+                    request.aggregate_id, request.from_version
+                )));
+            }
+            events
+        } else {
+            return Err(Status::invalid_argument(
+                "event_id or aggregate_id is required",
+            ));
+        };
+        Ok(Response::new(pb::GetEventsResponse {
+            events: events.into_iter().map(StoredEvent::into_proto).collect(),
+        }))
+    }
+
+    type GetEventsStreamStream = ReceiverStream<Result<pb::Event, Status>>;
+
+    #[tracing::instrument(skip_all, fields(aggregate.id = %request.get_ref().aggregate_id, follow = request.get_ref().follow))]
+    async fn get_events_stream(
+        &self,
+        request: Request<pb::GetEventsRequest>,
+    ) -> Result<Response<Self::GetEventsStreamStream>, Status> {
+        let request = request.into_inner();
+        if !request.event_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "GetEventsStream reads one aggregate (aggregate_id) or every event (no id); use GetEvents for one event",
+            ));
+        }
+        check_from_version(request.from_version)?;
+        if request.aggregate_id.is_empty() && request.from_version != 0 {
+            return Err(Status::invalid_argument(
+                "from_version needs an aggregate_id",
+            ));
+        }
+        let (sender, receiver) = mpsc::channel(64);
+        let errors = sender.clone();
+        let reader = StreamReader {
+            pool: self.pool.clone(),
+            commits: self.commits.clone(),
+            stop: self.stop.clone(),
+            sender,
+        };
+        tokio::spawn(async move {
+            let result = if request.aggregate_id.is_empty() {
+                reader.all(request.follow).await
+            } else {
+                reader
+                    .aggregate(
+                        &request.aggregate_id,
+                        request.from_version.max(1),
+                        request.follow,
+                    )
+                    .await
+            };
+            if let Err(Some(status)) = result {
+                let _ = errors.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+fn parse_event_id(id: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(id)
+        .map_err(|_| Status::invalid_argument(format!("event_id {id:?} is not a UUID")))
+}
+
+fn check_from_version(from_version: i64) -> Result<(), Status> {
+    if from_version < 0 {
+        return Err(Status::invalid_argument("from_version must be 0 or more"));
+    }
+    Ok(())
+}
+
+/// Feeds one streaming read. `Err(None)` means "stop quietly" (the client left, or shutdown).
+struct StreamReader {
+    pool: PgPool,
+    commits: watch::Receiver<u64>,
+    stop: CancellationToken,
+    sender: mpsc::Sender<Result<pb::Event, Status>>,
+}
+
+type StreamResult = Result<(), Option<Status>>;
+
+impl StreamReader {
+    async fn send(&self, event: StoredEvent) -> StreamResult {
+        self.sender
+            .send(Ok(event.into_proto()))
+            .await
+            .map_err(|_| None)
+    }
+
+    /// Waits until something may have been committed. False when the stream should end.
+    async fn wait_for_commit(&mut self) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            () = self.sender.closed() => false,
+            changed = self.commits.changed() => changed.is_ok(),
+            () = tokio::time::sleep(FOLLOW_POLL) => true,
+        }
+    }
+
+    async fn aggregate(
+        mut self,
+        aggregate_id: &str,
+        from_version: i64,
+        follow: bool,
+    ) -> StreamResult {
+        let mut next = from_version;
+        loop {
+            let page = store::aggregate_events(&self.pool, aggregate_id, next, PAGE)
+                .await
+                .map_err(|err| Some(Status::from(StoreError::from_sql(err))))?;
+            let full = page.len() >= usize::try_from(PAGE).unwrap_or(usize::MAX);
+            for event in page {
+                next = event.aggregate_version + 1;
+                self.send(event).await?;
+            }
+            if full {
+                continue;
+            }
+            if !follow || !self.wait_for_commit().await {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn all(mut self, follow: bool) -> StreamResult {
+        // Events already sent whose created_at is within LOOKBACK of the newest one sent.
+        let mut sent: HashMap<Uuid, OffsetDateTime> = HashMap::new();
+        let mut newest = OffsetDateTime::UNIX_EPOCH;
+        let mut from = (OffsetDateTime::UNIX_EPOCH, Uuid::nil());
+        loop {
+            let page = store::all_events_after(&self.pool, from, PAGE)
+                .await
+                .map_err(|err| Some(Status::from(StoreError::from_sql(err))))?;
+            let full = page.len() >= usize::try_from(PAGE).unwrap_or(usize::MAX);
+            for event in page {
+                from = (event.created_at, event.event_id);
+                newest = newest.max(event.created_at);
+                if sent.insert(event.event_id, event.created_at).is_none() {
+                    self.send(event).await?;
+                }
+            }
+            sent.retain(|_, at| *at >= newest - LOOKBACK);
+            if full {
+                continue;
+            }
+            if !follow || !self.wait_for_commit().await {
+                return Ok(());
+            }
+            from = (newest - LOOKBACK, Uuid::nil());
+        }
+    }
+}

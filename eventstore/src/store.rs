@@ -1,0 +1,410 @@
+//! SQL of the event store: the group-commit append transaction and the reads.
+//!
+//! Only SQL that CockroachDB and PostgreSQL both accept: `= ANY($1)`, multi-array `UNNEST`,
+//! `ON CONFLICT DO NOTHING`, `FOR UPDATE SKIP LOCKED`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::{PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::model::{Appended, NewEvent, StoredEvent};
+
+const EVENT_COLUMNS: &str = "event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
+     stream, event_data::TEXT AS event_data, metadata::TEXT AS metadata, created_at";
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    event_id: Uuid,
+    event_type: String,
+    aggregate_id: String,
+    aggregate_type: String,
+    aggregate_version: i64,
+    stream: String,
+    event_data: String,
+    metadata: String,
+    created_at: OffsetDateTime,
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = sqlx::Error;
+
+    fn try_from(row: EventRow) -> Result<Self, Self::Error> {
+        let decode = |err: serde_json::Error| sqlx::Error::Decode(Box::new(err));
+        Ok(StoredEvent {
+            event_id: row.event_id,
+            event_type: row.event_type,
+            aggregate_id: row.aggregate_id,
+            aggregate_type: row.aggregate_type,
+            aggregate_version: row.aggregate_version,
+            stream: row.stream,
+            event_data: serde_json::from_str(&row.event_data).map_err(decode)?,
+            metadata: serde_json::from_str::<BTreeMap<String, String>>(&row.metadata)
+                .map_err(decode)?,
+            created_at: row.created_at,
+        })
+    }
+}
+
+fn into_events(rows: Vec<EventRow>) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    rows.into_iter().map(StoredEvent::try_from).collect()
+}
+
+/// What the append transaction decided for one request of a batch.
+#[derive(Debug)]
+#[cfg_attr(test, derive(PartialEq))]
+pub enum Decision {
+    /// Insert at this version.
+    Insert { version: i64 },
+    /// Already stored (before this batch, or earlier in it): answer with this outcome.
+    Done(Result<Appended, StoreError>),
+}
+
+/// Decides every request of a batch, in order, against what the database holds: `existing` events
+/// with the batch's ids and the `current` version of each of its aggregates. Pure, so the rules of
+/// idempotency and optimistic concurrency are tested without a database.
+pub fn plan(
+    batch: &[NewEvent],
+    existing: &HashMap<Uuid, StoredEvent>,
+    current: &HashMap<String, i64>,
+) -> Vec<Decision> {
+    let mut versions = current.clone();
+    // Events inserted by this batch so far, to answer a repeat inside the same batch.
+    let mut planned: HashMap<Uuid, (usize, i64)> = HashMap::new();
+    let mut decisions = Vec::with_capacity(batch.len());
+    for (index, event) in batch.iter().enumerate() {
+        let decision = if let Some(stored) = existing.get(&event.event_id) {
+            Decision::Done(if event.same_event_as(stored) {
+                Ok(Appended {
+                    version: stored.aggregate_version,
+                    duplicate: true,
+                })
+            } else {
+                Err(StoreError::AlreadyExists(event.event_id))
+            })
+        } else if let Some(&(first, version)) = planned.get(&event.event_id) {
+            let first = &batch[first];
+            Decision::Done(
+                if first.event_type == event.event_type
+                    && first.aggregate_id == event.aggregate_id
+                    && first.aggregate_type == event.aggregate_type
+                    && first.stream == event.stream
+                    && first.event_data == event.event_data
+                {
+                    Ok(Appended {
+                        version,
+                        duplicate: true,
+                    })
+                } else {
+                    Err(StoreError::AlreadyExists(event.event_id))
+                },
+            )
+        } else {
+            let actual = versions.get(&event.aggregate_id).copied().unwrap_or(0);
+            if actual == event.expected_version {
+                let version = actual + 1;
+                versions.insert(event.aggregate_id.clone(), version);
+                planned.insert(event.event_id, (index, version));
+                Decision::Insert { version }
+            } else {
+                Decision::Done(Err(StoreError::VersionConflict {
+                    aggregate_id: event.aggregate_id.clone(),
+                    expected: event.expected_version,
+                    actual,
+                }))
+            }
+        };
+        decisions.push(decision);
+    }
+    decisions
+}
+
+/// One attempt at committing a batch. `Ok(None)` means a concurrent writer inserted a conflicting row
+/// between our reads and our insert: nothing was committed and the batch should be planned again.
+pub async fn try_append(
+    pool: &PgPool,
+    batch: &[NewEvent],
+) -> Result<Option<Vec<Result<Appended, StoreError>>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+    let mut aggregates: Vec<&str> = batch.iter().map(|e| e.aggregate_id.as_str()).collect();
+    aggregates.sort_unstable();
+    aggregates.dedup();
+
+    let existing: HashMap<Uuid, StoredEvent> = events_by_ids(&mut *tx, &ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id, e))
+        .collect();
+    let current: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT aggregate_id, MAX(aggregate_version) FROM events \
+         WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
+    )
+    .bind(&aggregates)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let decisions = plan(batch, &existing, &current);
+    let inserts: Vec<(&NewEvent, i64)> = batch
+        .iter()
+        .zip(&decisions)
+        .filter_map(|(event, decision)| match decision {
+            Decision::Insert { version } => Some((event, *version)),
+            Decision::Done(_) => None,
+        })
+        .collect();
+    if !inserts.is_empty() && insert(&mut tx, &inserts).await? < inserts.len() {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    tx.commit().await?;
+    Ok(Some(
+        decisions
+            .into_iter()
+            .map(|decision| match decision {
+                Decision::Insert { version } => Ok(Appended {
+                    version,
+                    duplicate: false,
+                }),
+                Decision::Done(outcome) => outcome,
+            })
+            .collect(),
+    ))
+}
+
+/// Inserts events and their outbox rows; returns how many events were new.
+async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[(&NewEvent, i64)],
+) -> Result<usize, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|(e, _)| e.event_id).collect();
+    let types: Vec<&str> = rows.iter().map(|(e, _)| e.event_type.as_str()).collect();
+    let aggregate_ids: Vec<&str> = rows.iter().map(|(e, _)| e.aggregate_id.as_str()).collect();
+    let aggregate_types: Vec<&str> = rows
+        .iter()
+        .map(|(e, _)| e.aggregate_type.as_str())
+        .collect();
+    let versions: Vec<i64> = rows.iter().map(|(_, v)| *v).collect();
+    let data: Vec<String> = rows.iter().map(|(e, _)| e.event_data.to_string()).collect();
+    let streams: Vec<&str> = rows.iter().map(|(e, _)| e.stream.as_str()).collect();
+    let metadata: Vec<String> = rows
+        .iter()
+        .map(|(e, _)| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
+        .collect();
+    // ON CONFLICT DO NOTHING covers both keys: the event id (a replay racing its original) and
+    // (aggregate_id, aggregate_version) (a writer racing us). Fewer rows back means a race was lost.
+    let inserted = sqlx::query(
+        "INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
+                             event_data, stream, metadata, created_at) \
+         SELECT t.id, t.ty, t.agg, t.agg_ty, t.ver, t.data::JSONB, t.stream, t.meta::JSONB, now() \
+         FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INT8[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) \
+              AS t(id, ty, agg, agg_ty, ver, data, stream, meta) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&aggregate_ids)
+    .bind(&aggregate_types)
+    .bind(&versions)
+    .bind(&data)
+    .bind(&streams)
+    .bind(&metadata)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    let inserted = usize::try_from(inserted).unwrap_or(usize::MAX);
+    if inserted < rows.len() {
+        return Ok(inserted);
+    }
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
+         SELECT t.id, t.agg, t.ver, now() FROM UNNEST($1::UUID[], $2::TEXT[], $3::INT8[]) AS t(id, agg, ver)",
+    )
+    .bind(&ids)
+    .bind(&aggregate_ids)
+    .bind(&versions)
+    .execute(&mut **tx)
+    .await?;
+    Ok(inserted)
+}
+
+/// The events with these ids (those that exist), in no particular order.
+pub async fn events_by_ids<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    ids: &[Uuid],
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    into_events(
+        sqlx::query_as::<_, EventRow>(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(executor)
+        .await?,
+    )
+}
+
+/// One event by id.
+pub async fn event_by_id(
+    pool: &PgPool,
+    event_id: Uuid,
+) -> Result<Option<StoredEvent>, sqlx::Error> {
+    sqlx::query_as::<_, EventRow>(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"
+    ))
+    .bind(event_id)
+    .fetch_optional(pool)
+    .await?
+    .map(StoredEvent::try_from)
+    .transpose()
+}
+
+/// Events of one aggregate with `aggregate_version >= from_version`, in version order, at most `limit`.
+pub async fn aggregate_events(
+    pool: &PgPool,
+    aggregate_id: &str,
+    from_version: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    into_events(
+        sqlx::query_as::<_, EventRow>(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND aggregate_version >= $2 \
+             ORDER BY aggregate_version LIMIT $3"
+        ))
+        .bind(aggregate_id)
+        .bind(from_version)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?,
+    )
+}
+
+/// Events of every aggregate after the position `(created_at, event_id)`, in that order, at most `limit`.
+pub async fn all_events_after(
+    pool: &PgPool,
+    after: (OffsetDateTime, Uuid),
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    into_events(
+        sqlx::query_as::<_, EventRow>(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE (created_at, event_id) > ($1, $2) \
+             ORDER BY created_at, event_id LIMIT $3"
+        ))
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl PartialEq for StoreError {
+        fn eq(&self, other: &Self) -> bool {
+            self.to_string() == other.to_string()
+        }
+    }
+
+    fn new_event(aggregate: &str, expected: i64) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "created".into(),
+            aggregate_id: aggregate.into(),
+            aggregate_type: "order".into(),
+            stream: "ORDERS".into(),
+            event_data: serde_json::json!({"n": expected}),
+            metadata: BTreeMap::new(),
+            expected_version: expected,
+        }
+    }
+
+    fn stored(event: &NewEvent, version: i64) -> StoredEvent {
+        StoredEvent {
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_version: version,
+            stream: event.stream.clone(),
+            event_data: event.event_data.clone(),
+            metadata: BTreeMap::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_new_aggregate_starts_at_version_one() {
+        let batch = [new_event("a", 0)];
+        assert_eq!(
+            plan(&batch, &HashMap::new(), &HashMap::new()),
+            [Decision::Insert { version: 1 }]
+        );
+    }
+
+    #[test]
+    fn appends_to_one_aggregate_in_one_batch_chain_their_versions() {
+        let batch = [new_event("a", 3), new_event("a", 4), new_event("a", 4)];
+        let current = HashMap::from([("a".to_owned(), 3)]);
+        let decisions = plan(&batch, &HashMap::new(), &current);
+        assert_eq!(decisions[0], Decision::Insert { version: 4 });
+        assert_eq!(decisions[1], Decision::Insert { version: 5 });
+        assert_eq!(
+            decisions[2],
+            Decision::Done(Err(StoreError::VersionConflict {
+                aggregate_id: "a".into(),
+                expected: 4,
+                actual: 5
+            }))
+        );
+    }
+
+    #[test]
+    fn a_stored_event_appended_again_answers_its_original_version() {
+        let event = new_event("a", 0);
+        let existing = HashMap::from([(event.event_id, stored(&event, 1))]);
+        let current = HashMap::from([("a".to_owned(), 7)]);
+        assert_eq!(
+            plan(&[event], &existing, &current),
+            [Decision::Done(Ok(Appended {
+                version: 1,
+                duplicate: true
+            }))]
+        );
+    }
+
+    #[test]
+    fn another_event_under_a_used_id_already_exists() {
+        let event = new_event("a", 0);
+        let mut other = new_event("a", 1);
+        other.event_id = event.event_id;
+        let existing = HashMap::from([(event.event_id, stored(&event, 1))]);
+        assert_eq!(
+            plan(&[other], &existing, &HashMap::new()),
+            [Decision::Done(Err(StoreError::AlreadyExists(
+                event.event_id
+            )))]
+        );
+    }
+
+    #[test]
+    fn the_same_event_twice_in_one_batch_is_inserted_once() {
+        let event = new_event("a", 0);
+        let decisions = plan(&[event.clone(), event], &HashMap::new(), &HashMap::new());
+        assert_eq!(
+            decisions,
+            [
+                Decision::Insert { version: 1 },
+                Decision::Done(Ok(Appended {
+                    version: 1,
+                    duplicate: true
+                }))
+            ]
+        );
+    }
+}
