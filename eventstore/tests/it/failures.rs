@@ -1,0 +1,111 @@
+//! A database that goes away, and the service's own lifecycle.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::harness::{Stack, append, event};
+
+#[tokio::test]
+async fn a_database_that_is_down_gives_unavailable_and_the_service_recovers_by_itself() {
+    let mut stack = Stack::start().await;
+    let instance = stack.instance().await;
+    let mut client = instance.client();
+    let aggregate = Uuid::new_v4().to_string();
+    append(&mut client, event(&aggregate, "created", json!({})), 0)
+        .await
+        .expect("append");
+
+    stack.postgres.stop().expect("PostgreSQL stops");
+    let pending = event(&aggregate, "approved", json!({}));
+    let status = append(&mut client, pending.clone(), 1)
+        .await
+        .expect_err("database is down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = client
+        .get_events(eventstore_proto::GetEventsRequest {
+            aggregate_id: aggregate.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("reads too");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    stack.postgres.start_again().expect("PostgreSQL restarts");
+    // The same service instance, no restart: retrying the same event succeeds once the pool reconnects.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        match append(&mut client, pending.clone(), 1).await {
+            Ok(response) => break response,
+            Err(status)
+                if status.code() == Code::Unavailable && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("did not recover: {status:?}"),
+        }
+    };
+    assert_eq!(response.aggregate_version, 2);
+}
+
+#[tokio::test]
+async fn the_health_service_reports_serving() {
+    let stack = Stack::start().await;
+    let instance = stack.instance().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", instance.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "eventstore.EventStore".into(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner();
+    assert_eq!(
+        answer.status,
+        i32::from(tonic_health::pb::health_check_response::ServingStatus::Serving)
+    );
+}
+
+#[tokio::test]
+async fn a_graceful_stop_ends_followed_streams_and_publishes_what_was_committed() {
+    let stack = Stack::start().await;
+    let instance = stack.instance().await;
+    let mut client = instance.client();
+    let mut follower = client
+        .get_events_stream(eventstore_proto::GetEventsRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    let aggregate = crate::harness::append_chain(&mut client, 5).await;
+    drop(client);
+    instance.stop().await;
+    // The follower saw the events and then the end of the stream, not a hang.
+    let mut seen = 0;
+    while let Ok(Some(item)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_stream::StreamExt::next(&mut follower),
+    )
+    .await
+    {
+        if item.is_ok() {
+            seen += 1;
+        }
+    }
+    assert!(seen <= 5);
+    stack.wait_for_stream_count(5, Duration::from_secs(5)).await;
+    assert_eq!(
+        stack.outbox_len().await,
+        0,
+        "nothing of {aggregate} left behind"
+    );
+}

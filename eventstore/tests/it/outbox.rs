@@ -1,0 +1,196 @@
+//! The outbox relay: every committed event reaches JetStream once, in aggregate order.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use pipeline_runtime::stream::{EventEnvelope, headers};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::harness::{Stack, append, append_chain, event};
+
+/// Event ids on the stream, counted by `Nats-Msg-Id`.
+fn msg_id_counts(
+    messages: &[async_nats::jetstream::message::StreamMessage],
+) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for message in messages {
+        let id = message
+            .headers
+            .get(headers::MSG_ID)
+            .expect("Nats-Msg-Id is set")
+            .to_string();
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Per aggregate, the versions in stream order must only go up.
+fn assert_aggregate_order(messages: &[async_nats::jetstream::message::StreamMessage]) {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for message in messages {
+        let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
+        let previous = last.insert(envelope.aggregate_id.clone(), envelope.aggregate_version);
+        assert!(
+            previous.is_none_or(|p| p < envelope.aggregate_version),
+            "aggregate {} published version {} after {previous:?}",
+            envelope.aggregate_id,
+            envelope.aggregate_version
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_committed_event_is_published_with_its_id_type_version_and_trace_headers() {
+    let stack = Stack::start().await;
+    let instance = stack.instance().await;
+    let mut client = instance.client();
+    let aggregate = Uuid::new_v4().to_string();
+    let sent = event(&aggregate, "created", json!({"order_id": aggregate}));
+    append(&mut client, sent.clone(), 0).await.expect("append");
+
+    stack
+        .wait_for_stream_count(1, Duration::from_secs(10))
+        .await;
+    let messages = stack.stream_messages().await;
+    let message = &messages[0];
+    assert_eq!(message.subject.as_str(), "ORDERS.created");
+    let header = |name: &str| message.headers.get(name).map(ToString::to_string);
+    assert_eq!(header(headers::MSG_ID), Some(sent.event_id.clone()));
+    assert_eq!(header(headers::EVENT_TYPE).as_deref(), Some("created"));
+    assert_eq!(header(headers::AGGREGATE_ID), Some(aggregate.clone()));
+    assert_eq!(header(headers::AGGREGATE_VERSION).as_deref(), Some("1"));
+    assert_eq!(
+        header(headers::TRACEPARENT),
+        sent.metadata.get("traceparent").cloned()
+    );
+    assert_eq!(header(headers::CORRELATION_ID), Some(aggregate.clone()));
+    let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
+    assert_eq!(envelope.event_id.to_string(), sent.event_id);
+    assert_eq!(envelope.event_data, json!({"order_id": aggregate}));
+
+    // Removed from the outbox only after the acknowledgement.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stack.outbox_len().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the outbox empties");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn appends_succeed_while_nats_is_down_and_each_reaches_the_stream_exactly_once_after() {
+    let mut stack = Stack::start().await;
+    let instance = stack.instance().await;
+    let mut client = instance.client();
+    let mut aggregates = Vec::new();
+    for _ in 0..5 {
+        aggregates.push(append_chain(&mut client, 4).await);
+    }
+    stack
+        .wait_for_stream_count(20, Duration::from_secs(10))
+        .await;
+
+    stack.nats.stop().expect("NATS stops");
+    for aggregate in &aggregates {
+        for version in 4..8 {
+            append(
+                &mut client,
+                event(aggregate, "paymentdebited", json!({"v": version})),
+                version,
+            )
+            .await
+            .expect("appends do not need NATS");
+        }
+    }
+    assert!(
+        stack.outbox_len().await >= 20,
+        "the events wait in the outbox"
+    );
+    stack.nats.start_again().expect("NATS restarts");
+
+    stack
+        .wait_for_stream_count(40, Duration::from_secs(30))
+        .await;
+    // Give a duplicate publish time to show up if there were one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let messages = stack.stream_messages().await;
+    let counts = msg_id_counts(&messages);
+    assert_eq!(messages.len(), 40, "no message twice");
+    assert_eq!(counts.len(), 40);
+    assert!(counts.values().all(|&n| n == 1));
+    assert_aggregate_order(&messages);
+    assert_eq!(stack.outbox_len().await, 0);
+}
+
+#[tokio::test]
+async fn an_event_committed_by_an_instance_that_crashed_before_publishing_is_published_by_the_next()
+{
+    let mut stack = Stack::start().await;
+    stack.nats.stop().expect("NATS stops");
+    let crashed = stack.instance().await;
+    let aggregate = append_chain(&mut crashed.client(), 3).await;
+    // The process dies between commit and publish.
+    crashed.crash();
+    stack.nats.start_again().expect("NATS restarts");
+
+    let _successor = stack.instance().await;
+    stack
+        .wait_for_stream_count(3, Duration::from_secs(15))
+        .await;
+    let messages = stack.stream_messages().await;
+    let versions: Vec<String> = messages
+        .iter()
+        .map(|m| {
+            m.headers
+                .get(headers::AGGREGATE_VERSION)
+                .expect("version")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(versions, ["1", "2", "3"]);
+    assert!(messages.iter().all(|m| {
+        m.headers
+            .get(headers::AGGREGATE_ID)
+            .map(ToString::to_string)
+            == Some(aggregate.clone())
+    }));
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_publish_every_event_once_in_aggregate_order() {
+    let stack = Stack::start().await;
+    let first = stack.instance().await;
+    let second = stack.instance().await;
+
+    // Ten aggregates, each written alternately through both instances, all at once.
+    let writers = (0..10).map(|_| {
+        let clients = [first.client(), second.client()];
+        tokio::spawn(async move {
+            let mut clients = clients;
+            let aggregate = Uuid::new_v4().to_string();
+            for version in 0..20 {
+                let client = &mut clients[usize::try_from(version % 2).expect("small")];
+                append(
+                    client,
+                    event(&aggregate, "paymentdebited", json!({"v": version})),
+                    version,
+                )
+                .await
+                .expect("append");
+            }
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.expect("writer");
+    }
+
+    stack
+        .wait_for_stream_count(200, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let messages = stack.stream_messages().await;
+    assert_eq!(messages.len(), 200, "every event once");
+    let ids: HashSet<_> = msg_id_counts(&messages).into_keys().collect();
+    assert_eq!(ids.len(), 200);
+    assert_aggregate_order(&messages);
+}
