@@ -1,1 +1,187 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+use std::fmt;
+
+use anyhow::Context as _;
+use pipeline_runtime::{db, nats};
+
+pub mod config;
+pub mod jetstream;
+pub mod sql;
+
+pub use config::Config;
+pub use jetstream::{
+    dead_letter_stream_config, ensure_consumers, ensure_stream, ensure_stream_config,
+    ensure_streams, orders_stream_config,
+};
+pub use sql::{Context, ensure_database, migrate};
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The thing did not exist and was created.
+    Created,
+    /// The thing existed with another configuration and was brought in line.
+    Updated,
+    /// This many migrations were applied (at least one).
+    Migrated(usize),
+    /// Nothing to do.
+    Unchanged,
+}
+
+impl Outcome {
+    /// The more significant of two outcomes, for a step made of several: any creation, else any
+    /// migration or update, else unchanged.
+    pub fn max(self, other: Outcome) -> Outcome {
+        fn rank(outcome: Outcome) -> u8 {
+            match outcome {
+                Outcome::Unchanged => 0,
+                Outcome::Updated | Outcome::Migrated(_) => 1,
+                Outcome::Created => 2,
+            }
+        }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Created => f.write_str("created"),
+            Outcome::Updated => f.write_str("updated"),
+            Outcome::Migrated(1) => f.write_str("1 migration applied"),
+            Outcome::Migrated(n) => write!(f, "{n} migrations applied"),
+            Outcome::Unchanged => f.write_str("unchanged"),
+        }
+    }
+}
+
+/// One thing the bootstrapper looked after, e.g. `database eventstoredb` or `stream ORDERS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.outcome)
+    }
+}
+
+/// Every step of a run, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub steps: Vec<Step>,
+}
+
+impl Report {
+    /// The outcome of the step called `name`, if it ran.
+    pub fn outcome(&self, name: &str) -> Option<Outcome> {
+        self.steps
+            .iter()
+            .find(|step| step.name == name)
+            .map(|step| step.outcome)
+    }
+
+    /// True if the run changed nothing: what a second run must report.
+    pub fn all_unchanged(&self) -> bool {
+        self.steps
+            .iter()
+            .all(|step| step.outcome == Outcome::Unchanged)
+    }
+}
+
+/// Does everything: databases, migrations, streams and consumers.
+pub async fn run(config: &Config) -> anyhow::Result<Report> {
+    run_with(config, |_| {}).await
+}
+
+/// [`run`], calling `on_step` as each step completes (the binary prints them as they happen).
+pub async fn run_with(config: &Config, mut on_step: impl FnMut(&Step)) -> anyhow::Result<Report> {
+    config.validate()?;
+    let mut report = Report::default();
+    let mut record = |name: String, outcome: Outcome| {
+        let step = Step { name, outcome };
+        on_step(&step);
+        report.steps.push(step);
+    };
+    let timeout = config.connect_timeout();
+
+    if !config.skip_sql {
+        let urls = [
+            (Context::EventStore, &config.eventstore_database_url),
+            (Context::Orders, &config.orders_database_url),
+            (Context::Payments, &config.payments_database_url),
+        ];
+        for (_, url) in urls {
+            let outcome = sql::ensure_database_within(url, timeout).await?;
+            record(format!("database {}", sql::database_name(url)?), outcome);
+        }
+        for (context, url) in urls {
+            let pool = db::lazy_pool(url, 1, timeout)?;
+            let outcome = migrate(context, &pool)
+                .await
+                .with_context(|| format!("at {}", db::redact(url)));
+            pool.close().await;
+            record(format!("migrations {context}"), outcome?);
+        }
+    }
+
+    if !config.skip_nats {
+        let js = connect_jetstream(&config.nats_url, timeout).await?;
+        for (name, outcome) in ensure_streams(&js, usize::from(config.replicas)).await? {
+            record(format!("stream {name}"), outcome);
+        }
+        for (name, outcome) in ensure_consumers(&js).await? {
+            record(format!("consumer {name}"), outcome);
+        }
+    }
+    Ok(report)
+}
+
+/// Connects to NATS and opens its JetStream API; the error names the servers, without passwords.
+pub async fn connect_jetstream(
+    urls: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<async_nats::jetstream::Context> {
+    let shown = config::redact_list(urls);
+    let client = nats::connect(urls, "bootstrapper", timeout)
+        .await
+        // The outer messages repeat the URLs as given, passwords included: keep only the cause.
+        .map_err(|err| {
+            let cause = err.root_cause().to_string().replace(urls, &shown);
+            anyhow::anyhow!("cannot reach NATS at {shown}: {cause}")
+        })?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_creation_outweighs_an_update() {
+        assert_eq!(Outcome::Updated.max(Outcome::Created), Outcome::Created);
+        assert_eq!(Outcome::Created.max(Outcome::Unchanged), Outcome::Created);
+        assert_eq!(Outcome::Unchanged.max(Outcome::Updated), Outcome::Updated);
+        assert_eq!(
+            Outcome::Unchanged.max(Outcome::Unchanged),
+            Outcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn steps_read_as_one_line() {
+        let step = Step {
+            name: "stream ORDERS".into(),
+            outcome: Outcome::Unchanged,
+        };
+        assert_eq!(step.to_string(), "stream ORDERS: unchanged");
+        assert_eq!(Outcome::Migrated(2).to_string(), "2 migrations applied");
+    }
+}

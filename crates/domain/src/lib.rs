@@ -1,1 +1,21 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod decide;
+mod events;
+mod ids;
+mod money;
+mod order;
+mod request;
+
+#[cfg(test)]
+mod tests;
+
+pub use decide::{INSUFFICIENT_FUNDS, Refusal};
+pub use events::{
+    AGGREGATE_TYPE, Approved, Cancelled, DecodeError, OrderCreated, OrderEvent, OrderItem,
+    PaymentDebited, PaymentFailed, PaymentRefunded, Rejected, event_type,
+};
+pub use ids::{caused_event_id, payment_id};
+pub use money::{Money, MoneyError};
+pub use order::{FoldError, Order, OrderStatus, UnknownStatus};
+pub use request::{FieldError, InvalidOrder, NewOrder, OrderRequest, limits};

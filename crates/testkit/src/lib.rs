@@ -1,1 +1,20 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod nats;
+mod postgres;
+mod support;
+
+pub use nats::NatsServer;
+pub use postgres::Postgres;
+pub use support::free_port;
+
+/// Sends `tracing` output to the test harness's captured output, filtered by `RUST_LOG` (default
+/// `info`). Safe to call from every test: only the first call installs the subscriber.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,176 @@
+//! What the bootstrapper works on, from flags or environment variables.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pipeline_runtime::{db, nats};
+
+/// Default of `EVENTSTORE_DATABASE_URL`.
+pub const DEFAULT_EVENTSTORE_DATABASE_URL: &str =
+    "postgresql://root@127.0.0.1:26257/eventstoredb?sslmode=disable";
+/// Default of `ORDERS_DATABASE_URL`.
+pub const DEFAULT_ORDERS_DATABASE_URL: &str =
+    "postgresql://root@127.0.0.1:26257/ordersdb?sslmode=disable";
+/// Default of `PAYMENTS_DATABASE_URL`.
+pub const DEFAULT_PAYMENTS_DATABASE_URL: &str =
+    "postgresql://root@127.0.0.1:26257/paymentsdb?sslmode=disable";
+/// Default of `NATS_URL`.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Creates the databases, runs the migrations and creates or updates the JetStream streams and
+/// durable consumers of the order pipeline. Running it again changes nothing.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "bootstrapper", version, about, long_about = None)]
+pub struct Config {
+    /// The event store's database, created if missing.
+    #[arg(long, env = "EVENTSTORE_DATABASE_URL", default_value = DEFAULT_EVENTSTORE_DATABASE_URL, hide_env_values = true)]
+    pub eventstore_database_url: String,
+
+    /// The read model's database (querymodelworker, ordersvc), created if missing.
+    #[arg(long, env = "ORDERS_DATABASE_URL", default_value = DEFAULT_ORDERS_DATABASE_URL, hide_env_values = true)]
+    pub orders_database_url: String,
+
+    /// paymentworker's database, created if missing.
+    #[arg(long, env = "PAYMENTS_DATABASE_URL", default_value = DEFAULT_PAYMENTS_DATABASE_URL, hide_env_values = true)]
+    pub payments_database_url: String,
+
+    /// NATS server(s) with JetStream, comma-separated for a cluster.
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL, hide_env_values = true)]
+    pub nats_url: String,
+
+    /// Replicas of the JetStream streams: 1 on one server, 3 on a three-node cluster.
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+
+    /// Seconds to wait for a database or NATS server to answer before giving up.
+    #[arg(long, env = "BOOTSTRAPPER_CONNECT_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub connect_timeout_secs: u64,
+
+    /// Leave the SQL databases alone.
+    #[arg(long)]
+    pub skip_sql: bool,
+
+    /// Leave NATS alone.
+    #[arg(long)]
+    pub skip_nats: bool,
+}
+
+impl Default for Config {
+    /// The same values as the command line without flags or environment variables.
+    fn default() -> Self {
+        Self {
+            eventstore_database_url: DEFAULT_EVENTSTORE_DATABASE_URL.to_owned(),
+            orders_database_url: DEFAULT_ORDERS_DATABASE_URL.to_owned(),
+            payments_database_url: DEFAULT_PAYMENTS_DATABASE_URL.to_owned(),
+            nats_url: DEFAULT_NATS_URL.to_owned(),
+            replicas: 1,
+            connect_timeout_secs: 5,
+            skip_sql: false,
+            skip_nats: false,
+        }
+    }
+}
+
+impl Config {
+    /// How long to wait for a server to answer.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Checks every value before anything is contacted; the error names the variable at fault and
+    /// never shows a password.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (variable, url) in [
+            ("EVENTSTORE_DATABASE_URL", &self.eventstore_database_url),
+            ("ORDERS_DATABASE_URL", &self.orders_database_url),
+            ("PAYMENTS_DATABASE_URL", &self.payments_database_url),
+        ] {
+            crate::sql::database_name(url).with_context(|| format!("{variable} is invalid"))?;
+        }
+        // Checked one by one so that the message shows the bad URL without its password.
+        for url in self
+            .nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+        {
+            url.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("NATS_URL is invalid: {}", redact_list(url)))?;
+        }
+        nats::parse_urls(&self.nats_url).context("NATS_URL is invalid")?;
+        anyhow::ensure!(
+            (1..=5).contains(&self.replicas),
+            "NATS_STREAM_REPLICAS must be between 1 and 5, not {}",
+            self.replicas
+        );
+        Ok(())
+    }
+}
+
+/// A comma-separated list of URLs with every password replaced by `***`.
+pub fn redact_list(urls: &str) -> String {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            if url.contains("://") {
+                db::redact(url)
+            } else {
+                // `host:port` or `user:pass@host:port` without a scheme: url cannot parse those.
+                match url.rsplit_once('@') {
+                    Some((_, host)) => format!("***@{host}"),
+                    None => url.to_owned(),
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_command_line_without_arguments() {
+        let parsed = Config::try_parse_from(["bootstrapper"]).expect("defaults parse");
+        let default = Config::default();
+        assert_eq!(
+            parsed.eventstore_database_url,
+            default.eventstore_database_url
+        );
+        assert_eq!(parsed.nats_url, default.nats_url);
+        assert_eq!(parsed.replicas, default.replicas);
+        default.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn more_than_five_replicas_are_refused() {
+        assert!(Config::try_parse_from(["bootstrapper", "--replicas", "6"]).is_err());
+        assert!(Config::try_parse_from(["bootstrapper", "--replicas", "0"]).is_err());
+    }
+
+    #[test]
+    fn a_bad_database_name_names_the_variable_without_the_password() {
+        let config = Config {
+            orders_database_url: "postgresql://app:secret@db:26257/orders-db".to_owned(),
+            ..Config::default()
+        };
+        let message = format!("{:#}", config.validate().expect_err("refused"));
+        assert!(message.contains("ORDERS_DATABASE_URL"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn nats_passwords_are_redacted_in_lists() {
+        let shown = redact_list("nats://u:pw@a:4222, b:4222,u:pw@c:4222");
+        assert_eq!(shown, "nats://u:***@a:4222,b:4222,***@c:4222");
+    }
+}

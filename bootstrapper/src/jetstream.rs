@@ -1,0 +1,254 @@
+//! The JetStream streams and the workers' durable consumers.
+//!
+//! nats-server fills in defaults for every field a request leaves out, so a stored configuration never
+//! equals the one we send: only the fields we set are compared.
+
+use anyhow::Context as _;
+use async_nats::jetstream::Context;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::consumer::{self, pull};
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use pipeline_runtime::stream::{
+    CONSUMERS, ConsumerSpec, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, DUPLICATE_WINDOW, STREAM,
+    SUBJECTS,
+};
+
+use crate::Outcome;
+
+/// The `ORDERS` stream: every event, on disk, kept (the event store stays the source of truth).
+pub fn orders_stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![SUBJECTS.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        // The outbox relay may publish an event again after a crash; JetStream drops the copy by its
+        // `Nats-Msg-Id` if it arrives within this window.
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: std::time::Duration::ZERO,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The `DEADLETTERS` stream: messages the workers gave up on, kept until an operator replays them.
+pub fn dead_letter_stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: DEAD_LETTER_STREAM.to_owned(),
+        subjects: vec![DEAD_LETTER_SUBJECTS.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: std::time::Duration::ZERO,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates both streams, `ORDERS` and `DEADLETTERS` (workers publish to the latter), and
+/// returns the most significant outcome: `Created` if one was created, else `Updated` if one was
+/// updated, else `Unchanged`. [`ensure_streams`] tells them apart.
+pub async fn ensure_stream(js: &Context, replicas: usize) -> anyhow::Result<Outcome> {
+    let outcomes = ensure_streams(js, replicas).await?;
+    Ok(outcomes
+        .into_iter()
+        .map(|(_, outcome)| outcome)
+        .fold(Outcome::Unchanged, Outcome::max))
+}
+
+/// Creates or updates `ORDERS` and `DEADLETTERS`, with the outcome of each, by stream name.
+pub async fn ensure_streams(
+    js: &Context,
+    replicas: usize,
+) -> anyhow::Result<Vec<(String, Outcome)>> {
+    anyhow::ensure!(
+        (1..=5).contains(&replicas),
+        "a stream has 1 to 5 replicas, not {replicas}"
+    );
+    let mut outcomes = Vec::new();
+    for desired in [
+        orders_stream_config(replicas),
+        dead_letter_stream_config(replicas),
+    ] {
+        let name = desired.name.clone();
+        let outcome = ensure_stream_config(js, desired).await?;
+        outcomes.push((name, outcome));
+    }
+    Ok(outcomes)
+}
+
+/// Creates the stream `desired.name` with `desired`, or updates the fields of `desired` that differ
+/// in the stored configuration (keeping any other field as it is).
+#[tracing::instrument(skip_all, fields(stream = %desired.name))]
+pub async fn ensure_stream_config(
+    js: &Context,
+    desired: stream::Config,
+) -> anyhow::Result<Outcome> {
+    let name = desired.name.clone();
+    let current = match js.get_stream(&name).await {
+        Ok(stream) => stream.cached_info().config.clone(),
+        Err(err) if stream_not_found(&err) => {
+            js.create_stream(desired)
+                .await
+                .with_context(|| format!("cannot create stream {name}"))?;
+            return Ok(Outcome::Created);
+        }
+        Err(err) => return Err(err).with_context(|| format!("cannot look up stream {name}")),
+    };
+    // nats-server refuses to change these; say which and how to proceed rather than pass its error on.
+    anyhow::ensure!(
+        current.storage == desired.storage,
+        "stream {name} has {:?} storage but {:?} is required, and storage cannot be changed: \
+         delete the stream (its messages can be republished from the event store) and run again",
+        current.storage,
+        desired.storage
+    );
+    anyhow::ensure!(
+        current.retention == desired.retention,
+        "stream {name} has {:?} retention but {:?} is required, and retention cannot be changed: \
+         delete the stream and run again",
+        current.retention,
+        desired.retention
+    );
+    if !stream_differs(&current, &desired) {
+        return Ok(Outcome::Unchanged);
+    }
+    let mut updated = current;
+    updated.subjects = desired.subjects;
+    updated.discard = desired.discard;
+    updated.max_age = desired.max_age;
+    updated.num_replicas = desired.num_replicas;
+    if !desired.duplicate_window.is_zero() {
+        updated.duplicate_window = desired.duplicate_window;
+    }
+    js.update_stream(&updated)
+        .await
+        .with_context(|| format!("cannot update stream {name}"))?;
+    Ok(Outcome::Updated)
+}
+
+/// True if a field that we set differs; a zero duplicate window means "the server's default".
+fn stream_differs(current: &stream::Config, desired: &stream::Config) -> bool {
+    current.subjects != desired.subjects
+        || current.discard != desired.discard
+        || current.max_age != desired.max_age
+        || current.num_replicas != desired.num_replicas
+        || (!desired.duplicate_window.is_zero()
+            && current.duplicate_window != desired.duplicate_window)
+}
+
+fn stream_not_found(err: &async_nats::jetstream::context::GetStreamError) -> bool {
+    matches!(err.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Creates every durable consumer of [`CONSUMERS`] on `ORDERS`, or updates it where the fields we set
+/// differ. The stream must exist.
+pub async fn ensure_consumers(js: &Context) -> anyhow::Result<Vec<(String, Outcome)>> {
+    let stream = js
+        .get_stream_no_info(STREAM)
+        .await
+        .with_context(|| format!("cannot open stream {STREAM}"))?;
+    let mut outcomes = Vec::with_capacity(CONSUMERS.len());
+    for spec in CONSUMERS {
+        let outcome = ensure_consumer(&stream, spec).await?;
+        outcomes.push((spec.durable.to_owned(), outcome));
+    }
+    Ok(outcomes)
+}
+
+#[tracing::instrument(skip_all, fields(consumer = spec.durable))]
+async fn ensure_consumer(
+    stream: &stream::Stream<()>,
+    spec: &ConsumerSpec,
+) -> anyhow::Result<Outcome> {
+    let desired = spec.config();
+    let outcome = match stream.consumer_info(spec.durable).await {
+        Ok(info) if !consumer_differs(&info.config, &desired) => return Ok(Outcome::Unchanged),
+        Ok(_) => Outcome::Updated,
+        Err(err) if matches!(err.kind(), ConsumerInfoErrorKind::NotFound) => Outcome::Created,
+        Err(err) => {
+            return Err(err)
+                .with_context(|| format!("cannot look up consumer {} on {STREAM}", spec.durable));
+        }
+    };
+    // One request serves both: creating a durable that exists updates it. `update_consumer` would send
+    // the 2.10 "update" action, which nats-server 2.9 ignores anyway. 2.9 cannot change a consumer's
+    // filter subject or deliver policy; its refusal is passed on.
+    let _: consumer::Consumer<pull::Config> =
+        stream.create_consumer(desired).await.with_context(|| {
+            let verb = if outcome == Outcome::Created {
+                "create"
+            } else {
+                "update"
+            };
+            format!("cannot {verb} consumer {} on {STREAM}", spec.durable)
+        })?;
+    Ok(outcome)
+}
+
+/// True if a field that [`ConsumerSpec::config`] sets differs.
+fn consumer_differs(current: &consumer::Config, desired: &pull::Config) -> bool {
+    current.durable_name != desired.durable_name
+        || current.filter_subject != desired.filter_subject
+        || current.ack_policy != desired.ack_policy
+        || current.ack_wait != desired.ack_wait
+        || current.max_ack_pending != desired.max_ack_pending
+        || current.deliver_policy != desired.deliver_policy
+        || current.deliver_subject.is_some()
+        // Workers dead-letter by delivery count themselves: the server must not stop redelivering
+        // (0 and -1 both mean "no limit").
+        || max_deliver_limited(current.max_deliver) != max_deliver_limited(desired.max_deliver)
+}
+
+fn max_deliver_limited(max_deliver: i64) -> Option<i64> {
+    (max_deliver > 0).then_some(max_deliver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_as_the_server_fills_it_in_is_unchanged() {
+        let desired = orders_stream_config(1);
+        let stored = stream::Config {
+            max_bytes: -1,
+            max_messages: -1,
+            max_consumers: -1,
+            max_messages_per_subject: -1,
+            ..desired.clone()
+        };
+        assert!(!stream_differs(&stored, &desired));
+        let shorter_window = stream::Config {
+            duplicate_window: std::time::Duration::from_secs(10),
+            ..stored
+        };
+        assert!(stream_differs(&shorter_window, &desired));
+    }
+
+    #[test]
+    fn the_dead_letter_stream_keeps_the_servers_duplicate_window() {
+        let desired = dead_letter_stream_config(1);
+        let stored = stream::Config {
+            duplicate_window: std::time::Duration::from_secs(120),
+            ..desired.clone()
+        };
+        assert!(!stream_differs(&stored, &desired));
+    }
+
+    #[test]
+    fn a_consumer_as_the_server_fills_it_in_is_unchanged() {
+        for spec in CONSUMERS {
+            let desired = spec.config();
+            let mut stored: consumer::Config =
+                consumer::IntoConsumerConfig::into_consumer_config(&desired);
+            stored.max_deliver = -1;
+            stored.max_waiting = 512;
+            assert!(!consumer_differs(&stored, &desired), "{}", spec.durable);
+            stored.max_deliver = 5;
+            assert!(consumer_differs(&stored, &desired), "{}", spec.durable);
+        }
+    }
+}

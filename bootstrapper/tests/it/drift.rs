@@ -1,0 +1,131 @@
+//! Configuration changed by hand between runs is put back, or refused with a clear message.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{self, StorageType};
+use bootstrapper::Outcome;
+use pipeline_runtime::stream::{DUPLICATE_WINDOW, STREAM};
+
+use crate::Servers;
+
+#[tokio::test]
+async fn a_duplicate_window_changed_by_hand_is_put_back() {
+    let servers = Servers::start();
+    let config = bootstrapper::Config {
+        skip_sql: true,
+        ..servers.config()
+    };
+    bootstrapper::run(&config)
+        .await
+        .expect("first run succeeds");
+
+    let js = servers.jetstream().await;
+    let mut changed = js
+        .get_stream(STREAM)
+        .await
+        .expect("ORDERS exists")
+        .cached_info()
+        .config
+        .clone();
+    changed.duplicate_window = Duration::from_secs(10);
+    js.update_stream(&changed).await.expect("changed by hand");
+
+    let report = bootstrapper::run(&config)
+        .await
+        .expect("second run succeeds");
+    assert_eq!(
+        report.outcome("stream ORDERS"),
+        Some(Outcome::Updated),
+        "{report:#?}"
+    );
+    assert_eq!(
+        report.outcome("stream DEADLETTERS"),
+        Some(Outcome::Unchanged)
+    );
+    let restored = js
+        .get_stream(STREAM)
+        .await
+        .expect("ORDERS exists")
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(restored.duplicate_window, DUPLICATE_WINDOW);
+
+    let third = bootstrapper::run(&config)
+        .await
+        .expect("third run succeeds");
+    assert!(third.all_unchanged(), "{third:#?}");
+}
+
+#[tokio::test]
+async fn a_consumer_changed_by_hand_is_put_back() {
+    let servers = Servers::start();
+    let config = bootstrapper::Config {
+        skip_sql: true,
+        ..servers.config()
+    };
+    bootstrapper::run(&config)
+        .await
+        .expect("first run succeeds");
+
+    let js = servers.jetstream().await;
+    let orders = js.get_stream(STREAM).await.expect("ORDERS exists");
+    let spec = pipeline_runtime::stream::consumer("reviewworker").expect("defined");
+    let mut changed = spec.config();
+    changed.ack_wait = Duration::from_secs(5);
+    changed.max_ack_pending = 7;
+    let _: async_nats::jetstream::consumer::PullConsumer = orders
+        .create_consumer(changed)
+        .await
+        .expect("changed by hand");
+
+    let report = bootstrapper::run(&config)
+        .await
+        .expect("second run succeeds");
+    assert_eq!(
+        report.outcome("consumer reviewworker"),
+        Some(Outcome::Updated),
+        "{report:#?}"
+    );
+    assert_eq!(
+        report.outcome("consumer paymentworker"),
+        Some(Outcome::Unchanged)
+    );
+    let info = orders
+        .consumer_info("reviewworker")
+        .await
+        .expect("consumer exists");
+    assert_eq!(info.config.ack_wait, spec.ack_wait);
+    assert_eq!(info.config.max_ack_pending, spec.max_ack_pending);
+}
+
+#[tokio::test]
+async fn a_stream_in_memory_is_refused_with_a_clear_message() {
+    let servers = Servers::start();
+    let js = servers.jetstream().await;
+    js.create_stream(stream::Config {
+        storage: StorageType::Memory,
+        ..bootstrapper::orders_stream_config(1)
+    })
+    .await
+    .expect("created by hand");
+
+    let err = bootstrapper::ensure_stream(&js, 1)
+        .await
+        .expect_err("storage cannot change");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("ORDERS") && message.contains("storage"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn consumers_on_a_missing_stream_are_an_error_not_a_panic() {
+    let servers = Servers::start();
+    let js = servers.jetstream().await;
+    let err = bootstrapper::ensure_consumers(&js)
+        .await
+        .expect_err("no stream yet");
+    assert!(format!("{err:#}").contains("ORDERS"), "{err:#}");
+}

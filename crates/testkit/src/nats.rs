@@ -1,0 +1,200 @@
+//! A throwaway nats-server with JetStream, run as a child process.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use tempfile::TempDir;
+
+use crate::support::{
+    PORT_ATTEMPTS, START_TIMEOUT, find_binary, free_port, port_accepts, process_alive, read_lossy,
+    tail, temp_folder, wait_until,
+};
+
+/// Where nats-server lives when PATH does not say (Debian installs it in /usr/sbin).
+const NATS_FOLDERS: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"];
+
+/// A throwaway nats-server with JetStream: `nats-server -js -a 127.0.0.1 -p <free> -sd <tmp>/store`
+/// as a child process, logging to `<tmp>/nats.log`. Killed and its folder removed on `Drop`.
+#[derive(Debug)]
+pub struct NatsServer {
+    dir: TempDir,
+    binary: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server. Blocks until the log says "Server is ready" and the port accepts TCP (at
+    /// most 30 s); the error carries the tail of the server log.
+    pub fn start() -> anyhow::Result<NatsServer> {
+        let began = Instant::now();
+        let folders: Vec<PathBuf> = NATS_FOLDERS.iter().map(PathBuf::from).collect();
+        let binary = find_binary("nats-server", &folders)?;
+        let dir = temp_folder("testkit-nats-", None)?;
+        let mut server = NatsServer {
+            dir,
+            binary,
+            port: 0,
+            child: None,
+        };
+        std::fs::create_dir(server.store_dir())
+            .with_context(|| format!("creating {}", server.store_dir().display()))?;
+
+        // Another process can take the port between free_port() and the server's bind.
+        for attempt in 1..=PORT_ATTEMPTS {
+            server.port = free_port();
+            let log_offset = server.log().len();
+            match server.launch() {
+                Ok(()) => {
+                    tracing::info!(
+                        port = server.port,
+                        dir = %server.dir.path().display(),
+                        elapsed_ms = began.elapsed().as_millis() as u64,
+                        "nats-server started"
+                    );
+                    return Ok(server);
+                }
+                Err(error) if attempt < PORT_ATTEMPTS && server.port_was_taken(log_offset) => {
+                    tracing::warn!(port = server.port, %error, "port taken, trying another");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        bail!("nats-server found no free port in {PORT_ATTEMPTS} attempts")
+    }
+
+    /// The client port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:{port}`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The temporary folder holding the store and the log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The JetStream store folder, which survives `stop` + `start_again`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Kills the server (SIGKILL, no goodbye to clients) and reaps it: NATS is down. Does nothing
+    /// when it is not running.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // kill fails only when the child already exited; wait reaps it either way.
+            let _ = child.kill();
+            child.wait().context("waiting for nats-server to exit")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port with the same store, so JetStream streams and
+    /// their messages are back. Does nothing when it is running.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let began = Instant::now();
+        self.launch()?;
+        tracing::info!(
+            port = self.port,
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "nats-server started again"
+        );
+        Ok(())
+    }
+
+    /// Whether the server process is alive.
+    pub fn is_running(&self) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|child| process_alive(child.id()))
+    }
+
+    /// The server log so far, for failure messages.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
+    /// Spawns the server on `self.port` and waits until it is ready; on failure the child is gone.
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let log_path = self.log_path();
+        let log_offset = self.log().len();
+        // The server writes its log with -l; stdout and stderr catch what comes before that.
+        let log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-sd")
+            .arg(self.store_dir())
+            .arg("-l")
+            .arg(&log_path)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(
+                log_file
+                    .try_clone()
+                    .context("sharing the nats-server log")?,
+            )
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("running {}", self.binary.display()))?;
+        self.child = Some(child);
+
+        let port = self.port;
+        let ready = wait_until(deadline, "nats-server to be ready", || {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait().context("checking on nats-server")?
+            {
+                bail!("nats-server exited early ({status})");
+            }
+            let log = read_lossy(&log_path);
+            let recent = log.get(log_offset..).unwrap_or_default();
+            Ok(recent.contains("Server is ready") && port_accepts(port))
+        });
+        if let Err(error) = ready {
+            let _ = self.stop();
+            let log = self.log();
+            let recent = log.get(log_offset..).unwrap_or(&log);
+            return Err(anyhow!(
+                "{error:#}\n--- tail of {} ---\n{}",
+                log_path.display(),
+                tail(recent, 30)
+            ));
+        }
+        Ok(())
+    }
+
+    fn port_was_taken(&self, log_offset: usize) -> bool {
+        self.log()
+            .get(log_offset..)
+            .is_some_and(|log| log.contains("address already in use"))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            tracing::warn!(%error, "stopping nats-server failed");
+        }
+        // The TempDir field removes the folder after this.
+    }
+}

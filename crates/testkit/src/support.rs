@@ -1,0 +1,214 @@
+//! Plumbing shared by the servers: finding binaries, waiting with a deadline, temporary folders that
+//! the `postgres` user can enter, and reading logs.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How long a server may take to accept connections before start-up gives up.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many fresh ports a first start tries when another process grabs the port in between.
+pub(crate) const PORT_ATTEMPTS: usize = 3;
+
+const INSTALL_HINT: &str = "install them with `apt-get install -y postgresql nats-server`";
+
+/// Binds 127.0.0.1:0, reads the port the kernel picked and releases it again.
+///
+/// Another process may take the port before the caller binds it; the servers retry with a new
+/// port when that happens.
+pub fn free_port() -> u16 {
+    // Binding port 0 on loopback only fails when the machine is out of ports; the caller then
+    // gets port 0, which makes the server's start fail with a clear log line.
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or(0)
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+pub(crate) fn port_accepts(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Polls `ready` every 50 ms until it says yes, fails, or `deadline` passes.
+pub(crate) fn wait_until(
+    deadline: Instant,
+    what: &str,
+    mut ready: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {START_TIMEOUT:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The file's contents as text, or an empty string when it does not exist (yet).
+pub(crate) fn read_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(mut file) => {
+            let _ = file.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// The last `lines` lines of `log`, for error messages.
+pub(crate) fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let tail = all[start..].join("\n");
+    if tail.is_empty() {
+        "(the log is empty)".to_owned()
+    } else {
+        tail
+    }
+}
+
+/// A command's stdout and stderr, for error messages.
+pub(crate) fn output_text(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    format!("{}{}", stdout.trim_end(), stderr.trim_end())
+}
+
+/// The effective user id of this process, read without `libc`: `/proc/self` belongs to it.
+pub(crate) fn effective_uid() -> anyhow::Result<u32> {
+    let meta =
+        std::fs::metadata("/proc/self").context("reading /proc/self to learn our user id")?;
+    Ok(meta.uid())
+}
+
+/// A system user the servers can run as.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct User {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// Looks `name` up in /etc/passwd.
+pub(crate) fn system_user(name: &str) -> anyhow::Result<User> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 4 && fields[0] == name {
+            let uid = fields[2]
+                .parse()
+                .with_context(|| format!("uid of {name} in /etc/passwd"))?;
+            let gid = fields[3]
+                .parse()
+                .with_context(|| format!("gid of {name} in /etc/passwd"))?;
+            return Ok(User { uid, gid });
+        }
+    }
+    bail!(
+        "there is no `{name}` user in /etc/passwd; {INSTALL_HINT} (the postgresql package creates it)"
+    )
+}
+
+/// A temporary folder named `prefix…`. When `owner` is given the folder is handed to that user, and
+/// it is created under a parent every user can traverse (falling back to /tmp), so a server that
+/// runs as another user can use it.
+pub(crate) fn temp_folder(prefix: &str, owner: Option<User>) -> anyhow::Result<tempfile::TempDir> {
+    let mut parent = std::env::temp_dir();
+    if owner.is_some() && !traversable_by_all(&parent) {
+        parent = PathBuf::from("/tmp");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
+    if let Some(user) = owner {
+        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))
+            .with_context(|| format!("handing {} to uid {}", dir.path().display(), user.uid))?;
+    }
+    Ok(dir)
+}
+
+fn traversable_by_all(dir: &Path) -> bool {
+    dir.ancestors()
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0))
+}
+
+/// Finds `name` on PATH, then in `fallbacks`; the error says what is missing and how to install it.
+pub(crate) fn find_binary(name: &str, fallbacks: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(fallbacks.iter().map(|dir| dir.join(name)))
+        .find(|candidate| is_executable(candidate))
+        .with_context(|| {
+            format!("`{name}` is neither on PATH nor in {fallbacks:?}; {INSTALL_HINT}")
+        })
+}
+
+pub(crate) fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// `/usr/lib/postgresql/*/bin`, highest version first.
+pub(crate) fn postgres_bin_folders() -> Vec<PathBuf> {
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let version = parse_version(&name)?;
+            Some((version, entry.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.is_dir())
+        .collect();
+    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.into_iter().map(|(_, bin)| bin).collect()
+}
+
+fn parse_version(name: &OsStr) -> Option<Vec<u32>> {
+    name.to_str()?
+        .split('.')
+        .map(|part| part.parse().ok())
+        .collect()
+}
+
+/// Whether process `pid` exists and is not a zombie waiting to be reaped.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Sends SIGKILL to `pid` through kill(1): the last resort of a `Drop`, so errors are ignored.
+pub(crate) fn kill_process(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}

@@ -1,0 +1,5 @@
+//! The test kit's own tests: the servers start, stop, come back with their data, and clean up.
+
+mod nats;
+mod postgres;
+mod support;
