@@ -75,10 +75,13 @@ fn a_run_prints_one_line_per_step_and_a_second_run_says_unchanged() {
     let env = [
         (
             "EVENTSTORE_DATABASE_URL",
-            servers.postgres.url("eventstoredb"),
+            servers.postgres().url("eventstoredb"),
         ),
-        ("ORDERS_DATABASE_URL", servers.postgres.url("ordersdb")),
-        ("PAYMENTS_DATABASE_URL", servers.postgres.url("paymentsdb")),
+        ("ORDERS_DATABASE_URL", servers.postgres().url("ordersdb")),
+        (
+            "PAYMENTS_DATABASE_URL",
+            servers.postgres().url("paymentsdb"),
+        ),
         ("NATS_URL", servers.nats.url()),
     ];
     let first = bootstrapper(&env, &[]);

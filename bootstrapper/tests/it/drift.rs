@@ -10,11 +10,8 @@ use crate::Servers;
 
 #[tokio::test]
 async fn a_duplicate_window_changed_by_hand_is_put_back() {
-    let servers = Servers::start();
-    let config = bootstrapper::Config {
-        skip_sql: true,
-        ..servers.config()
-    };
+    let servers = Servers::nats_only();
+    let config = servers.config();
     bootstrapper::run(&config)
         .await
         .expect("first run succeeds");
@@ -59,11 +56,8 @@ async fn a_duplicate_window_changed_by_hand_is_put_back() {
 
 #[tokio::test]
 async fn a_consumer_changed_by_hand_is_put_back() {
-    let servers = Servers::start();
-    let config = bootstrapper::Config {
-        skip_sql: true,
-        ..servers.config()
-    };
+    let servers = Servers::nats_only();
+    let config = servers.config();
     bootstrapper::run(&config)
         .await
         .expect("first run succeeds");
@@ -101,7 +95,7 @@ async fn a_consumer_changed_by_hand_is_put_back() {
 
 #[tokio::test]
 async fn a_stream_in_memory_is_refused_with_a_clear_message() {
-    let servers = Servers::start();
+    let servers = Servers::nats_only();
     let js = servers.jetstream().await;
     js.create_stream(stream::Config {
         storage: StorageType::Memory,
@@ -122,10 +116,14 @@ async fn a_stream_in_memory_is_refused_with_a_clear_message() {
 
 #[tokio::test]
 async fn consumers_on_a_missing_stream_are_an_error_not_a_panic() {
-    let servers = Servers::start();
+    let servers = Servers::nats_only();
     let js = servers.jetstream().await;
     let err = bootstrapper::ensure_consumers(&js)
         .await
         .expect_err("no stream yet");
-    assert!(format!("{err:#}").contains("ORDERS"), "{err:#}");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("ORDERS") && message.contains("not found"),
+        "{message}"
+    );
 }

@@ -133,7 +133,7 @@ async fn a_second_run_changes_nothing() {
 async fn databases_created_by_someone_else_are_only_migrated() {
     let servers = Servers::start();
     servers
-        .postgres
+        .postgres()
         .create_database("ordersdb")
         .await
         .expect("created by hand");

@@ -11,7 +11,7 @@ use testkit::{NatsServer, Postgres};
 
 /// A PostgreSQL and a nats-server for one test, stopped when it ends.
 struct Servers {
-    postgres: Postgres,
+    postgres: Option<Postgres>,
     nats: NatsServer,
 }
 
@@ -19,21 +19,40 @@ impl Servers {
     fn start() -> Servers {
         testkit::init_tracing();
         Servers {
-            postgres: Postgres::start().expect("PostgreSQL starts"),
+            postgres: Some(Postgres::start().expect("PostgreSQL starts")),
             nats: NatsServer::start().expect("nats-server starts"),
         }
     }
 
+    /// Only a nats-server, for tests of streams and consumers: the configuration skips SQL.
+    fn nats_only() -> Servers {
+        testkit::init_tracing();
+        Servers {
+            postgres: None,
+            nats: NatsServer::start().expect("nats-server starts"),
+        }
+    }
+
+    fn postgres(&self) -> &Postgres {
+        self.postgres
+            .as_ref()
+            .expect("this test started PostgreSQL")
+    }
+
     /// The bootstrapper's configuration for these servers.
     fn config(&self) -> Config {
-        Config {
-            eventstore_database_url: self.postgres.url("eventstoredb"),
-            orders_database_url: self.postgres.url("ordersdb"),
-            payments_database_url: self.postgres.url("paymentsdb"),
+        let mut config = Config {
             nats_url: self.nats.url(),
             connect_timeout_secs: 5,
+            skip_sql: self.postgres.is_none(),
             ..Config::default()
+        };
+        if let Some(postgres) = &self.postgres {
+            config.eventstore_database_url = postgres.url("eventstoredb");
+            config.orders_database_url = postgres.url("ordersdb");
+            config.payments_database_url = postgres.url("paymentsdb");
         }
+        config
     }
 
     async fn jetstream(&self) -> async_nats::jetstream::Context {
@@ -44,7 +63,7 @@ impl Servers {
     }
 
     async fn sql(&self, database: &str) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.postgres.url(database))
+        sqlx::PgPool::connect(&self.postgres().url(database))
             .await
             .expect("PostgreSQL connects")
     }
@@ -54,3 +73,4 @@ impl Servers {
 fn closed_port() -> u16 {
     testkit::free_port()
 }
+mod scratch;

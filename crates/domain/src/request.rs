@@ -66,7 +66,7 @@ impl fmt::Display for FieldError {
 }
 
 /// Every problem found in an order request (never empty). Displays as one sentence per field,
-/// e.g. `order_items[0].quantity must be between 1 and 1000; customer_id is required`.
+/// e.g. `order_items[0].quantity must be a whole number from 1 to 1000; customer_id is required`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct InvalidOrder {
     pub errors: Vec<FieldError>,

@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+pub mod consumer;
 pub mod db;
+pub mod deadletter;
+pub mod eventstore;
 pub mod nats;
 pub mod shutdown;
 pub mod stream;

@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
 use crate::support::{
-    PORT_ATTEMPTS, START_TIMEOUT, find_binary, free_port, port_accepts, process_alive, read_lossy,
+    PORT_ATTEMPTS, START_TIMEOUT, find_binary, pick_port, port_accepts, process_alive, read_lossy,
     tail, temp_folder, wait_until,
 };
 
@@ -45,7 +45,7 @@ impl NatsServer {
 
         // Another process can take the port between free_port() and the server's bind.
         for attempt in 1..=PORT_ATTEMPTS {
-            server.port = free_port();
+            server.port = pick_port()?;
             let log_offset = server.log().len();
             match server.launch() {
                 Ok(()) => {

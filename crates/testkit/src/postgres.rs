@@ -10,7 +10,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
 
 use crate::support::{
-    self, PORT_ATTEMPTS, START_TIMEOUT, User, effective_uid, find_binary, free_port, output_text,
+    self, PORT_ATTEMPTS, START_TIMEOUT, User, effective_uid, find_binary, output_text, pick_port,
     port_accepts, postgres_bin_folders, read_lossy, system_user, tail, temp_folder, wait_until,
 };
 
@@ -95,7 +95,7 @@ impl Postgres {
 
         // Another process can take the port between free_port() and the server's bind.
         for attempt in 1..=PORT_ATTEMPTS {
-            postgres.port = free_port();
+            postgres.port = pick_port()?;
             let log_offset = postgres.log_len();
             match postgres.launch() {
                 Ok(()) => {

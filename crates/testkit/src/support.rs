@@ -23,13 +23,23 @@ const INSTALL_HINT: &str = "install them with `apt-get install -y postgresql nat
 ///
 /// Another process may take the port before the caller binds it; the servers retry with a new
 /// port when that happens.
+///
+/// # Panics
+/// When the machine has no loopback port left, which no test can recover from.
 pub fn free_port() -> u16 {
-    // Binding port 0 on loopback only fails when the machine is out of ports; the caller then
-    // gets port 0, which makes the server's start fail with a clear log line.
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or(0)
+    match pick_port() {
+        Ok(port) => port,
+        Err(error) => panic!("{error:#}"),
+    }
+}
+
+pub(crate) fn pick_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("binding 127.0.0.1:0 to find a free port")?;
+    Ok(listener
+        .local_addr()
+        .context("reading the bound port")?
+        .port())
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
@@ -83,7 +93,11 @@ pub(crate) fn tail(log: &str, lines: usize) -> String {
 pub(crate) fn output_text(output: &Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    format!("{}{}", stdout.trim_end(), stderr.trim_end())
+    [stdout.trim(), stderr.trim()]
+        .into_iter()
+        .filter(|text| !text.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The effective user id of this process, read without `libc`: `/proc/self` belongs to it.

@@ -148,7 +148,6 @@ fn start_again_explains_itself_when_the_port_is_taken() {
 
     let error = nats.start_again().expect_err("the port is taken");
     let message = format!("{error:#}");
-    eprintln!("TEMP {message}");
     assert!(message.contains("address already in use"), "{message}");
     assert!(!nats.is_running());
 }

@@ -134,7 +134,6 @@ fn start_again_explains_itself_when_the_port_is_taken() {
 
     let error = pg.start_again().expect_err("the port is taken");
     let message = format!("{error:#}");
-    eprintln!("TEMP {message}");
     assert!(message.contains("Address already in use"), "{message}");
     assert!(!pg.is_running());
 }

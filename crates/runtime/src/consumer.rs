@@ -1,0 +1,318 @@
+//! The workers' JetStream consumer loop: ack after the effect committed, nak with a growing delay,
+//! dead letters after too many deliveries, graceful stop.
+//!
+//! A handler gets each message decoded as an [`EventEnvelope`] and answers:
+//! - `Ok(())`: its effect is committed (or was already there): the message is acked;
+//! - `Err(Failure::Retry)`: a transient failure: `nak` with a delay that grows with the delivery count,
+//!   and after `max_deliveries` deliveries the message goes to the dead letters;
+//! - `Err(Failure::DeadLetter)`: the message can never be handled: dead-lettered at once.
+//!
+//! A message that cannot be decoded is dead-lettered at once. Dead-lettering publishes the message to
+//! `DEADLETTERS.<worker>` (with the reason in headers) and then terminates it on its consumer. This is
+//! done here from the delivery count rather than with the server's `max_deliver`, which can stall a
+//! consumer on nats-server 2.9.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::deadletter;
+use crate::stream::{ConsumerSpec, EventEnvelope, STREAM};
+
+/// What a handler reports when it could not handle a message.
+#[derive(Debug)]
+pub enum Failure {
+    /// Try again later (database or event store down, a race lost).
+    Retry(anyhow::Error),
+    /// Never going to work (a message that breaks the rules): dead-letter it now.
+    DeadLetter(anyhow::Error),
+}
+
+impl Failure {
+    pub fn retry(err: impl Into<anyhow::Error>) -> Self {
+        Failure::Retry(err.into())
+    }
+
+    pub fn dead_letter(err: impl Into<anyhow::Error>) -> Self {
+        Failure::DeadLetter(err.into())
+    }
+}
+
+/// One delivered message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub envelope: EventEnvelope,
+    pub subject: String,
+    /// 1 on the first delivery.
+    pub delivered: i64,
+    pub headers: async_nats::HeaderMap,
+}
+
+/// How a worker consumes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Deliveries before a message that keeps failing is dead-lettered.
+    pub max_deliveries: i64,
+    /// Messages handled at the same time by this instance.
+    pub concurrency: usize,
+    /// Delay of the first `nak`; doubled on each delivery, up to `max_delay`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// How long a stop waits for messages in hand.
+    pub grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_deliveries: 5,
+            concurrency: 16,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Options {
+    /// The `nak` delay after the `delivered`-th delivery failed.
+    pub fn delay(&self, delivered: i64) -> Duration {
+        let exponent = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+        self.base_delay
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.max_delay)
+    }
+}
+
+/// Consumes `spec`'s durable consumer until `stop` is cancelled, then finishes the messages in hand.
+///
+/// Waits (retrying) for the stream and the consumer to exist, so a worker may start before NATS or
+/// the bootstrapper; the consumer is created with the shared definition if it is missing.
+pub async fn run<H, Fut>(
+    client: async_nats::Client,
+    spec: &ConsumerSpec,
+    options: Options,
+    handler: H,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    H: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send + 'static,
+{
+    let js = jetstream::new(client);
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut in_hand = JoinSet::new();
+    let mut attempt = 0u32;
+    'outer: while !stop.is_cancelled() {
+        let consumer = tokio::select! {
+            () = stop.cancelled() => break,
+            consumer = bind(&js, spec) => consumer,
+        };
+        let mut messages = match consumer {
+            Ok(consumer) => match consumer.messages().await {
+                Ok(messages) => messages,
+                Err(err) => {
+                    attempt += 1;
+                    warn_and_wait(
+                        attempt,
+                        &format!("cannot pull from consumer {}: {err}", spec.durable),
+                        &stop,
+                    )
+                    .await;
+                    continue;
+                }
+            },
+            Err(err) => {
+                attempt += 1;
+                warn_and_wait(attempt, &format!("{err:#}"), &stop).await;
+                continue;
+            }
+        };
+        attempt = 0;
+        tracing::info!(consumer = spec.durable, "consuming");
+        loop {
+            // Take a permit before pulling the next message, so at most `concurrency` are in hand.
+            let permit = tokio::select! {
+                () = stop.cancelled() => break 'outer,
+                permit = Arc::clone(&permits).acquire_owned() => permit.context("semaphore closed")?,
+            };
+            let next = tokio::select! {
+                () = stop.cancelled() => break 'outer,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let handler = handler.clone();
+                    let options = options.clone();
+                    let js = js.clone();
+                    let worker = spec.durable;
+                    in_hand.spawn(async move {
+                        process(&js, worker, &options, message, handler).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => {
+                    // Missed heartbeats and the like: the stream recovers by itself.
+                    tracing::debug!(error = %err, "pull consumer hiccup");
+                }
+                None => {
+                    tracing::warn!(
+                        consumer = spec.durable,
+                        "message stream ended, binding again"
+                    );
+                    break;
+                }
+            }
+            while in_hand.try_join_next().is_some() {}
+        }
+    }
+    // Finish what is in hand: its effects commit and its acks go out before we stop.
+    let finished = tokio::time::timeout(options.grace, async {
+        while in_hand.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            consumer = spec.durable,
+            "grace period over with messages in hand; they will be redelivered"
+        );
+    }
+    Ok(())
+}
+
+async fn bind(js: &jetstream::Context, spec: &ConsumerSpec) -> anyhow::Result<PullConsumer> {
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .with_context(|| format!("stream {STREAM} not available (has the bootstrapper run?)"))?;
+    stream
+        .get_or_create_consumer(spec.durable, spec.config())
+        .await
+        .with_context(|| format!("consumer {} not available", spec.durable))
+}
+
+async fn warn_and_wait(attempt: u32, message: &str, stop: &CancellationToken) {
+    if attempt == 1 || attempt.is_multiple_of(30) {
+        tracing::warn!(attempt, "{message}; retrying");
+    }
+    let delay = Duration::from_millis(200u64.saturating_mul(u64::from(attempt.min(10))));
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
+
+async fn process<H, Fut>(
+    js: &jetstream::Context,
+    worker: &str,
+    options: &Options,
+    message: jetstream::Message,
+    handler: H,
+) where
+    H: Fn(Delivery) -> Fut,
+    Fut: Future<Output = Result<(), Failure>>,
+{
+    let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+    let subject = message.subject.to_string();
+    let envelope = match serde_json::from_slice::<EventEnvelope>(&message.payload) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            let reason = format!("undecodable message: {err}");
+            give_up(js, worker, &message, delivered, &reason).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "consume",
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = worker,
+        event.id = %envelope.event_id,
+        event.type = %envelope.event_type,
+        aggregate.id = %envelope.aggregate_id,
+        aggregate.version = envelope.aggregate_version,
+        delivered,
+    );
+    let delivery = Delivery {
+        envelope,
+        subject,
+        delivered,
+        headers: message.headers.clone().unwrap_or_default(),
+    };
+    let outcome = tracing::Instrument::instrument(handler(delivery), span.clone()).await;
+    let _entered = span.enter();
+    match outcome {
+        Ok(()) => {
+            // Double ack: wait until the server took the ack, so a lost ack shows up here as a
+            // redelivery later, which the idempotent handler absorbs.
+            if let Err(err) = message.double_ack().await {
+                tracing::warn!(error = %err, "ack not confirmed; the message may be delivered again");
+            }
+        }
+        Err(Failure::Retry(err)) if delivered < options.max_deliveries => {
+            let delay = options.delay(delivered);
+            tracing::warn!(
+                error = format!("{err:#}"),
+                ?delay,
+                "handling failed; will retry"
+            );
+            if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %err, "nak failed; the message comes back after its ack wait");
+            }
+        }
+        Err(Failure::Retry(err)) => {
+            let reason = format!("gave up after {delivered} deliveries: {err:#}");
+            give_up(js, worker, &message, delivered, &reason).await;
+        }
+        Err(Failure::DeadLetter(err)) => {
+            give_up(js, worker, &message, delivered, &format!("{err:#}")).await;
+        }
+    }
+}
+
+async fn give_up(
+    js: &jetstream::Context,
+    worker: &str,
+    message: &jetstream::Message,
+    delivered: i64,
+    reason: &str,
+) {
+    tracing::error!(worker, subject = %message.subject, delivered, reason, "dead-lettering message");
+    match deadletter::publish(js, worker, message, delivered, reason).await {
+        Ok(()) => {
+            if let Err(err) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %err, "terminating a dead-lettered message failed; it may come back");
+            }
+        }
+        Err(err) => {
+            tracing::error!(
+                error = format!("{err:#}"),
+                "cannot dead-letter; will retry later"
+            );
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_delay_grows_and_is_capped() {
+        let options = Options::default();
+        assert_eq!(options.delay(1), Duration::from_millis(500));
+        assert_eq!(options.delay(2), Duration::from_secs(1));
+        assert_eq!(options.delay(3), Duration::from_secs(2));
+        assert_eq!(options.delay(100), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,219 @@
+//! A client of the event store for services: one long-lived gRPC channel, typed outcomes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use eventstore_proto as pb;
+use pb::event_store_client::EventStoreClient as Grpc;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use crate::stream::{EventEnvelope, STREAM};
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub aggregate_id: String,
+    pub aggregate_type: String,
+    pub data: serde_json::Value,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub version: i64,
+    /// The event was already stored (a retry); nothing new was appended.
+    pub duplicate: bool,
+}
+
+/// Why the event store refused or could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Optimistic concurrency: the aggregate moved on since it was read.
+    #[error("version conflict: {0}")]
+    Conflict(String),
+    /// Another event is stored under this event id.
+    #[error("event id already used: {0}")]
+    AlreadyExists(String),
+    /// The request was malformed (a bug on our side).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The event store or its database cannot answer now; retrying the same call is safe.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    #[error("event store error: {0}")]
+    Other(String),
+}
+
+impl ClientError {
+    /// True when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Unavailable(_))
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_owned();
+        match status.code() {
+            tonic::Code::FailedPrecondition | tonic::Code::Aborted => {
+                ClientError::Conflict(message)
+            }
+            tonic::Code::AlreadyExists => ClientError::AlreadyExists(message),
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ClientError::Invalid(message),
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Unknown => ClientError::Unavailable(message),
+            _ => ClientError::Other(format!("{:?}: {message}", status.code())),
+        }
+    }
+}
+
+/// The event store client every service shares: cheap to clone, one HTTP/2 connection underneath.
+#[derive(Clone)]
+pub struct EventStoreClient {
+    grpc: Grpc<Channel>,
+}
+
+impl EventStoreClient {
+    /// Prepares a channel to `url` (e.g. `http://127.0.0.1:50051`) that connects on first use and
+    /// reconnects by itself; calls fail with `Unavailable` after `timeout`.
+    pub fn connect_lazy(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("invalid event store URL {url:?}"))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        Ok(Self {
+            grpc: Grpc::new(endpoint.connect_lazy()),
+        })
+    }
+
+    /// The generated client, for streaming reads.
+    pub fn grpc(&self) -> Grpc<Channel> {
+        self.grpc.clone()
+    }
+
+    /// Appends `event` expecting the aggregate at `expected_version`.
+    #[tracing::instrument(skip_all, fields(event.id = %event.event_id, event.type = %event.event_type, aggregate.id = %event.aggregate_id, expected_version))]
+    pub async fn append(
+        &self,
+        event: NewEvent,
+        expected_version: i64,
+    ) -> Result<Appended, ClientError> {
+        let request = pb::CreateEventRequest {
+            event: Some(pb::Event {
+                event_id: event.event_id.to_string(),
+                event_type: event.event_type,
+                aggregate_id: event.aggregate_id,
+                aggregate_type: event.aggregate_type,
+                event_data: event.data.to_string(),
+                stream: STREAM.to_owned(),
+                metadata: event.metadata.into_iter().collect(),
+                ..Default::default()
+            }),
+            expected_version,
+        };
+        let response = self.grpc.clone().create_event(request).await?.into_inner();
+        Ok(Appended {
+            version: response.aggregate_version,
+            duplicate: response.duplicate,
+        })
+    }
+
+    /// Every event of one aggregate, in version order (empty when it has none).
+    pub async fn events(&self, aggregate_id: &str) -> Result<Vec<EventEnvelope>, ClientError> {
+        self.events_from(aggregate_id, 1).await
+    }
+
+    /// The events of one aggregate from `from_version` on, in version order.
+    pub async fn events_from(
+        &self,
+        aggregate_id: &str,
+        from_version: i64,
+    ) -> Result<Vec<EventEnvelope>, ClientError> {
+        let response = self
+            .grpc
+            .clone()
+            .get_events(pb::GetEventsRequest {
+                aggregate_id: aggregate_id.to_owned(),
+                from_version,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        response.events.into_iter().map(envelope).collect()
+    }
+
+    /// One event by id.
+    pub async fn event(&self, event_id: Uuid) -> Result<Option<EventEnvelope>, ClientError> {
+        let response = self
+            .grpc
+            .clone()
+            .get_events(pb::GetEventsRequest {
+                event_id: event_id.to_string(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        response.events.into_iter().next().map(envelope).transpose()
+    }
+}
+
+/// Converts an event read from the store into the envelope the rest of the pipeline uses.
+pub fn envelope(event: pb::Event) -> Result<EventEnvelope, ClientError> {
+    let bad = |what: &str| ClientError::Other(format!("the event store sent an event with {what}"));
+    let created_at = event
+        .created_at
+        .and_then(|t| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos),
+            )
+            .ok()
+        })
+        .ok_or_else(|| bad("no valid created_at"))?;
+    Ok(EventEnvelope {
+        event_id: Uuid::parse_str(&event.event_id).map_err(|_| bad("an invalid event_id"))?,
+        event_type: event.event_type,
+        aggregate_id: event.aggregate_id,
+        aggregate_type: event.aggregate_type,
+        aggregate_version: event.aggregate_version,
+        stream: event.stream,
+        event_data: serde_json::from_str(&event.event_data)
+            .map_err(|_| bad("event_data that is not JSON"))?,
+        metadata: event.metadata.into_iter().collect(),
+        created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_map_to_what_a_caller_can_do() {
+        assert!(matches!(
+            ClientError::from(tonic::Status::failed_precondition("x")),
+            ClientError::Conflict(_)
+        ));
+        assert!(matches!(
+            ClientError::from(tonic::Status::already_exists("x")),
+            ClientError::AlreadyExists(_)
+        ));
+        assert!(ClientError::from(tonic::Status::unavailable("x")).is_transient());
+        assert!(!ClientError::from(tonic::Status::invalid_argument("x")).is_transient());
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_at_start() {
+        assert!(EventStoreClient::connect_lazy("not a url", Duration::from_secs(1)).is_err());
+    }
+}
