@@ -87,17 +87,58 @@ pub async fn ensure_stream_config(
     desired: stream::Config,
 ) -> anyhow::Result<Outcome> {
     let name = desired.name.clone();
-    let current = match js.get_stream(&name).await {
-        Ok(stream) => stream.cached_info().config.clone(),
+    let (outcome, stored) = match js.get_stream(&name).await {
+        Ok(stream) => {
+            let info = stream.cached_info();
+            let current = info.config.clone();
+            check_immutable(&current, &desired)?;
+            // A standalone nats-server 2.9 refuses to create a stream with replicas but accepts
+            // the update, stores the count and keeps running one copy: refuse it here instead.
+            let clustered = info.cluster.as_ref().is_some_and(|c| c.name.is_some());
+            anyhow::ensure!(
+                desired.num_replicas <= 1 || clustered,
+                "stream {name} cannot have {} replicas: NATS is not running as a cluster",
+                desired.num_replicas
+            );
+            if stream_differences(&current, &desired).is_empty() {
+                return Ok(Outcome::Unchanged);
+            }
+            let mut updated = current;
+            updated.subjects = desired.subjects.clone();
+            updated.discard = desired.discard;
+            updated.max_age = desired.max_age;
+            updated.num_replicas = desired.num_replicas;
+            if !desired.duplicate_window.is_zero() {
+                updated.duplicate_window = desired.duplicate_window;
+            }
+            let info = js
+                .update_stream(&updated)
+                .await
+                .with_context(|| format!("cannot update stream {name}"))?;
+            (Outcome::Updated, info.config)
+        }
         Err(err) if stream_not_found(&err) => {
-            js.create_stream(desired)
+            let stream = js
+                .create_stream(desired.clone())
                 .await
                 .with_context(|| format!("cannot create stream {name}"))?;
-            return Ok(Outcome::Created);
+            (Outcome::Created, stream.cached_info().config.clone())
         }
         Err(err) => return Err(err).with_context(|| format!("cannot look up stream {name}")),
     };
-    // nats-server refuses to change these; say which and how to proceed rather than pass its error on.
+    // Should the server adjust a field we set, every later run would "update" it again: say so now.
+    let ignored = stream_differences(&stored, &desired);
+    anyhow::ensure!(
+        ignored.is_empty(),
+        "nats-server did not apply to stream {name}: {}",
+        ignored.join(", ")
+    );
+    Ok(outcome)
+}
+
+/// nats-server refuses to change these; say which and how to proceed rather than pass its error on.
+fn check_immutable(current: &stream::Config, desired: &stream::Config) -> anyhow::Result<()> {
+    let name = &desired.name;
     anyhow::ensure!(
         current.storage == desired.storage,
         "stream {name} has {:?} storage but {:?} is required, and storage cannot be changed: \
@@ -112,31 +153,46 @@ pub async fn ensure_stream_config(
         current.retention,
         desired.retention
     );
-    if !stream_differs(&current, &desired) {
-        return Ok(Outcome::Unchanged);
-    }
-    let mut updated = current;
-    updated.subjects = desired.subjects;
-    updated.discard = desired.discard;
-    updated.max_age = desired.max_age;
-    updated.num_replicas = desired.num_replicas;
-    if !desired.duplicate_window.is_zero() {
-        updated.duplicate_window = desired.duplicate_window;
-    }
-    js.update_stream(&updated)
-        .await
-        .with_context(|| format!("cannot update stream {name}"))?;
-    Ok(Outcome::Updated)
+    Ok(())
 }
 
-/// True if a field that we set differs; a zero duplicate window means "the server's default".
-fn stream_differs(current: &stream::Config, desired: &stream::Config) -> bool {
-    current.subjects != desired.subjects
-        || current.discard != desired.discard
-        || current.max_age != desired.max_age
-        || current.num_replicas != desired.num_replicas
-        || (!desired.duplicate_window.is_zero()
-            && current.duplicate_window != desired.duplicate_window)
+/// The fields we set that differ, as `field: stored -> wanted`; a zero duplicate window in `desired`
+/// means "the server's default".
+fn stream_differences(current: &stream::Config, desired: &stream::Config) -> Vec<String> {
+    let mut differences = Vec::new();
+    let mut compare = |field: &str, stored: String, wanted: String| {
+        if stored != wanted {
+            differences.push(format!("{field}: {stored} -> {wanted}"));
+        }
+    };
+    compare(
+        "subjects",
+        format!("{:?}", current.subjects),
+        format!("{:?}", desired.subjects),
+    );
+    compare(
+        "discard",
+        format!("{:?}", current.discard),
+        format!("{:?}", desired.discard),
+    );
+    compare(
+        "max_age",
+        format!("{:?}", current.max_age),
+        format!("{:?}", desired.max_age),
+    );
+    compare(
+        "num_replicas",
+        current.num_replicas.to_string(),
+        desired.num_replicas.to_string(),
+    );
+    if !desired.duplicate_window.is_zero() {
+        compare(
+            "duplicate_window",
+            format!("{:?}", current.duplicate_window),
+            format!("{:?}", desired.duplicate_window),
+        );
+    }
+    differences
 }
 
 fn stream_not_found(err: &async_nats::jetstream::context::GetStreamError) -> bool {
@@ -174,8 +230,8 @@ async fn ensure_consumer(
         }
     };
     // One request serves both: creating a durable that exists updates it. `update_consumer` would send
-    // the 2.10 "update" action, which nats-server 2.9 ignores anyway. 2.9 cannot change a consumer's
-    // filter subject or deliver policy; its refusal is passed on.
+    // the 2.10 "update" action, which nats-server 2.9 ignores anyway. Some fields cannot change on a
+    // live consumer (its deliver policy, for one); the server's refusal is passed on.
     let _: consumer::Consumer<pull::Config> =
         stream.create_consumer(desired).await.with_context(|| {
             let verb = if outcome == Outcome::Created {
@@ -220,12 +276,15 @@ mod tests {
             max_messages_per_subject: -1,
             ..desired.clone()
         };
-        assert!(!stream_differs(&stored, &desired));
+        assert!(stream_differences(&stored, &desired).is_empty());
         let shorter_window = stream::Config {
             duplicate_window: std::time::Duration::from_secs(10),
             ..stored
         };
-        assert!(stream_differs(&shorter_window, &desired));
+        assert_eq!(
+            stream_differences(&shorter_window, &desired),
+            ["duplicate_window: 10s -> 120s"]
+        );
     }
 
     #[test]
@@ -235,7 +294,7 @@ mod tests {
             duplicate_window: std::time::Duration::from_secs(120),
             ..desired.clone()
         };
-        assert!(!stream_differs(&stored, &desired));
+        assert!(stream_differences(&stored, &desired).is_empty());
     }
 
     #[test]

@@ -1,1 +1,96 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod body;
+mod config;
+mod error;
+mod openapi;
+mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pipeline_runtime::eventstore::EventStoreClient;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+pub use crate::config::{
+    Config, DEFAULT_ADDR, DEFAULT_EVENTSTORE_URL, DEFAULT_ORDERS_DATABASE_URL,
+};
+pub use crate::error::ApiError;
+pub use crate::openapi::document as openapi_document;
+pub use crate::routes::{MAX_BODY_BYTES, Operation, ROUTES, Route, router};
+
+/// What every handler shares: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) events: EventStoreClient,
+    pub(crate) db: PgPool,
+    pub(crate) min_version_wait: Duration,
+    /// Built once: the document never changes while the process runs.
+    pub(crate) openapi: Arc<serde_json::Value>,
+}
+
+impl AppState {
+    /// Prepares the event store channel and the database pool; neither connects until first use,
+    /// so the service starts (and answers `/readyz` with 503) while its dependencies are down.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let events = EventStoreClient::connect_lazy(&config.eventstore_url, config.timeout())
+            .context("EVENTSTORE_URL")?;
+        let db = pipeline_runtime::db::lazy_pool(
+            &config.orders_database_url,
+            config.db_connections,
+            config.timeout(),
+        )
+        .context("ORDERS_DATABASE_URL")?;
+        Ok(Self {
+            events,
+            db,
+            min_version_wait: config.min_version_wait(),
+            openapi: Arc::new(openapi::document()),
+        })
+    }
+}
+
+/// ordersvc, bound to its port and ready to run.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let state = AppState::new(&config)?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (ORDERSVC_ADDR)", config.addr))?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .context("the listener has no local address")
+    }
+
+    /// Serves until `shutdown` resolves, then lets requests in flight finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "ordersvc listening");
+        }
+        let db = state.db.clone();
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")?;
+        db.close().await;
+        tracing::info!("ordersvc stopped");
+        Ok(())
+    }
+}

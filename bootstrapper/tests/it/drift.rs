@@ -127,3 +127,22 @@ async fn consumers_on_a_missing_stream_are_an_error_not_a_panic() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn replicas_a_standalone_server_cannot_hold_are_refused() {
+    let servers = Servers::nats_only();
+    let js = servers.jetstream().await;
+    bootstrapper::ensure_stream(&js, 1).await.expect("created");
+
+    // nats-server 2.9 would accept this update and keep running a single copy.
+    let err = bootstrapper::ensure_stream(&js, 3)
+        .await
+        .expect_err("not a cluster");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("3 replicas") && message.contains("cluster"),
+        "{message}"
+    );
+    let stored = js.get_stream(STREAM).await.expect("ORDERS exists");
+    assert_eq!(stored.cached_info().config.num_replicas, 1);
+}

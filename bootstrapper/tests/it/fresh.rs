@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::AckPolicy;
 use async_nats::jetstream::stream::StorageType;
-use bootstrapper::Outcome;
+use bootstrapper::{Context, Outcome};
 use pipeline_runtime::stream::{CONSUMERS, DEAD_LETTER_STREAM, STREAM};
 
-use crate::Servers;
+use crate::{Servers, migrations};
 
 #[tokio::test]
 async fn a_fresh_server_gets_databases_tables_streams_and_consumers() {
@@ -23,10 +23,10 @@ async fn a_fresh_server_gets_databases_tables_streams_and_consumers() {
             "{report:?}"
         );
     }
-    for context in ["eventstore", "orders", "payments"] {
+    for context in Context::ALL {
         assert_eq!(
             report.outcome(&format!("migrations {context}")),
-            Some(Outcome::Migrated(1)),
+            Some(Outcome::Migrated(migrations(context))),
             "{report:?}"
         );
     }
@@ -154,7 +154,7 @@ async fn databases_created_by_someone_else_are_only_migrated() {
     );
     assert_eq!(
         report.outcome("migrations orders"),
-        Some(Outcome::Migrated(1))
+        Some(Outcome::Migrated(migrations(Context::Orders)))
     );
     assert_eq!(report.outcome("stream ORDERS"), None, "NATS was skipped");
 }

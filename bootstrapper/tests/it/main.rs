@@ -73,4 +73,8 @@ impl Servers {
 fn closed_port() -> u16 {
     testkit::free_port()
 }
-mod scratch;
+
+/// How many migrations `context` has, i.e. how many a first run applies.
+fn migrations(context: bootstrapper::Context) -> usize {
+    context.migrator().iter().count()
+}

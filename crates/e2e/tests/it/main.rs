@@ -1,0 +1,4 @@
+//! The whole pipeline as real processes: POST an order over HTTP and watch it reach its final state.
+
+mod pipeline;
+mod saga;

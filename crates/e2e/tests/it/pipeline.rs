@@ -1,0 +1,366 @@
+//! Starts the pipeline's binaries as processes against a test kit PostgreSQL and nats-server.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde_json::Value;
+use testkit::{NatsServer, Postgres};
+
+/// Binaries of the workspace, found beside this test's executable (`target/<profile>/`).
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace's binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+pub struct Pipeline {
+    pub postgres: Postgres,
+    pub nats: NatsServer,
+    logs: tempfile::TempDir,
+    eventstore_port: u16,
+    ordersvc_port: u16,
+    processes: Vec<Process>,
+    pub http: reqwest::Client,
+}
+
+/// Final statuses of an order.
+pub const FINAL: [&str; 4] = ["Approved", "PaymentFailed", "Rejected", "Cancelled"];
+
+impl Pipeline {
+    /// Databases, stream and consumers bootstrapped, then one process of each service.
+    pub async fn start() -> Pipeline {
+        let mut pipeline = Self::bootstrapped().await;
+        for service in ["eventstore", "ordersvc", "paymentworker", "reviewworker", "querymodelworker"] {
+            pipeline.spawn(service);
+        }
+        pipeline.wait_ready().await;
+        pipeline
+    }
+
+    /// Servers started and the bootstrapper run, no service yet.
+    pub async fn bootstrapped() -> Pipeline {
+        testkit::init_tracing();
+        let postgres = Postgres::start().expect("PostgreSQL starts");
+        let nats = NatsServer::start().expect("nats-server starts");
+        let pipeline = Pipeline {
+            postgres,
+            nats,
+            logs: tempfile::tempdir().expect("log folder"),
+            eventstore_port: testkit::free_port(),
+            ordersvc_port: testkit::free_port(),
+            processes: Vec::new(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client"),
+        };
+        let output = Command::new(binary("bootstrapper"))
+            .envs(pipeline.env())
+            .output()
+            .expect("bootstrapper runs");
+        assert!(
+            output.status.success(),
+            "bootstrapper failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        pipeline
+    }
+
+    pub fn database_url(&self, database: &str) -> String {
+        self.postgres.url(database)
+    }
+
+    /// The environment every process gets.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("NATS_URL", self.nats.url()),
+            ("EVENTSTORE_ADDR", format!("127.0.0.1:{}", self.eventstore_port)),
+            ("EVENTSTORE_URL", format!("http://127.0.0.1:{}", self.eventstore_port)),
+            ("ORDERSVC_ADDR", format!("127.0.0.1:{}", self.ordersvc_port)),
+            ("EVENTSTORE_DATABASE_URL", self.database_url("eventstoredb")),
+            ("ORDERS_DATABASE_URL", self.database_url("ordersdb")),
+            ("PAYMENTS_DATABASE_URL", self.database_url("paymentsdb")),
+            ("ZIPKIN_ENDPOINT", String::new()),
+            ("RUST_LOG", "info".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Starts one more process of `service`; returns its index among that service's processes.
+    pub fn spawn(&mut self, service: &str) -> usize {
+        self.spawn_with(service, &[])
+    }
+
+    pub fn spawn_with(&mut self, service: &str, extra_env: &[(&str, &str)]) -> usize {
+        let index = self.processes.iter().filter(|p| p.name == service).count();
+        let log = self.logs.path().join(format!("{service}-{index}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary(service))
+            .envs(self.env())
+            .envs(extra_env.iter().map(|(k, v)| (*k, *v)))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {service}: {err}"));
+        self.processes.push(Process { name: service.to_owned(), child, log });
+        index
+    }
+
+    fn process(&mut self, service: &str, index: usize) -> &mut Process {
+        self.processes
+            .iter_mut()
+            .filter(|p| p.name == service)
+            .nth(index)
+            .unwrap_or_else(|| panic!("no process {service}#{index}"))
+    }
+
+    /// Sends a signal (`KILL`, `TERM`, `STOP`, `CONT`) to one process.
+    pub fn signal(&mut self, service: &str, index: usize, signal: &str) {
+        let pid = self.process(service, index).child.id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {service}#{index}");
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub fn kill(&mut self, service: &str, index: usize) {
+        let process = self.process(service, index);
+        let _ = process.child.kill();
+        let _ = process.child.wait();
+    }
+
+    /// SIGTERM, and waits (bounded) for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, service: &str, index: usize) -> std::process::ExitStatus {
+        self.signal(service, index, "TERM");
+        let process = self.process(service, index);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = process.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{service}#{index} did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self, service: &str, index: usize) -> String {
+        self.processes
+            .iter()
+            .filter(|p| p.name == service)
+            .nth(index)
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ordersvc_port)
+    }
+
+    /// Waits until the event store takes connections, ordersvc answers /healthz and every worker
+    /// consumer has a pull request waiting.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.eventstore_port)).is_err() {
+            self.check_deadline(deadline, "eventstore to listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        loop {
+            let answer = self.http.get(format!("{}/healthz", self.base_url())).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            self.check_deadline(deadline, "ordersvc /healthz");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let js = self.jetstream().await;
+        for durable in ["paymentworker", "reviewworker", "querymodelworker"] {
+            if !self.processes.iter().any(|p| p.name == durable) {
+                continue;
+            }
+            loop {
+                let stream = js.get_stream("ORDERS").await.expect("stream");
+                let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
+                    stream.get_consumer(durable).await;
+                if let Ok(mut consumer) = consumer
+                    && consumer.info().await.is_ok_and(|info| info.num_waiting > 0)
+                {
+                    break;
+                }
+                self.check_deadline(deadline, &format!("{durable} to pull"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn check_deadline(&self, deadline: tokio::time::Instant, what: &str) {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", self.all_logs());
+        }
+    }
+
+    fn all_logs(&self) -> String {
+        self.processes
+            .iter()
+            .map(|p| {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!(
+                    "--- {} ({}) ---\n{}",
+                    p.name,
+                    p.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.nats.url()).await.expect("NATS");
+        async_nats::jetstream::new(client)
+    }
+
+    /// POSTs an order; returns status and JSON body.
+    pub async fn post_order(&self, body: &Value, idempotency_key: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}/api/orders", self.base_url())).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.expect("POST answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs an order that must be accepted; returns its id.
+    pub async fn place(&self, customer: &str, unit_price: &str, quantity: u32) -> String {
+        let (status, body) = self.post_order(&order_body(customer, unit_price, quantity), None).await;
+        assert_eq!(status, 201, "order accepted: {body}");
+        body["order_id"].as_str().expect("order_id").to_owned()
+    }
+
+    pub async fn get_order(&self, order_id: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}/api/orders/{order_id}", self.base_url()))
+            .send()
+            .await
+            .expect("GET answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn cancel(&self, order_id: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/orders/{order_id}/cancel", self.base_url()))
+            .json(&serde_json::json!({"reason": "changed my mind"}))
+            .send()
+            .await
+            .expect("cancel answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the read model shows `order_id` satisfying `done`; returns the order.
+    pub async fn wait_for(&self, order_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get_order(order_id).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("order {order_id} never became {what}; last answer {status} {body}\n{}", self.all_logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the order is final (and, when refunded is expected, refunded).
+    pub async fn wait_final(&self, order_id: &str) -> Value {
+        self.wait_for(order_id, "final", |o| {
+            let status = o["status"].as_str().unwrap_or_default();
+            let needs_refund = status == "Rejected" || (status == "Cancelled" && o["version"].as_i64() >= Some(3));
+            FINAL.contains(&status) && (!needs_refund || o["refunded"] == Value::Bool(true))
+        })
+        .await
+    }
+
+    /// The event types of an order, in version order, from the event store via the API.
+    pub async fn event_types(&self, order_id: &str) -> Vec<String> {
+        let events: Value = self
+            .http
+            .get(format!("{}/api/orders/{order_id}/events", self.base_url()))
+            .send()
+            .await
+            .expect("events answer")
+            .json()
+            .await
+            .expect("JSON");
+        events
+            .as_array()
+            .or_else(|| events["events"].as_array())
+            .expect("a list of events")
+            .iter()
+            .map(|e| e["event_type"].as_str().expect("event_type").to_owned())
+            .collect()
+    }
+
+    pub async fn wallet(&self, customer: &str) -> Decimal {
+        let pool = sqlx::PgPool::connect(&self.database_url("paymentsdb")).await.expect("paymentsdb");
+        let balance: Decimal = sqlx::query_scalar("SELECT balance FROM wallets WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_one(&pool)
+            .await
+            .expect("wallet exists");
+        pool.close().await;
+        balance
+    }
+
+    pub async fn count_events(&self) -> i64 {
+        let pool = sqlx::PgPool::connect(&self.database_url("eventstoredb")).await.expect("eventstoredb");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.expect("count");
+        pool.close().await;
+        n
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.all_logs());
+        }
+        for process in &mut self.processes {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+}
+
+/// The reference implementation's request body with one item.
+pub fn order_body(customer: &str, unit_price: &str, quantity: u32) -> Value {
+    serde_json::json!({
+        "customer_id": customer,
+        "restaurant_id": "r1",
+        "order_items": [{"code": "p1", "name": "Pizza", "unit_price": unit_price, "quantity": quantity}]
+    })
+}

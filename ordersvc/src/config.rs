@@ -1,0 +1,116 @@
+//! Start-up configuration: environment variables with `--flags` of the same meaning.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pipeline_runtime::db::redact;
+
+pub const DEFAULT_ADDR: &str = "0.0.0.0:3000";
+pub const DEFAULT_EVENTSTORE_URL: &str = "http://127.0.0.1:50051";
+pub const DEFAULT_ORDERS_DATABASE_URL: &str =
+    "postgresql://root@127.0.0.1:26257/ordersdb?sslmode=disable";
+
+/// How ordersvc listens and where its dependencies are.
+#[derive(Clone, clap::Parser)]
+#[command(name = "ordersvc", version, about = "The HTTP order API of the order pipeline")]
+pub struct Config {
+    /// Address to listen on (`ORDERSVC_ADDR`, default 0.0.0.0:3000).
+    #[arg(long, env = "ORDERSVC_ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+
+    /// The event store's gRPC URL (`EVENTSTORE_URL`, default http://127.0.0.1:50051).
+    #[arg(long, env = "EVENTSTORE_URL", default_value = DEFAULT_EVENTSTORE_URL)]
+    pub eventstore_url: String,
+
+    /// The read model's database (`ORDERS_DATABASE_URL`, default
+    /// postgresql://root@127.0.0.1:26257/ordersdb?sslmode=disable).
+    #[arg(long, env = "ORDERS_DATABASE_URL", default_value = DEFAULT_ORDERS_DATABASE_URL)]
+    pub orders_database_url: String,
+
+    /// Upper bound of one call to the event store or one database connection attempt, in
+    /// milliseconds (`ORDERSVC_TIMEOUT_MS`, default 5000).
+    #[arg(long, env = "ORDERSVC_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub timeout_ms: u64,
+
+    /// Database connections of one instance (`ORDERSVC_DB_CONNECTIONS`, default 10).
+    #[arg(long, env = "ORDERSVC_DB_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_connections: u32,
+
+    /// How long `GET /api/orders/{id}?min_version=N` waits for the read model to reach version N,
+    /// in milliseconds (`ORDERSVC_MIN_VERSION_WAIT_MS`, default 3000).
+    #[arg(long, env = "ORDERSVC_MIN_VERSION_WAIT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub min_version_wait_ms: u64,
+}
+
+impl Config {
+    /// The defaults with the three addresses given (for tests and embedding).
+    pub fn new(
+        addr: SocketAddr,
+        eventstore_url: impl Into<String>,
+        orders_database_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            addr,
+            eventstore_url: eventstore_url.into(),
+            orders_database_url: orders_database_url.into(),
+            timeout_ms: 5000,
+            db_connections: 10,
+            min_version_wait_ms: 3000,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn min_version_wait(&self) -> Duration {
+        Duration::from_millis(self.min_version_wait_ms)
+    }
+}
+
+/// Database URLs may hold a password: shown redacted.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("eventstore_url", &self.eventstore_url)
+            .field("orders_database_url", &redact(&self.orders_database_url))
+            .field("timeout_ms", &self.timeout_ms)
+            .field("db_connections", &self.db_connections)
+            .field("min_version_wait_ms", &self.min_version_wait_ms)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory as _, Parser as _};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let config = Config::try_parse_from(["ordersvc"]).expect("defaults parse");
+        assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
+        assert_eq!(config.eventstore_url, DEFAULT_EVENTSTORE_URL);
+        assert_eq!(config.orders_database_url, DEFAULT_ORDERS_DATABASE_URL);
+    }
+
+    #[test]
+    fn a_password_never_reaches_the_debug_output() {
+        let config = Config::new(
+            "127.0.0.1:0".parse().expect("address"),
+            DEFAULT_EVENTSTORE_URL,
+            "postgresql://app:secret@db:26257/ordersdb",
+        );
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+}

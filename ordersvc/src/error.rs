@@ -1,0 +1,105 @@
+//! The one mapping from failures to HTTP answers: every error is JSON `{"error": "..."}`.
+//!
+//! Client errors carry a message meant for the client. Dependency outages become 503. Anything else
+//! is a bug or a surprise: it is logged once, here, and the client gets an opaque message.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use order_domain::FieldError;
+use pipeline_runtime::eventstore::ClientError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request cannot be understood (malformed JSON, a bad id, a bad query parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path exists, the method does not.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the order's state forbids the command.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: well-formed but invalid; `details` names each field that is wrong.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        details: Vec<FieldError>,
+    },
+    /// 503: a dependency (the event store, ordersdb) cannot answer now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: logged with its cause, answered opaquely.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match self {
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                json!({ "error": "internal error" })
+            }
+            ApiError::Invalid { message, details } if !details.is_empty() => {
+                json!({ "error": message, "details": details })
+            }
+            other => json!({ "error": other.to_string() }),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Unavailable(message) => {
+                tracing::warn!(error = %message, "event store unavailable");
+                ApiError::Unavailable("the event store is unavailable".to_owned())
+            }
+            other => ApiError::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if pipeline_runtime::db::is_unavailable(&error) {
+            tracing::warn!(error = %error, "orders database unavailable");
+            ApiError::Unavailable("the orders database is unavailable".to_owned())
+        } else {
+            ApiError::Internal(anyhow::Error::new(error).context("ordersdb query"))
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The worker's configuration: environment variables or flags of the same meaning.
+
+use std::time::Duration;
+
+use pipeline_runtime::consumer;
+
+/// Configuration of querymodelworker. Every field can be given as a flag or an environment variable;
+/// the flags are accepted before or after the subcommand.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// NATS servers, comma-separated (`NATS_URL`).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+
+    /// The event store's gRPC endpoint (`EVENTSTORE_URL`), read to fill gaps and to rebuild.
+    #[arg(
+        long,
+        env = "EVENTSTORE_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub eventstore_url: String,
+
+    /// The read model's database (`ORDERS_DATABASE_URL`); this worker is its only writer.
+    #[arg(
+        long,
+        env = "ORDERS_DATABASE_URL",
+        default_value = "postgresql://root@127.0.0.1:26257/ordersdb?sslmode=disable",
+        hide_env_values = true,
+        global = true
+    )]
+    pub orders_database_url: String,
+
+    /// Deliveries of a message that keeps failing before it is dead-lettered (`MAX_DELIVERIES`).
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5,
+          value_parser = clap::value_parser!(i64).range(1..=1000), global = true)]
+    pub max_deliveries: i64,
+
+    /// Messages handled at the same time by this instance (`WORKER_CONCURRENCY`).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub worker_concurrency: u16,
+}
+
+impl Config {
+    /// The defaults with the given endpoints, for tests and embedding.
+    pub fn new(
+        nats_url: impl Into<String>,
+        eventstore_url: impl Into<String>,
+        orders_database_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            eventstore_url: eventstore_url.into(),
+            orders_database_url: orders_database_url.into(),
+            max_deliveries: 5,
+            worker_concurrency: 16,
+        }
+    }
+
+    /// How the consumer loop runs.
+    pub fn consumer_options(&self) -> consumer::Options {
+        consumer::Options {
+            max_deliveries: self.max_deliveries,
+            concurrency: usize::from(self.worker_concurrency),
+            ..consumer::Options::default()
+        }
+    }
+
+    /// How long a database or event store call may take before it counts as unavailable.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+// The database URL may carry a password: never print it.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("nats_url", &self.nats_url)
+            .field("eventstore_url", &self.eventstore_url)
+            .field(
+                "orders_database_url",
+                &pipeline_runtime::db::redact(&self.orders_database_url),
+            )
+            .field("max_deliveries", &self.max_deliveries)
+            .field("worker_concurrency", &self.worker_concurrency)
+            .finish()
+    }
+}
+
+/// The command line: `querymodelworker [run]` or `querymodelworker rebuild`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "querymodelworker",
+    version,
+    about = "Keeps the orders read model up to date from the order events"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Consume the order events and keep the read model up to date (the default).
+    Run,
+    /// Empty the read model at ORDERS_DATABASE_URL and replay every event of the event store into it.
+    Rebuild,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default_and_flags_go_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["querymodelworker"]).expect("parses");
+        assert_eq!(cli.command, None);
+        let cli = Cli::try_parse_from(["querymodelworker", "rebuild", "--max-deliveries", "3"])
+            .expect("parses");
+        assert_eq!(cli.command, Some(Command::Rebuild));
+        assert_eq!(cli.config.max_deliveries, 3);
+    }
+
+    #[test]
+    fn a_bad_delivery_count_names_its_flag() {
+        let err = Cli::try_parse_from(["querymodelworker", "--max-deliveries", "0"])
+            .expect_err("refused");
+        assert!(err.to_string().contains("--max-deliveries"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        let config = Config::new(
+            "nats://127.0.0.1:4222",
+            "http://127.0.0.1:50051",
+            "postgresql://q:hunter2@db/ordersdb",
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}
