@@ -77,7 +77,9 @@ impl Decoded {
 enum Step {
     Done(Outcome),
     /// Events `stored + 1 ..` before the delivered one are needed and were not at hand.
-    Gap { stored: i64 },
+    Gap {
+        stored: i64,
+    },
     /// Another delivery changed the row between our read and our write: start over.
     Raced,
     Refused(String),
@@ -97,6 +99,10 @@ impl Projector {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub fn event_store(&self) -> &EventStoreClient {
+        &self.events
     }
 
     /// Applies `envelope` (and any event missing before it) to the read model.
@@ -276,8 +282,17 @@ async fn load(
     .bind(order_id)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some((customer_id, restaurant_id, status, amount, refunded, version, reason, payment_id, created_on)) =
-        row
+    let Some((
+        customer_id,
+        restaurant_id,
+        status,
+        amount,
+        refunded,
+        version,
+        reason,
+        payment_id,
+        created_on,
+    )) = row
     else {
         return Ok(None);
     };

@@ -1,0 +1,4 @@
+//! One module per subcommand.
+
+pub mod dead_letters;
+pub mod events;
