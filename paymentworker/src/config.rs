@@ -7,7 +7,10 @@ use pipeline_runtime::consumer;
 
 /// Everything paymentworker reads at start. `--help` lists the variables.
 #[derive(Clone, clap::Parser)]
-#[command(name = "paymentworker", about = "Debits, fails and refunds order payments")]
+#[command(
+    name = "paymentworker",
+    about = "Debits, fails and refunds order payments"
+)]
 pub struct Config {
     /// NATS servers, comma-separated (`NATS_URL`).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]

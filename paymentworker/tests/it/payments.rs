@@ -1,0 +1,257 @@
+use std::time::Duration;
+
+use order_domain::{OrderStatus, event_type};
+use pipeline_runtime::deadletter;
+use pipeline_runtime::stream::EventEnvelope;
+use uuid::Uuid;
+
+use crate::harness::{Stack, money};
+use crate::{balance, count, payment_status, start_worker};
+
+#[tokio::test]
+async fn an_order_within_the_balance_is_debited_once() {
+    let stack = Stack::start().await;
+    let _worker = start_worker(&stack).await;
+    let order_id = stack.place("alice", "120.50").await;
+
+    // Expected: paymentdebited, and the new wallet holds the initial 1000.00 minus the amount.
+    let order = stack.wait_for_status(order_id, OrderStatus::Paid).await;
+    assert_eq!(order.payment_id, Some(order_domain::payment_id(order_id)));
+    stack.wait_idle(paymentworker::NAME).await;
+    assert_eq!(balance(&stack, "alice").await, Some(money("879.50")));
+    assert_eq!(
+        payment_status(&stack, order_id).await.as_deref(),
+        Some("debited")
+    );
+}
+
+#[tokio::test]
+async fn an_order_over_the_balance_fails_and_leaves_the_wallet_alone() {
+    let stack = Stack::start().await;
+    let _worker = start_worker(&stack).await;
+    let order_id = stack.place("bob", "1000.01").await;
+
+    // Expected: paymentfailed with the reason, the wallet still at its initial credit.
+    let order = stack
+        .wait_for_status(order_id, OrderStatus::PaymentFailed)
+        .await;
+    assert_eq!(
+        order.reason.as_deref(),
+        Some(order_domain::INSUFFICIENT_FUNDS)
+    );
+    stack.wait_idle(paymentworker::NAME).await;
+    assert_eq!(balance(&stack, "bob").await, Some(money("1000.00")));
+    assert_eq!(
+        payment_status(&stack, order_id).await.as_deref(),
+        Some("failed")
+    );
+}
+
+#[tokio::test]
+async fn orders_of_one_customer_are_each_debited_at_most_once() {
+    let stack = Stack::start().await;
+    let amounts = ["100.00", "250.00", "300.00", "200.00", "400.00", "75.25"];
+    let mut orders = Vec::new();
+    for amount in amounts {
+        orders.push((stack.place("carol", amount).await, money(amount)));
+    }
+    // Started after the orders, so they are handled concurrently against one wallet.
+    let _worker = start_worker(&stack).await;
+
+    // Expected: every order decided; the balance is 1000 minus exactly the debited amounts.
+    let mut debited = 0i64;
+    for (order_id, amount) in &orders {
+        let order = stack
+            .wait_for(*order_id, "decided", |o| o.status != OrderStatus::Pending)
+            .await;
+        match order.status {
+            OrderStatus::Paid => debited += amount.to_cents(),
+            OrderStatus::PaymentFailed => {}
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(count(&stack, *order_id, event_type::PAYMENT_DEBITED).await <= 1);
+    }
+    stack.wait_idle(paymentworker::NAME).await;
+    let expected = money("1000.00").to_cents() - debited;
+    assert!(expected >= 0, "more was debited than the wallet held");
+    assert_eq!(
+        balance(&stack, "carol").await.map(|b| b.to_cents()),
+        Some(expected)
+    );
+}
+
+#[tokio::test]
+async fn a_created_event_delivered_twice_debits_once() {
+    let stack = Stack::start().await;
+    let order_id = stack.place("dave", "99.99").await;
+    // The same event again under another Nats-Msg-Id, so JetStream keeps both copies.
+    stack.publish_copy_of_last("ORDERS.created").await;
+    let _worker = start_worker(&stack).await;
+
+    // Expected: one paymentdebited, one debit of the wallet.
+    stack.wait_for_status(order_id, OrderStatus::Paid).await;
+    stack.wait_idle(paymentworker::NAME).await;
+    assert_eq!(
+        count(&stack, order_id, event_type::PAYMENT_DEBITED).await,
+        1
+    );
+    assert_eq!(stack.history(order_id).await.len(), 2);
+    assert_eq!(balance(&stack, "dave").await, Some(money("900.01")));
+}
+
+#[tokio::test]
+async fn a_cancelled_paid_order_is_refunded_once() {
+    let stack = Stack::start().await;
+    let _worker = start_worker(&stack).await;
+    let order_id = stack.place("erin", "300.00").await;
+    stack.wait_for_status(order_id, OrderStatus::Paid).await;
+    stack.cancel(order_id).await;
+    // The cancellation delivered twice must not refund twice.
+    stack.publish_copy_of_last("ORDERS.cancelled").await;
+
+    // Expected: paymentrefunded once, the wallet back at 1000.00.
+    let order = stack.wait_for(order_id, "refunded", |o| o.refunded).await;
+    assert_eq!(order.status, OrderStatus::Cancelled);
+    stack.wait_idle(paymentworker::NAME).await;
+    assert_eq!(
+        count(&stack, order_id, event_type::PAYMENT_REFUNDED).await,
+        1
+    );
+    assert_eq!(balance(&stack, "erin").await, Some(money("1000.00")));
+    assert_eq!(
+        payment_status(&stack, order_id).await.as_deref(),
+        Some("refunded")
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_that_wins_the_race_leaves_no_debit() {
+    let stack = Stack::start().await;
+    // Cancelled before the worker saw the order.
+    let raced = stack.place("frank", "50.00").await;
+    stack.cancel(raced).await;
+    // A previous worker debited this one and stopped before it could append the debit; then the
+    // customer cancelled.
+    let crashed = stack.place("grace", "70.00").await;
+    sqlx::query(
+        "INSERT INTO wallets (customer_id, balance, created_at, updated_at) \
+         VALUES ('grace', 930.00, now(), now())",
+    )
+    .execute(&stack.payments)
+    .await
+    .expect("wallet");
+    sqlx::query(
+        "INSERT INTO payments (order_id, payment_id, customer_id, amount, status, debit_event_id, \
+         created_at, updated_at) VALUES ($1, $2, 'grace', 70.00, 'debited', $3, now(), now())",
+    )
+    .bind(crashed)
+    .bind(order_domain::payment_id(crashed))
+    .bind(Uuid::new_v4())
+    .execute(&stack.payments)
+    .await
+    .expect("payment");
+    stack.cancel(crashed).await;
+
+    let _worker = start_worker(&stack).await;
+    stack.wait_idle(paymentworker::NAME).await;
+
+    // Expected: both orders stay Cancelled with no payment event; nobody's wallet is short.
+    for order_id in [raced, crashed] {
+        let order = stack.order(order_id).await;
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        assert_eq!(order.version, 2, "nothing was appended");
+    }
+    let frank = balance(&stack, "frank").await;
+    assert!(frank.is_none_or(|m| m == money("1000.00")), "{frank:?}");
+    assert_eq!(balance(&stack, "grace").await, Some(money("1000.00")));
+    assert_eq!(
+        payment_status(&stack, crashed).await.as_deref(),
+        Some("voided")
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_breaks_the_rules_is_dead_lettered_and_the_worker_goes_on() {
+    let stack = Stack::start().await;
+    let js = stack.jetstream().await;
+    // Not JSON at all.
+    js.publish("ORDERS.created", "not an event".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    // A well-formed envelope whose data is not a created event.
+    let order_id = Uuid::new_v4();
+    let bad = EventEnvelope {
+        event_id: Uuid::new_v4(),
+        event_type: event_type::CREATED.to_owned(),
+        aggregate_id: order_id.to_string(),
+        aggregate_type: order_domain::AGGREGATE_TYPE.to_owned(),
+        aggregate_version: 1,
+        stream: "ORDERS".to_owned(),
+        event_data: serde_json::json!({ "order_id": order_id, "amount": "lots" }),
+        metadata: Default::default(),
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    js.publish(
+        "ORDERS.created",
+        serde_json::to_vec(&bad).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+    let good = stack.place("heidi", "10.00").await;
+    let _worker = start_worker(&stack).await;
+
+    // Expected: the good order is paid; both bad messages are in DEADLETTERS.paymentworker.
+    stack.wait_for_status(good, OrderStatus::Paid).await;
+    let deadline = tokio::time::Instant::now() + crate::harness::PATIENCE;
+    loop {
+        let letters = deadletter::list(&js, Some(paymentworker::NAME))
+            .await
+            .expect("dead letters listed");
+        if letters.len() == 2 {
+            assert!(letters.iter().all(|l| l.subject == "ORDERS.created"));
+            assert!(letters.iter().any(|l| l.reason.contains("undecodable")));
+            let bad_id = bad.event_id.to_string();
+            assert!(
+                letters
+                    .iter()
+                    .any(|l| l.event_id.as_deref() == Some(bad_id.as_str()))
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters: {letters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn orders_in_flight_when_the_worker_stops_complete_after_a_restart() {
+    let stack = Stack::start().await;
+    let customers = ["ivan", "judy", "mallory", "niaj", "olivia", "peggy"];
+    let mut orders = Vec::new();
+    for customer in customers {
+        orders.push((customer, stack.place(customer, "42.00").await));
+    }
+    let worker = start_worker(&stack).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Graceful stop with work in hand: it finishes what it holds, the rest waits on the consumer.
+    worker.stop().await;
+    let _worker = start_worker(&stack).await;
+
+    // Expected: every order paid once, every wallet debited once.
+    for (customer, order_id) in orders {
+        stack.wait_for_status(order_id, OrderStatus::Paid).await;
+        assert_eq!(
+            count(&stack, order_id, event_type::PAYMENT_DEBITED).await,
+            1
+        );
+        stack.wait_idle(paymentworker::NAME).await;
+        assert_eq!(balance(&stack, customer).await, Some(money("958.00")));
+    }
+}
