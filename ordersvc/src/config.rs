@@ -13,35 +13,39 @@ pub const DEFAULT_ORDERS_DATABASE_URL: &str =
 
 /// How ordersvc listens and where its dependencies are.
 #[derive(Clone, clap::Parser)]
-#[command(name = "ordersvc", version, about = "The HTTP order API of the order pipeline")]
+#[command(
+    name = "ordersvc",
+    version,
+    about = "The HTTP order API of the order pipeline"
+)]
 pub struct Config {
     /// Address to listen on (`ORDERSVC_ADDR`, default 0.0.0.0:3000).
-    #[arg(long, env = "ORDERSVC_ADDR", default_value = DEFAULT_ADDR)]
+    #[arg(long, env = "ORDERSVC_ADDR", value_name = "ORDERSVC_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: SocketAddr,
 
     /// The event store's gRPC URL (`EVENTSTORE_URL`, default http://127.0.0.1:50051).
-    #[arg(long, env = "EVENTSTORE_URL", default_value = DEFAULT_EVENTSTORE_URL)]
+    #[arg(long, env = "EVENTSTORE_URL", value_name = "EVENTSTORE_URL", default_value = DEFAULT_EVENTSTORE_URL)]
     pub eventstore_url: String,
 
     /// The read model's database (`ORDERS_DATABASE_URL`, default
     /// postgresql://root@127.0.0.1:26257/ordersdb?sslmode=disable).
-    #[arg(long, env = "ORDERS_DATABASE_URL", default_value = DEFAULT_ORDERS_DATABASE_URL)]
+    #[arg(long, env = "ORDERS_DATABASE_URL", value_name = "ORDERS_DATABASE_URL", default_value = DEFAULT_ORDERS_DATABASE_URL)]
     pub orders_database_url: String,
 
     /// Upper bound of one call to the event store or one database connection attempt, in
     /// milliseconds (`ORDERSVC_TIMEOUT_MS`, default 5000).
-    #[arg(long, env = "ORDERSVC_TIMEOUT_MS", default_value_t = 5000,
+    #[arg(long, env = "ORDERSVC_TIMEOUT_MS", value_name = "ORDERSVC_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub timeout_ms: u64,
 
     /// Database connections of one instance (`ORDERSVC_DB_CONNECTIONS`, default 10).
-    #[arg(long, env = "ORDERSVC_DB_CONNECTIONS", default_value_t = 10,
+    #[arg(long, env = "ORDERSVC_DB_CONNECTIONS", value_name = "ORDERSVC_DB_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_connections: u32,
 
     /// How long `GET /api/orders/{id}?min_version=N` waits for the read model to reach version N,
     /// in milliseconds (`ORDERSVC_MIN_VERSION_WAIT_MS`, default 3000).
-    #[arg(long, env = "ORDERSVC_MIN_VERSION_WAIT_MS", default_value_t = 3000,
+    #[arg(long, env = "ORDERSVC_MIN_VERSION_WAIT_MS", value_name = "ORDERSVC_MIN_VERSION_WAIT_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub min_version_wait_ms: u64,
 }
@@ -61,6 +65,22 @@ impl Config {
             db_connections: 10,
             min_version_wait_ms: 3000,
         }
+    }
+
+    /// Checks what clap's types cannot; the error names the variable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let url = self.orders_database_url.as_str();
+        if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+            anyhow::bail!(
+                "ORDERS_DATABASE_URL must be a postgresql:// URL, not {}",
+                redact(url)
+            );
+        }
+        let url = self.eventstore_url.as_str();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!("EVENTSTORE_URL must be an http:// or https:// URL, not {url:?}");
+        }
+        Ok(())
     }
 
     pub fn timeout(&self) -> Duration {
@@ -102,6 +122,17 @@ mod tests {
         assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
         assert_eq!(config.eventstore_url, DEFAULT_EVENTSTORE_URL);
         assert_eq!(config.orders_database_url, DEFAULT_ORDERS_DATABASE_URL);
+    }
+
+    #[test]
+    fn a_database_url_of_another_engine_is_refused_naming_the_variable() {
+        let config = Config::new(
+            "127.0.0.1:0".parse().expect("address"),
+            DEFAULT_EVENTSTORE_URL,
+            "mysql://db/ordersdb",
+        );
+        let error = config.validate().expect_err("refused").to_string();
+        assert!(error.contains("ORDERS_DATABASE_URL"), "{error}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ impl AppState {
     /// Prepares the event store channel and the database pool; neither connects until first use,
     /// so the service starts (and answers `/readyz` with 503) while its dependencies are down.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
+        config.validate()?;
         let events = EventStoreClient::connect_lazy(&config.eventstore_url, config.timeout())
             .context("EVENTSTORE_URL")?;
         let db = pipeline_runtime::db::lazy_pool(
@@ -54,8 +55,12 @@ impl AppState {
     }
 }
 
+/// How long requests in flight may run once the shutdown signal arrived.
+const GRACE: Duration = Duration::from_secs(10);
+
 /// ordersvc, bound to its port and ready to run.
 pub struct App {
+    addr: SocketAddr,
     listener: TcpListener,
     state: AppState,
 }
@@ -66,13 +71,16 @@ impl App {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {} (ORDERSVC_ADDR)", config.addr))?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            addr: config.addr,
+            listener,
+            state,
+        })
     }
 
-    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.listener
-            .local_addr()
-            .context("the listener has no local address")
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.addr)
     }
 
     /// Serves until `shutdown` resolves, then lets requests in flight finish.
@@ -80,15 +88,30 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener, state, ..
+        } = self;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "ordersvc listening");
         }
         let db = state.db.clone();
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")?;
+        let (fired, mut seen) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            let _ = fired.send(true);
+        };
+        // A client that keeps a request open must not hold the stop forever.
+        let grace = async move {
+            if seen.wait_for(|fired| *fired).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(GRACE).await;
+        };
+        let serve = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
+        tokio::select! {
+            served = serve => served.context("serving HTTP")?,
+            () = grace => tracing::warn!(?GRACE, "requests still running after the grace period; dropping them"),
+        }
         db.close().await;
         tracing::info!("ordersvc stopped");
         Ok(())

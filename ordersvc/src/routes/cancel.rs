@@ -1,0 +1,111 @@
+//! `POST /api/orders/{id}/cancel`: decided on the order folded from its events, appended with the
+//! version it was decided on, so a worker that moved the order on first wins and the cancel is
+//! decided again on the new state.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use order_domain::{AGGREGATE_TYPE, Order, OrderEvent, Refusal};
+use pipeline_runtime::eventstore::{ClientError, NewEvent};
+use pipeline_runtime::stream::headers;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::read::path_id;
+use crate::AppState;
+use crate::body;
+use crate::error::ApiError;
+
+pub const DEFAULT_REASON: &str = "cancelled by customer";
+const MAX_REASON_CHARS: usize = 500;
+/// Decisions made before giving up on an order that keeps changing under us.
+const ATTEMPTS: u32 = 3;
+
+#[tracing::instrument(skip_all, fields(order.id))]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    request_headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let order_id = path_id(path)?;
+    tracing::Span::current().record("order.id", tracing::field::display(order_id));
+    let reason = reason(body::optional_json(&request_headers, body)?)?;
+
+    for attempt in 1..=ATTEMPTS {
+        let order = load(&state, order_id).await?;
+        let event = order
+            .cancel(reason.clone())
+            .map_err(|refusal| match refusal {
+                Refusal::TooLate { status } => {
+                    ApiError::Conflict(format!("too late to cancel: the order is {status}"))
+                }
+                other => ApiError::Conflict(other.to_string()),
+            })?;
+        let append = NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: event.event_type().to_owned(),
+            aggregate_id: order_id.to_string(),
+            aggregate_type: AGGREGATE_TYPE.to_owned(),
+            data: event.to_json(),
+            metadata: BTreeMap::from([(headers::CORRELATION_ID.to_owned(), order_id.to_string())]),
+        };
+        match state.events.append(append, order.version).await {
+            Ok(appended) => {
+                return Ok(Json(json!({
+                    "order_id": order_id,
+                    "status": "Cancelled",
+                    "version": appended.version,
+                })));
+            }
+            Err(ClientError::Conflict(message)) => {
+                tracing::info!(attempt, %message, "the order changed while cancelling; deciding again");
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(ApiError::Conflict(
+        "the order kept changing while it was being cancelled; try again".into(),
+    ))
+}
+
+/// The optional body: `{"reason": "..."}`.
+fn reason(body: Option<Value>) -> Result<String, ApiError> {
+    let reason = match body {
+        None => return Ok(DEFAULT_REASON.to_owned()),
+        Some(Value::Object(mut fields)) => fields.remove("reason"),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "the body must be a JSON object such as {\"reason\": \"...\"}",
+            ));
+        }
+    };
+    match reason {
+        None | Some(Value::Null) => Ok(DEFAULT_REASON.to_owned()),
+        Some(Value::String(text))
+            if !text.trim().is_empty() && text.chars().count() <= MAX_REASON_CHARS =>
+        {
+            Ok(text)
+        }
+        Some(_) => Err(ApiError::invalid(format!(
+            "reason must be a non-blank string of at most {MAX_REASON_CHARS} characters"
+        ))),
+    }
+}
+
+/// The order as its events make it; 404 when it has none.
+async fn load(state: &AppState, order_id: Uuid) -> Result<Order, ApiError> {
+    let envelopes = state.events.events(&order_id.to_string()).await?;
+    let events = envelopes
+        .iter()
+        .map(|envelope| OrderEvent::decode(&envelope.event_type, &envelope.event_data))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| anyhow::Error::new(error).context(format!("decoding order {order_id}")))?;
+    Order::fold(&events)
+        .map_err(|error| anyhow::Error::new(error).context(format!("folding order {order_id}")))?
+        .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))
+}

@@ -1,0 +1,177 @@
+//! `POST /api/orders`: a valid order becomes an `ORDERS.created` event at version 1.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use order_domain::{
+    AGGREGATE_TYPE, NewOrder, OrderCreated, OrderEvent, OrderItem, OrderRequest, OrderStatus,
+    caused_event_id, event_type,
+};
+use pipeline_runtime::eventstore::{ClientError, NewEvent};
+use pipeline_runtime::stream::headers;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::body;
+use crate::error::ApiError;
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_KEY_CHARS: usize = 200;
+
+/// Namespace of order ids derived from an `Idempotency-Key`. Never change it: a client retrying
+/// across a deployment must get the same order.
+const IDEMPOTENT_ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x8d3f_51a2_6c0e_4b7d_a915_3e2f_4c6b_7d80);
+
+#[tracing::instrument(skip_all, fields(order.id))]
+pub async fn create_order(
+    State(state): State<AppState>,
+    request_headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&request_headers)?;
+    let value = body::json(&request_headers, body)?;
+    let request = order_request(value)?;
+    let new_order = NewOrder::parse(request).map_err(|invalid| ApiError::Invalid {
+        message: invalid.to_string(),
+        details: invalid.errors,
+    })?;
+
+    let order_id = match &key {
+        Some(key) => Uuid::new_v5(&IDEMPOTENT_ORDER_NAMESPACE, key.as_bytes()),
+        None => Uuid::new_v4(),
+    };
+    tracing::Span::current().record("order.id", tracing::field::display(order_id));
+    let created = new_order.place(order_id, now());
+    let event = OrderEvent::Created(created.clone());
+    let append = NewEvent {
+        event_id: caused_event_id(order_id, event_type::CREATED),
+        event_type: event.event_type().to_owned(),
+        aggregate_id: order_id.to_string(),
+        aggregate_type: AGGREGATE_TYPE.to_owned(),
+        data: event.to_json(),
+        metadata: metadata(order_id),
+    };
+    match state.events.append(append, 0).await {
+        Ok(_) => Ok(answer(&created)),
+        // Only a key makes the id repeatable, so only a retry with a key lands here: the first
+        // attempt's order is stored under the same ids.
+        Err(ClientError::AlreadyExists(_) | ClientError::Conflict(_)) if key.is_some() => {
+            let stored = stored_created(&state, order_id).await?;
+            if same_order(&stored, &created) {
+                tracing::info!("idempotent retry answered with the stored order");
+                Ok(answer(&stored))
+            } else {
+                Err(ApiError::invalid(
+                    "Idempotency-Key was already used with a different request",
+                ))
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The metadata stored with the event. The tracing layer adds `traceparent` here.
+fn metadata(order_id: Uuid) -> BTreeMap<String, String> {
+    BTreeMap::from([(headers::CORRELATION_ID.to_owned(), order_id.to_string())])
+}
+
+/// Microseconds: what a TIMESTAMPTZ column keeps, so the read model shows the same instant.
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
+}
+
+fn idempotency_key(request_headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = request_headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters"
+        ))
+    };
+    let key = std::str::from_utf8(value.as_bytes()).map_err(|_| invalid())?;
+    let printable = key.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if key.trim().is_empty() || key.len() > MAX_KEY_CHARS || !printable {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Only a JSON object is an order request; everything inside it is checked by the domain.
+fn order_request(value: Value) -> Result<OrderRequest, ApiError> {
+    serde_json::from_value(value)
+        .map_err(|_| ApiError::invalid("the body must be a JSON object describing the order"))
+}
+
+async fn stored_created(state: &AppState, order_id: Uuid) -> Result<OrderCreated, ApiError> {
+    let events = state.events.events(&order_id.to_string()).await?;
+    let first = events.first().ok_or_else(|| {
+        anyhow::anyhow!(
+            "order {order_id}: the event store refused the created event but holds no event"
+        )
+    })?;
+    match OrderEvent::decode(&first.event_type, &first.event_data) {
+        Ok(OrderEvent::Created(created)) => Ok(created),
+        Ok(other) => Err(anyhow::anyhow!(
+            "order {order_id} starts with a {} event",
+            other.event_type()
+        )
+        .into()),
+        Err(error) => Err(anyhow::Error::new(error)
+            .context(format!("order {order_id}: stored created event"))
+            .into()),
+    }
+}
+
+/// The same order as far as the client is concerned: time and id are ours, not the client's.
+fn same_order(stored: &OrderCreated, requested: &OrderCreated) -> bool {
+    stored.customer_id == requested.customer_id
+        && stored.restaurant_id == requested.restaurant_id
+        && stored.order_items == requested.order_items
+}
+
+fn answer(created: &OrderCreated) -> Response {
+    let location = format!("/api/orders/{}", created.order_id);
+    let mut response = (StatusCode::CREATED, Json(created_view(created))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The order as its `created` event placed it.
+fn created_view(created: &OrderCreated) -> Value {
+    json!({
+        "order_id": created.order_id,
+        "customer_id": created.customer_id,
+        "restaurant_id": created.restaurant_id,
+        "status": OrderStatus::Pending.as_str(),
+        "amount": created.amount.to_string(),
+        "created_on": rfc3339(created.created_on),
+        "order_items": created.order_items.iter().map(item_view).collect::<Vec<_>>(),
+        "version": 1,
+    })
+}
+
+pub(crate) fn item_view(item: &OrderItem) -> Value {
+    json!({
+        "code": item.code,
+        "name": item.name,
+        "unit_price": item.unit_price.to_string(),
+        "quantity": item.quantity,
+    })
+}
+
+pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+}

@@ -1,0 +1,333 @@
+//! `GET /api/orders/{id}` and `GET /api/orders?customer_id=…`: the read model that
+//! querymodelworker keeps in ordersdb. This service only reads it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use order_domain::Money;
+use pipeline_runtime::db;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::create::rfc3339;
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Set on an answer older than the `min_version` the client asked for.
+pub const STALE_HEADER: &str = "x-read-model-stale";
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 100;
+
+#[derive(Debug, sqlx::FromRow)]
+struct OrderRow {
+    order_id: Uuid,
+    customer_id: String,
+    restaurant_id: String,
+    status: String,
+    amount: Decimal,
+    refunded: bool,
+    version: i64,
+    reason: Option<String>,
+    trace_id: Option<String>,
+    created_on: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ItemRow {
+    order_id: Uuid,
+    code: String,
+    name: String,
+    unit_price: Decimal,
+    quantity: i64,
+}
+
+const ORDER_COLUMNS: &str = "order_id, customer_id, restaurant_id, status, amount, refunded, \
+     version, reason, trace_id, created_on, updated_at";
+
+pub(super) fn path_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(raw) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    super::order_id(&raw)
+}
+
+fn query_params(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|Query(params)| params)
+        .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+}
+
+#[tracing::instrument(skip_all, fields(order.id))]
+pub async fn get_order(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let order_id = path_id(path)?;
+    tracing::Span::current().record("order.id", tracing::field::display(order_id));
+    let params = query_params(query)?;
+    let min_version = match params.get("min_version") {
+        None => None,
+        Some(raw) => Some(raw.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ApiError::BadRequest("min_version must be a whole number of at least 1".into())
+        })?),
+    };
+
+    let deadline = Instant::now() + state.min_version_wait;
+    loop {
+        let found = db::retry(|| fetch_order(&state.db, order_id)).await?;
+        let caught_up = match (&found, min_version) {
+            (_, None) => true,
+            (Some((row, _)), Some(wanted)) => row.version >= wanted,
+            (None, Some(_)) => false,
+        };
+        if caught_up || Instant::now() >= deadline {
+            let Some((row, items)) = found else {
+                return Err(ApiError::NotFound(format!("order {order_id} not found")));
+            };
+            let mut response = Json(order_view(row, items)?).into_response();
+            if !caught_up {
+                response
+                    .headers_mut()
+                    .insert(STALE_HEADER, HeaderValue::from_static("true"));
+            }
+            return Ok(response);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let params = query_params(query)?;
+    let customer_id = params
+        .get("customer_id")
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("customer_id is required".into()))?;
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                ))
+            })?,
+    };
+    let after = params
+        .get("after")
+        .map(|cursor| {
+            Cursor::decode(cursor).ok_or_else(|| {
+                ApiError::BadRequest("after is not a cursor this API handed out".into())
+            })
+        })
+        .transpose()?;
+
+    let (mut rows, items) =
+        db::retry(|| fetch_page(&state.db, customer_id, after.as_ref(), limit + 1)).await?;
+    // One row more than asked says whether another page follows.
+    let next = if rows.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.last().map(|row| {
+            Cursor {
+                created_on: row.created_on,
+                order_id: row.order_id,
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let mut items_by_order: HashMap<Uuid, Vec<ItemRow>> = HashMap::new();
+    for item in items {
+        items_by_order.entry(item.order_id).or_default().push(item);
+    }
+    let orders = rows
+        .into_iter()
+        .map(|row| {
+            let items = items_by_order.remove(&row.order_id).unwrap_or_default();
+            order_view(row, items)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "orders": orders, "next": next })))
+}
+
+/// The order and its items, read in one transaction so they belong together.
+async fn fetch_order(
+    pool: &PgPool,
+    order_id: Uuid,
+) -> Result<Option<(OrderRow, Vec<ItemRow>)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let items: Vec<ItemRow> = sqlx::query_as(
+        "SELECT order_id, code, name, unit_price, quantity FROM order_items \
+         WHERE order_id = $1 ORDER BY line_no",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some((row, items)))
+}
+
+/// One page of a customer's orders, newest first, after `after` if given.
+async fn fetch_page(
+    pool: &PgPool,
+    customer_id: &str,
+    after: Option<&Cursor>,
+    limit: i64,
+) -> Result<(Vec<OrderRow>, Vec<ItemRow>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<OrderRow> = match after {
+        None => {
+            sqlx::query_as(&format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = $1 \
+                 ORDER BY created_on DESC, order_id DESC LIMIT $2"
+            ))
+            .bind(customer_id)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+        Some(cursor) => {
+            sqlx::query_as(&format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = $1 \
+                 AND (created_on, order_id) < ($2, $3) \
+                 ORDER BY created_on DESC, order_id DESC LIMIT $4"
+            ))
+            .bind(customer_id)
+            .bind(cursor.created_on)
+            .bind(cursor.order_id)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?
+        }
+    };
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.order_id).collect();
+    let items: Vec<ItemRow> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT order_id, code, name, unit_price, quantity FROM order_items \
+             WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    tx.commit().await?;
+    Ok((rows, items))
+}
+
+fn money(value: Decimal, what: &str) -> Result<String, ApiError> {
+    Money::try_from(value)
+        .map(|m| m.to_string())
+        .map_err(|error| {
+            anyhow::anyhow!("the read model holds an invalid {what} {value}: {error}").into()
+        })
+}
+
+fn order_view(row: OrderRow, items: Vec<ItemRow>) -> Result<Value, ApiError> {
+    let items = items
+        .into_iter()
+        .map(|item| {
+            Ok(json!({
+                "code": item.code,
+                "name": item.name,
+                "unit_price": money(item.unit_price, "unit price")?,
+                "quantity": item.quantity,
+            }))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(json!({
+        "order_id": row.order_id,
+        "customer_id": row.customer_id,
+        "restaurant_id": row.restaurant_id,
+        "status": row.status,
+        "amount": money(row.amount, "amount")?,
+        "refunded": row.refunded,
+        "version": row.version,
+        "reason": row.reason,
+        "trace_id": row.trace_id,
+        "created_on": rfc3339(row.created_on),
+        "updated_at": rfc3339(row.updated_at),
+        "order_items": items,
+    }))
+}
+
+/// Where a page ended: the last order's (created_on, order_id). Handed out as opaque hex so
+/// clients do not build their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    created_on: OffsetDateTime,
+    order_id: Uuid,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let plain = format!(
+            "{}|{}",
+            self.created_on.unix_timestamp_nanos(),
+            self.order_id
+        );
+        plain.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn decode(cursor: &str) -> Option<Cursor> {
+        if !cursor.len().is_multiple_of(2) || cursor.len() > 200 {
+            return None;
+        }
+        let bytes = (0..cursor.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        let plain = String::from_utf8(bytes).ok()?;
+        let (nanos, id) = plain.split_once('|')?;
+        Some(Cursor {
+            created_on: OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?,
+            order_id: Uuid::parse_str(id).ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_what_it_encoded() {
+        let cursor = Cursor {
+            created_on: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000)
+                .expect("time"),
+            order_id: Uuid::new_v4(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::decode("zz"), None);
+        assert_eq!(Cursor::decode("abc"), None);
+    }
+}

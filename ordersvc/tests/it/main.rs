@@ -1,0 +1,8 @@
+//! Integration tests of ordersvc against real PostgreSQL, nats-server and the in-process event store.
+
+mod cancel;
+mod create;
+mod harness;
+mod health;
+mod openapi;
+mod read;
