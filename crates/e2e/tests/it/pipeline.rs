@@ -12,7 +12,10 @@ use testkit::{NatsServer, Postgres};
 /// Binaries of the workspace, found beside this test's executable (`target/<profile>/`).
 fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -45,7 +48,13 @@ impl Pipeline {
     /// Databases, stream and consumers bootstrapped, then one process of each service.
     pub async fn start() -> Pipeline {
         let mut pipeline = Self::bootstrapped().await;
-        for service in ["eventstore", "ordersvc", "paymentworker", "reviewworker", "querymodelworker"] {
+        for service in [
+            "eventstore",
+            "ordersvc",
+            "paymentworker",
+            "reviewworker",
+            "querymodelworker",
+        ] {
             pipeline.spawn(service);
         }
         pipeline.wait_ready().await;
@@ -64,7 +73,10 @@ impl Pipeline {
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
             processes: Vec::new(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client"),
         };
         let output = Command::new(binary("bootstrapper"))
             .envs(pipeline.env())
@@ -87,8 +99,14 @@ impl Pipeline {
     pub fn env(&self) -> Vec<(String, String)> {
         [
             ("NATS_URL", self.nats.url()),
-            ("EVENTSTORE_ADDR", format!("127.0.0.1:{}", self.eventstore_port)),
-            ("EVENTSTORE_URL", format!("http://127.0.0.1:{}", self.eventstore_port)),
+            (
+                "EVENTSTORE_ADDR",
+                format!("127.0.0.1:{}", self.eventstore_port),
+            ),
+            (
+                "EVENTSTORE_URL",
+                format!("http://127.0.0.1:{}", self.eventstore_port),
+            ),
             ("ORDERSVC_ADDR", format!("127.0.0.1:{}", self.ordersvc_port)),
             ("EVENTSTORE_DATABASE_URL", self.database_url("eventstoredb")),
             ("ORDERS_DATABASE_URL", self.database_url("ordersdb")),
@@ -118,7 +136,11 @@ impl Pipeline {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {service}: {err}"));
-        self.processes.push(Process { name: service.to_owned(), child, log });
+        self.processes.push(Process {
+            name: service.to_owned(),
+            child,
+            log,
+        });
         index
     }
 
@@ -157,18 +179,12 @@ impl Pipeline {
             if let Some(status) = process.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "{service}#{index} did not stop on SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{service}#{index} did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    pub fn log(&self, service: &str, index: usize) -> String {
-        self.processes
-            .iter()
-            .filter(|p| p.name == service)
-            .nth(index)
-            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
-            .unwrap_or_default()
     }
 
     pub fn base_url(&self) -> String {
@@ -184,7 +200,11 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         loop {
-            let answer = self.http.get(format!("{}/healthz", self.base_url())).send().await;
+            let answer = self
+                .http
+                .get(format!("{}/healthz", self.base_url()))
+                .send()
+                .await;
             if answer.is_ok_and(|r| r.status().is_success()) {
                 break;
             }
@@ -241,7 +261,10 @@ impl Pipeline {
 
     /// POSTs an order; returns status and JSON body.
     pub async fn post_order(&self, body: &Value, idempotency_key: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.post(format!("{}/api/orders", self.base_url())).json(body);
+        let mut request = self
+            .http
+            .post(format!("{}/api/orders", self.base_url()))
+            .json(body);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
@@ -252,7 +275,9 @@ impl Pipeline {
 
     /// POSTs an order that must be accepted; returns its id.
     pub async fn place(&self, customer: &str, unit_price: &str, quantity: u32) -> String {
-        let (status, body) = self.post_order(&order_body(customer, unit_price, quantity), None).await;
+        let (status, body) = self
+            .post_order(&order_body(customer, unit_price, quantity), None)
+            .await;
         assert_eq!(status, 201, "order accepted: {body}");
         body["order_id"].as_str().expect("order_id").to_owned()
     }
@@ -281,7 +306,12 @@ impl Pipeline {
     }
 
     /// Waits until the read model shows `order_id` satisfying `done`; returns the order.
-    pub async fn wait_for(&self, order_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        order_id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let (status, body) = self.get_order(order_id).await;
@@ -289,7 +319,10 @@ impl Pipeline {
                 return body;
             }
             if tokio::time::Instant::now() >= deadline {
-                panic!("order {order_id} never became {what}; last answer {status} {body}\n{}", self.all_logs());
+                panic!(
+                    "order {order_id} never became {what}; last answer {status} {body}\n{}",
+                    self.all_logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -299,7 +332,8 @@ impl Pipeline {
     pub async fn wait_final(&self, order_id: &str) -> Value {
         self.wait_for(order_id, "final", |o| {
             let status = o["status"].as_str().unwrap_or_default();
-            let needs_refund = status == "Rejected" || (status == "Cancelled" && o["version"].as_i64() >= Some(3));
+            let needs_refund =
+                status == "Rejected" || (status == "Cancelled" && o["version"].as_i64() >= Some(3));
             FINAL.contains(&status) && (!needs_refund || o["refunded"] == Value::Bool(true))
         })
         .await
@@ -326,19 +360,27 @@ impl Pipeline {
     }
 
     pub async fn wallet(&self, customer: &str) -> Decimal {
-        let pool = sqlx::PgPool::connect(&self.database_url("paymentsdb")).await.expect("paymentsdb");
-        let balance: Decimal = sqlx::query_scalar("SELECT balance FROM wallets WHERE customer_id = $1")
-            .bind(customer)
-            .fetch_one(&pool)
+        let pool = sqlx::PgPool::connect(&self.database_url("paymentsdb"))
             .await
-            .expect("wallet exists");
+            .expect("paymentsdb");
+        let balance: Decimal =
+            sqlx::query_scalar("SELECT balance FROM wallets WHERE customer_id = $1")
+                .bind(customer)
+                .fetch_one(&pool)
+                .await
+                .expect("wallet exists");
         pool.close().await;
         balance
     }
 
     pub async fn count_events(&self) -> i64 {
-        let pool = sqlx::PgPool::connect(&self.database_url("eventstoredb")).await.expect("eventstoredb");
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.expect("count");
+        let pool = sqlx::PgPool::connect(&self.database_url("eventstoredb"))
+            .await
+            .expect("eventstoredb");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
         pool.close().await;
         n
     }
