@@ -1,4 +1,11 @@
 //! One module per subcommand.
 
+pub mod cancel;
+pub mod create;
 pub mod dead_letters;
 pub mod events;
+pub mod get;
+pub mod list;
+pub mod load;
+pub mod trace;
+pub mod watch;

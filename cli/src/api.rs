@@ -1,0 +1,224 @@
+//! A small client of ordersvc's HTTP API (`/api/orders…`).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// How long one API request may take. Above ordersvc's `min_version` wait (3 s by default), so a
+/// long-poll answers before the client gives up.
+pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request to the API did not give the expected answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The API answered with an error status; `message` is its `{"error": ...}`.
+    #[error("{message} (HTTP {status})")]
+    Status { status: u16, message: String },
+    /// No answer: connection refused or reset, DNS, a body cut short.
+    #[error("cannot reach ordersvc: {0}")]
+    Network(String),
+    /// No answer within [`API_TIMEOUT`].
+    #[error("ordersvc did not answer within {API_TIMEOUT:?}")]
+    Timeout,
+    /// An answer that is not the JSON the contract promises.
+    #[error("unexpected answer from ordersvc: {0}")]
+    Invalid(String),
+}
+
+impl ApiError {
+    /// The error's class in a load report: `HTTP 422`, `network`, `timeout`, `invalid answer`.
+    pub fn kind(&self) -> String {
+        match self {
+            ApiError::Status { status, .. } => format!("HTTP {status}"),
+            ApiError::Network(_) => "network".to_owned(),
+            ApiError::Timeout => "timeout".to_owned(),
+            ApiError::Invalid(_) => "invalid answer".to_owned(),
+        }
+    }
+
+    /// Whether the request may have never reached the API, so that sending it again (with the
+    /// same `Idempotency-Key`) is the way to find out.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, ApiError::Network(_) | ApiError::Timeout)
+    }
+
+    fn from_reqwest(err: reqwest::Error) -> ApiError {
+        if err.is_timeout() {
+            return ApiError::Timeout;
+        }
+        // The innermost cause says what happened ("Connection refused"); reqwest's own message
+        // only says that sending failed.
+        let mut cause: &dyn std::error::Error = &err;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        ApiError::Network(cause.to_string())
+    }
+}
+
+/// ordersvc at `base` (e.g. `http://127.0.0.1:3000`).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> anyhow::Result<ApiClient> {
+        let base = base.trim_end_matches('/').to_owned();
+        anyhow::ensure!(
+            base.starts_with("http://") || base.starts_with("https://"),
+            "ORDERSVC_URL must be an http:// URL, not {base:?}"
+        );
+        let http = reqwest::Client::builder()
+            .timeout(API_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(ApiClient { base, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /api/orders`: the created order (201).
+    pub async fn create(
+        &self,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let mut request = self
+            .http
+            .post(format!("{}/api/orders", self.base))
+            .json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        answer(request.send().await).await
+    }
+
+    /// `GET /api/orders/{id}`, waiting on the server side up to its limit for `min_version`.
+    pub async fn get(&self, order_id: Uuid, min_version: Option<i64>) -> Result<Value, ApiError> {
+        let mut url = format!("{}/api/orders/{order_id}", self.base);
+        if let Some(version) = min_version {
+            url.push_str(&format!("?min_version={version}"));
+        }
+        answer(self.http.get(url).send().await).await
+    }
+
+    /// `GET /api/orders?customer_id=…`: one page, `{orders, next}`.
+    pub async fn list(
+        &self,
+        customer_id: &str,
+        limit: Option<u32>,
+        after: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let mut url = format!(
+            "{}/api/orders?customer_id={}",
+            self.base,
+            query_value(customer_id)
+        );
+        if let Some(limit) = limit {
+            url.push_str(&format!("&limit={limit}"));
+        }
+        if let Some(after) = after {
+            url.push_str(&format!("&after={}", query_value(after)));
+        }
+        answer(self.http.get(url).send().await).await
+    }
+
+    /// `POST /api/orders/{id}/cancel`.
+    pub async fn cancel(&self, order_id: Uuid, reason: Option<&str>) -> Result<Value, ApiError> {
+        let mut request = self
+            .http
+            .post(format!("{}/api/orders/{order_id}/cancel", self.base));
+        if let Some(reason) = reason {
+            request = request.json(&serde_json::json!({ "reason": reason }));
+        }
+        answer(request.send().await).await
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The JSON body of a 2xx answer, or the API's error.
+async fn answer(sent: Result<reqwest::Response, reqwest::Error>) -> Result<Value, ApiError> {
+    let response = sent.map_err(ApiError::from_reqwest)?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(ApiError::from_reqwest)?;
+    if status.is_success() {
+        return serde_json::from_slice(&body).map_err(|err| {
+            ApiError::Invalid(format!("HTTP {status} with a body that is not JSON: {err}"))
+        });
+    }
+    Err(ApiError::Status {
+        status: status.as_u16(),
+        message: error_message(status, &body),
+    })
+}
+
+/// `{"error": "..."}` as the contract says, or whatever came (a proxy's page), shortened.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body)
+        && let Some(Value::String(message)) = fields.get("error")
+    {
+        return message.clone();
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return status
+            .canonical_reason()
+            .unwrap_or("no error message")
+            .to_owned();
+    }
+    text.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_message_is_the_apis_error_field_or_the_text_that_came() {
+        assert_eq!(
+            error_message(StatusCode::CONFLICT, br#"{"error":"too late to cancel"}"#),
+            "too late to cancel"
+        );
+        assert_eq!(
+            error_message(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>"),
+            "<html>bad gateway</html>"
+        );
+        assert_eq!(error_message(StatusCode::NOT_FOUND, b""), "Not Found");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("c1"), "c1");
+        assert_eq!(query_value("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn error_kinds_name_the_status_or_the_transport_failure() {
+        let status = ApiError::Status {
+            status: 422,
+            message: "x".into(),
+        };
+        assert_eq!(status.kind(), "HTTP 422");
+        assert!(!status.is_transport());
+        assert_eq!(ApiError::Timeout.kind(), "timeout");
+        assert!(ApiError::Network("refused".into()).is_transport());
+    }
+}
