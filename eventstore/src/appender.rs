@@ -89,7 +89,9 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, batch_size: usize) ->
     Some(batch)
 }
 
-#[tracing::instrument(name = "append_batch", skip_all, fields(batch.size = batch.len()))]
+// Debug level: a batch serves many requests of many traces, so it belongs to none of them (each
+// request's own span covers its wait for the commit) and stays out of Zipkin.
+#[tracing::instrument(name = "append_batch", level = "debug", skip_all, fields(batch.size = batch.len()))]
 async fn commit(pool: &PgPool, batch: Vec<Job>, signals: &CommitSignals) {
     let (events, replies): (Vec<NewEvent>, Vec<_>) =
         batch.into_iter().map(|job| (job.event, job.reply)).unzip();

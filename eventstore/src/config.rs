@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use pipeline_runtime::telemetry::TelemetryConfig;
+
 /// Configuration of the event store. Every field can be given as a flag or an environment variable.
 #[derive(Clone, clap::Parser)]
 #[command(
@@ -51,6 +53,10 @@ pub struct Config {
     /// How long to wait for the database or JetStream before answering UNAVAILABLE, in milliseconds.
     #[arg(long, env = "EVENTSTORE_TIMEOUT_MS", default_value_t = 3000)]
     pub timeout_ms: u64,
+
+    /// Span export (`ZIPKIN_ENDPOINT`).
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -61,6 +67,7 @@ impl Config {
         nats_url: impl Into<String>,
     ) -> Self {
         Self {
+            telemetry: TelemetryConfig::default(),
             addr,
             database_url: database_url.into(),
             nats_url: nats_url.into(),
@@ -98,6 +105,7 @@ impl std::fmt::Debug for Config {
             .field("batch_workers", &self.batch_workers)
             .field("sweep_interval_ms", &self.sweep_interval_ms)
             .field("timeout_ms", &self.timeout_ms)
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }

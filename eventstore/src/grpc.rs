@@ -4,12 +4,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use eventstore_proto as pb;
+use pipeline_runtime::tracecontext;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::appender::Appender;
@@ -61,12 +63,33 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::CreateEventRequest>,
     ) -> Result<Response<pb::CreateEventResponse>, Status> {
-        let event = NewEvent::from_request(request.into_inner(), self.limits)?;
+        let mut event = NewEvent::from_request(request.into_inner(), self.limits)?;
         let span = tracing::Span::current();
         span.record("event.id", tracing::field::display(event.event_id));
         span.record("event.type", event.event_type.as_str());
         span.record("aggregate.id", event.aggregate_id.as_str());
-        let appended = self.appender.append(event).await?;
+        // A client that did not put its trace context into the event gets this request's, so the
+        // outbox relay still continues the trace.
+        tracecontext::fill_metadata(&span, &mut event.metadata);
+        // The group commit runs elsewhere; this span is this event's wait for its transaction.
+        let commit = tracing::info_span!(
+            "append",
+            otel.name = "INSERT eventstoredb.events",
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "events",
+        );
+        let appended = self
+            .appender
+            .append(event)
+            .instrument(commit.clone())
+            .await
+            .inspect_err(|err| {
+                if matches!(err, StoreError::Unavailable(_) | StoreError::Internal(_)) {
+                    tracecontext::mark_error(&commit, err.to_string());
+                }
+            })?;
         span.record("aggregate.version", appended.version);
         Ok(Response::new(pb::CreateEventResponse {
             is_success: true,
@@ -166,6 +189,26 @@ impl pb::event_store_server::EventStore for EventStoreService {
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
+}
+
+/// The SERVER span of one gRPC request (OpenTelemetry RPC conventions), a child of the caller's
+/// trace context when the request's metadata carries one.
+pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", path));
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+    );
+    tracecontext::set_parent(&span, &tracecontext::HeaderExtractor(request.headers()));
+    span
 }
 
 fn parse_event_id(id: &str) -> Result<Uuid, Status> {

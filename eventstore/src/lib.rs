@@ -122,6 +122,7 @@ impl App {
             stop_streams.clone(),
         );
         let server = tonic::transport::Server::builder()
+            .trace_fn(grpc::server_span)
             .add_service(health_service)
             .add_service(
                 EventStoreServer::new(service)

@@ -7,7 +7,14 @@ use pipeline_runtime::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init("eventstore");
+    // Declared first so it is dropped last: queued spans are flushed after everything else stopped.
+    let _telemetry = match telemetry::init("eventstore", &config.telemetry) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("eventstore: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(err) => {

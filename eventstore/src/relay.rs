@@ -16,9 +16,11 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::future::join_all;
 use pipeline_runtime::stream::headers;
+use pipeline_runtime::tracecontext;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::model::StoredEvent;
@@ -93,7 +95,14 @@ impl Relay {
     }
 
     /// Claims, publishes and deletes one batch of outbox rows.
-    #[tracing::instrument(name = "outbox_pass", skip_all, fields(claimed, published))]
+    // Debug level: a pass runs every sweep interval whether or not there is anything to publish; each
+    // publish has its own span in the trace of the event it publishes.
+    #[tracing::instrument(
+        name = "outbox_pass",
+        level = "debug",
+        skip_all,
+        fields(claimed, published)
+    )]
     async fn pass(&self) -> Result<Pass, RelayError> {
         if self.nats.connection_state() != async_nats::connection::State::Connected {
             return Err(RelayError::Disconnected);
@@ -176,8 +185,39 @@ impl Relay {
         join_all(chains).await.into_iter().flatten().collect()
     }
 
+    /// Publishes one event under a PRODUCER span that continues the trace stored with the event and
+    /// whose own context goes into the message's `traceparent`, so consumers are its children.
     async fn publish(&self, event: StoredEvent) -> anyhow::Result<()> {
         let subject = event.subject();
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = format!("publish {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "publish",
+            messaging.destination.name = %subject,
+            messaging.message.id = %event.event_id,
+            event.type = %event.event_type,
+            order.id = %event.aggregate_id,
+            aggregate.version = event.aggregate_version,
+        );
+        tracecontext::set_parent(&span, &tracecontext::MapExtractor(&event.metadata));
+        let result = self
+            .publish_message(subject, event, &span)
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &result {
+            tracecontext::mark_error(&span, format!("{err:#}"));
+        }
+        result
+    }
+
+    async fn publish_message(
+        &self,
+        subject: String,
+        event: StoredEvent,
+        span: &tracing::Span,
+    ) -> anyhow::Result<()> {
         let mut message_headers = async_nats::HeaderMap::new();
         message_headers.insert(headers::MSG_ID, event.event_id.to_string().as_str());
         message_headers.insert(headers::EVENT_TYPE, event.event_type.as_str());
@@ -190,6 +230,8 @@ impl Relay {
         for (key, value) in &event.metadata {
             message_headers.insert(key.as_str(), value.as_str());
         }
+        // Replaces the stored context copied above by the publish's own.
+        tracecontext::inject(span, &mut tracecontext::NatsInjector(&mut message_headers));
         let body = serde_json::to_vec(&event.into_envelope())?;
         let ack = tokio::time::timeout(self.publish_timeout, async {
             self.jetstream

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pipeline_runtime::db::redact;
+use pipeline_runtime::telemetry::TelemetryConfig;
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:3000";
 pub const DEFAULT_EVENTSTORE_URL: &str = "http://127.0.0.1:50051";
@@ -48,6 +49,10 @@ pub struct Config {
     #[arg(long, env = "ORDERSVC_MIN_VERSION_WAIT_MS", value_name = "ORDERSVC_MIN_VERSION_WAIT_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub min_version_wait_ms: u64,
+
+    /// Span export (`ZIPKIN_ENDPOINT`).
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -58,6 +63,7 @@ impl Config {
         orders_database_url: impl Into<String>,
     ) -> Self {
         Self {
+            telemetry: TelemetryConfig::default(),
             addr,
             eventstore_url: eventstore_url.into(),
             orders_database_url: orders_database_url.into(),
@@ -102,6 +108,7 @@ impl fmt::Debug for Config {
             .field("timeout_ms", &self.timeout_ms)
             .field("db_connections", &self.db_connections)
             .field("min_version_wait_ms", &self.min_version_wait_ms)
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }

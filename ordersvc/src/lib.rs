@@ -5,6 +5,7 @@ mod config;
 mod error;
 mod openapi;
 mod routes;
+mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -9,7 +9,14 @@ use pipeline_runtime::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init("ordersvc");
+    // Declared first so it is dropped last: queued spans are flushed after everything else stopped.
+    let _telemetry = match telemetry::init("ordersvc", &config.telemetry) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("ordersvc: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(?config, "starting");
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use order_domain::Money;
 use pipeline_runtime::consumer;
+use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Everything paymentworker reads at start. `--help` lists the variables.
 #[derive(Clone, clap::Parser)]
@@ -54,6 +55,10 @@ pub struct Config {
     /// (`WORKER_TIMEOUT_MS`).
     #[arg(long, env = "WORKER_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
     pub timeout_ms: u64,
+
+    /// Span export (`ZIPKIN_ENDPOINT`).
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
 }
 
 fn parse_initial_credit(value: &str) -> Result<Money, String> {
@@ -70,6 +75,7 @@ impl Config {
         payments_database_url: impl Into<String>,
     ) -> Self {
         Self {
+            telemetry: TelemetryConfig::default(),
             nats_url: nats_url.into(),
             eventstore_url: eventstore_url.into(),
             payments_database_url: payments_database_url.into(),
@@ -110,6 +116,7 @@ impl std::fmt::Debug for Config {
             .field("concurrency", &self.concurrency)
             .field("db_connections", &self.db_connections)
             .field("timeout_ms", &self.timeout_ms)
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }

@@ -48,7 +48,7 @@ pub enum LedgerError {
 
 /// Decides the payment of a Pending order, once: the first call debits the wallet (creating it with
 /// `initial_credit` if missing) or records a failure; later calls return the recorded decision.
-#[tracing::instrument(skip_all, fields(order.id = %order.order_id))]
+#[tracing::instrument(name = "paymentsdb settle", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", order.id = %order.order_id))]
 pub async fn settle(
     pool: &PgPool,
     order: &Order,
@@ -122,7 +122,7 @@ pub async fn settle(
 }
 
 /// Gives back the debit of an order the event store saw debited, once: `debited` → `refunded`.
-#[tracing::instrument(skip_all, fields(order.id = %order_id))]
+#[tracing::instrument(name = "paymentsdb refund", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", order.id = %order_id))]
 pub async fn refund(
     pool: &PgPool,
     order_id: Uuid,
@@ -166,7 +166,7 @@ pub async fn refund(
 
 /// Compensates a debit the order never saw (it was cancelled before the debit event could be
 /// appended): `debited` → `voided` and the amount back to the wallet. Returns whether it did.
-#[tracing::instrument(skip_all, fields(order.id = %order_id))]
+#[tracing::instrument(name = "paymentsdb void", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", order.id = %order_id))]
 pub async fn void(pool: &PgPool, order_id: Uuid) -> Result<bool, LedgerError> {
     let voided = db::retry(|| async move {
         let mut tx = pool.begin().await?;

@@ -168,19 +168,14 @@ impl Worker {
     }
 }
 
-/// Metadata of an event caused by `cause`: the same trace and correlation, caused by it.
+/// Metadata of an event caused by `cause`: the same correlation, caused by it. Its trace context is
+/// not copied from `cause`: the event store client puts in the current one (this delivery's span, a
+/// child of the publish of `cause`), so the trace goes on from here.
 pub fn caused_metadata(cause: &EventEnvelope) -> BTreeMap<String, String> {
     let mut metadata: BTreeMap<String, String> = cause
         .metadata
         .iter()
-        .filter(|(key, _)| {
-            [
-                headers::TRACEPARENT,
-                headers::TRACESTATE,
-                headers::CORRELATION_ID,
-            ]
-            .contains(&key.as_str())
-        })
+        .filter(|(key, _)| key.as_str() == headers::CORRELATION_ID)
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     metadata

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use pipeline_runtime::consumer;
+use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Configuration of querymodelworker. Every field can be given as a flag or an environment variable;
 /// the flags are accepted before or after the subcommand.
@@ -45,6 +46,10 @@ pub struct Config {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub worker_concurrency: u16,
+
+    /// Span export (`ZIPKIN_ENDPOINT`).
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -55,6 +60,7 @@ impl Config {
         orders_database_url: impl Into<String>,
     ) -> Self {
         Self {
+            telemetry: TelemetryConfig::default(),
             nats_url: nats_url.into(),
             eventstore_url: eventstore_url.into(),
             orders_database_url: orders_database_url.into(),
@@ -90,6 +96,7 @@ impl std::fmt::Debug for Config {
             )
             .field("max_deliveries", &self.max_deliveries)
             .field("worker_concurrency", &self.worker_concurrency)
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }

@@ -7,7 +7,14 @@ use querymodelworker::{App, Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(querymodelworker::WORKER);
+    // Declared first so it is dropped last: queued spans are flushed after everything else stopped.
+    let _telemetry = match telemetry::init(querymodelworker::WORKER, &cli.config.telemetry) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("querymodelworker: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let app = match App::build(cli.config).await {

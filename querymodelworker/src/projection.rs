@@ -184,6 +184,7 @@ impl Projector {
 }
 
 /// One transaction: read the row (locked), apply what is due, write it back.
+#[tracing::instrument(name = "ordersdb project", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "ordersdb", db.collection.name = "orders"))]
 async fn attempt(
     pool: &PgPool,
     order_id: Uuid,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use order_domain::Money;
 use pipeline_runtime::consumer;
+use pipeline_runtime::telemetry::TelemetryConfig;
 use tokio::sync::watch;
 
 /// Everything reviewworker reads at start. `--help` lists the variables.
@@ -43,6 +44,10 @@ pub struct Config {
     /// delivered message waits before it is handled, so a test can act on the order meanwhile.
     #[arg(skip)]
     pub hold: Option<watch::Receiver<bool>>,
+
+    /// Span export (`ZIPKIN_ENDPOINT`).
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
 }
 
 fn parse_max_amount(value: &str) -> Result<Money, String> {
@@ -55,6 +60,7 @@ impl Config {
     /// The defaults, pointed at the given servers (for tests and embedding).
     pub fn new(nats_url: impl Into<String>, eventstore_url: impl Into<String>) -> Self {
         Self {
+            telemetry: TelemetryConfig::default(),
             nats_url: nats_url.into(),
             eventstore_url: eventstore_url.into(),
             max_amount: Money::from_whole_units(500).unwrap_or(Money::ZERO),

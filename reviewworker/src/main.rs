@@ -7,7 +7,14 @@ use reviewworker::{App, Config};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init("reviewworker");
+    // Declared first so it is dropped last: queued spans are flushed after everything else stopped.
+    let _telemetry = match telemetry::init("reviewworker", &config.telemetry) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("reviewworker: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(err) => {

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadletter;
 use crate::stream::{ConsumerSpec, EventEnvelope, STREAM};
+use crate::tracecontext;
 
 /// What a handler reports when it could not handle a message.
 #[derive(Debug)]
@@ -229,9 +230,14 @@ async fn process<H, Fut>(
             return;
         }
     };
+    // The CONSUMER span continues the trace of the publish (the relay's PRODUCER span, whose
+    // context is in the headers); a message without headers falls back to the stored context.
     let span = tracing::info_span!(
         "consume",
+        otel.name = format!("process {subject}"),
+        otel.kind = "consumer",
         messaging.system = "nats",
+        messaging.operation.type = "process",
         messaging.destination.name = %subject,
         messaging.consumer.group.name = worker,
         event.id = %envelope.event_id,
@@ -240,14 +246,34 @@ async fn process<H, Fut>(
         aggregate.version = envelope.aggregate_version,
         delivered,
     );
+    let headers = message.headers.clone().unwrap_or_default();
+    if !tracecontext::set_parent(&span, &tracecontext::NatsExtractor(&headers)) {
+        tracecontext::set_parent(&span, &tracecontext::MapExtractor(&envelope.metadata));
+    }
     let delivery = Delivery {
         envelope,
         subject,
         delivered,
-        headers: message.headers.clone().unwrap_or_default(),
+        headers,
     };
-    let outcome = tracing::Instrument::instrument(handler(delivery), span.clone()).await;
-    let _entered = span.enter();
+    // The span stays open through the ack, and is entered only while this task runs (a guard held
+    // across an await would make other tasks on this thread its children).
+    let handled = async {
+        let outcome = handler(delivery).await;
+        settle(js, worker, options, &message, delivered, outcome).await;
+    };
+    tracing::Instrument::instrument(handled, span).await;
+}
+
+async fn settle(
+    js: &jetstream::Context,
+    worker: &str,
+    options: &Options,
+    message: &jetstream::Message,
+    delivered: i64,
+    outcome: Result<(), Failure>,
+) {
+    let span = tracing::Span::current();
     match outcome {
         Ok(()) => {
             // Double ack: wait until the server took the ack, so a lost ack shows up here as a
@@ -257,6 +283,7 @@ async fn process<H, Fut>(
             }
         }
         Err(Failure::Retry(err)) if delivered < options.max_deliveries => {
+            tracecontext::mark_error(&span, format!("{err:#}"));
             let delay = options.delay(delivered);
             tracing::warn!(
                 error = format!("{err:#}"),
@@ -268,11 +295,13 @@ async fn process<H, Fut>(
             }
         }
         Err(Failure::Retry(err)) => {
+            tracecontext::mark_error(&span, format!("{err:#}"));
             let reason = format!("gave up after {delivered} deliveries: {err:#}");
-            give_up(js, worker, &message, delivered, &reason).await;
+            give_up(js, worker, message, delivered, &reason).await;
         }
         Err(Failure::DeadLetter(err)) => {
-            give_up(js, worker, &message, delivered, &format!("{err:#}")).await;
+            tracecontext::mark_error(&span, format!("{err:#}"));
+            give_up(js, worker, message, delivered, &format!("{err:#}")).await;
         }
     }
 }

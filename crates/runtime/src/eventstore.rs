@@ -9,7 +9,10 @@ use pb::event_store_client::EventStoreClient as Grpc;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
+use tracing::Instrument as _;
+
 use crate::stream::{EventEnvelope, STREAM};
+use crate::tracecontext;
 
 /// An event to append.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,12 +106,21 @@ impl EventStoreClient {
     }
 
     /// Appends `event` expecting the aggregate at `expected_version`.
-    #[tracing::instrument(skip_all, fields(event.id = %event.event_id, event.type = %event.event_type, aggregate.id = %event.aggregate_id, expected_version))]
+    ///
+    /// A CLIENT span covers the call; its trace context goes into the gRPC metadata and, unless the
+    /// caller set a `traceparent` of its own, into the event's metadata, so whatever the event causes
+    /// (its publication, the workers' handling) continues this trace.
     pub async fn append(
         &self,
-        event: NewEvent,
+        mut event: NewEvent,
         expected_version: i64,
     ) -> Result<Appended, ClientError> {
+        let span = rpc_span("CreateEvent");
+        span.record("event.id", tracing::field::display(event.event_id));
+        span.record("event.type", event.event_type.as_str());
+        span.record("order.id", event.aggregate_id.as_str());
+        span.record("expected_version", expected_version);
+        tracecontext::fill_metadata(&span, &mut event.metadata);
         let request = pb::CreateEventRequest {
             event: Some(pb::Event {
                 event_id: event.event_id.to_string(),
@@ -122,11 +134,21 @@ impl EventStoreClient {
             }),
             expected_version,
         };
-        let response = self.grpc.clone().create_event(request).await?.into_inner();
-        Ok(Appended {
-            version: response.aggregate_version,
-            duplicate: response.duplicate,
-        })
+        let call = async {
+            let response = self
+                .grpc
+                .clone()
+                .create_event(traced(request, &span))
+                .await
+                .map_err(|status| failed(&span, status))?
+                .into_inner();
+            span.record("aggregate.version", response.aggregate_version);
+            Ok(Appended {
+                version: response.aggregate_version,
+                duplicate: response.duplicate,
+            })
+        };
+        call.instrument(span.clone()).await
     }
 
     /// Every event of one aggregate, in version order (empty when it has none).
@@ -140,32 +162,87 @@ impl EventStoreClient {
         aggregate_id: &str,
         from_version: i64,
     ) -> Result<Vec<EventEnvelope>, ClientError> {
-        let response = self
-            .grpc
-            .clone()
-            .get_events(pb::GetEventsRequest {
-                aggregate_id: aggregate_id.to_owned(),
-                from_version,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        response.events.into_iter().map(envelope).collect()
+        let span = rpc_span("GetEvents");
+        span.record("order.id", aggregate_id);
+        let request = pb::GetEventsRequest {
+            aggregate_id: aggregate_id.to_owned(),
+            from_version,
+            ..Default::default()
+        };
+        let call = async {
+            let response = self
+                .grpc
+                .clone()
+                .get_events(traced(request, &span))
+                .await
+                .map_err(|status| failed(&span, status))?
+                .into_inner();
+            response.events.into_iter().map(envelope).collect()
+        };
+        call.instrument(span.clone()).await
     }
 
     /// One event by id.
     pub async fn event(&self, event_id: Uuid) -> Result<Option<EventEnvelope>, ClientError> {
-        let response = self
-            .grpc
-            .clone()
-            .get_events(pb::GetEventsRequest {
-                event_id: event_id.to_string(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        response.events.into_iter().next().map(envelope).transpose()
+        let span = rpc_span("GetEvents");
+        span.record("event.id", tracing::field::display(event_id));
+        let request = pb::GetEventsRequest {
+            event_id: event_id.to_string(),
+            ..Default::default()
+        };
+        let call = async {
+            let response = self
+                .grpc
+                .clone()
+                .get_events(traced(request, &span))
+                .await
+                .map_err(|status| failed(&span, status))?
+                .into_inner();
+            response.events.into_iter().next().map(envelope).transpose()
+        };
+        call.instrument(span.clone()).await
     }
+}
+
+/// The CLIENT span of one event store call (OpenTelemetry RPC conventions).
+fn rpc_span(method: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "eventstore.call",
+        otel.name = format!("{RPC_SERVICE}/{method}"),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = RPC_SERVICE,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        event.id = tracing::field::Empty,
+        event.type = tracing::field::Empty,
+        order.id = tracing::field::Empty,
+        expected_version = tracing::field::Empty,
+        aggregate.version = tracing::field::Empty,
+    )
+}
+
+/// The gRPC service name, as in `proto/eventstore.proto`.
+const RPC_SERVICE: &str = "eventstore.EventStore";
+
+/// A request carrying `span`'s trace context in its metadata.
+fn traced<T>(message: T, span: &tracing::Span) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    tracecontext::inject(
+        span,
+        &mut tracecontext::GrpcInjector(request.metadata_mut()),
+    );
+    request
+}
+
+/// Records a failed call on its span; refusals the caller handles (conflicts) are not errors.
+fn failed(span: &tracing::Span, status: tonic::Status) -> ClientError {
+    span.record("rpc.grpc.status_code", status.code() as i32);
+    let error = ClientError::from(status);
+    if matches!(error, ClientError::Unavailable(_) | ClientError::Other(_)) {
+        tracecontext::mark_error(span, error.to_string());
+    }
+    error
 }
 
 /// Converts an event read from the store into the envelope the rest of the pipeline uses.

@@ -8,3 +8,4 @@ pub mod nats;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
+pub mod tracecontext;

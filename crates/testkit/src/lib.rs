@@ -3,10 +3,12 @@
 mod nats;
 mod postgres;
 mod support;
+mod zipkin;
 
 pub use nats::NatsServer;
 pub use postgres::Postgres;
 pub use support::free_port;
+pub use zipkin::Zipkin;
 
 /// Sends `tracing` output to the test harness's captured output, filtered by `RUST_LOG` (default
 /// `info`). Safe to call from every test: only the first call installs the subscriber.

@@ -78,7 +78,8 @@ pub async fn create_order(
     }
 }
 
-/// The metadata stored with the event. The tracing layer adds `traceparent` here.
+/// The metadata stored with the event; the event store client adds this request's trace context
+/// (`traceparent`), which the workers' events continue.
 fn metadata(order_id: Uuid) -> BTreeMap<String, String> {
     BTreeMap::from([(headers::CORRELATION_ID.to_owned(), order_id.to_string())])
 }

@@ -108,6 +108,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost, and after routing (Router::layer wraps each route), so the span knows the route.
+        .layer(axum::middleware::from_fn(crate::trace::server_span))
         .with_state(state)
 }
 

@@ -169,6 +169,7 @@ pub async fn list_orders(
 }
 
 /// The order and its items, read in one transaction so they belong together.
+#[tracing::instrument(name = "SELECT ordersdb.orders", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "orders", order.id = %order_id))]
 async fn fetch_order(
     pool: &PgPool,
     order_id: Uuid,
@@ -196,6 +197,7 @@ async fn fetch_order(
 }
 
 /// One page of a customer's orders, newest first, after `after` if given.
+#[tracing::instrument(name = "SELECT ordersdb.orders", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation.name = "SELECT", db.collection.name = "orders"))]
 async fn fetch_page(
     pool: &PgPool,
     customer_id: &str,

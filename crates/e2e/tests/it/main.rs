@@ -2,3 +2,5 @@
 
 mod pipeline;
 mod saga;
+mod stack;
+mod tracing_flow;

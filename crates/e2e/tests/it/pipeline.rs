@@ -38,6 +38,8 @@ pub struct Pipeline {
     eventstore_port: u16,
     ordersvc_port: u16,
     processes: Vec<Process>,
+    /// Variables every process gets on top of [`Pipeline::env`] (later ones win).
+    env_overrides: Vec<(String, String)>,
     pub http: reqwest::Client,
 }
 
@@ -47,7 +49,17 @@ pub const FINAL: [&str; 4] = ["Approved", "PaymentFailed", "Rejected", "Cancelle
 impl Pipeline {
     /// Databases, stream and consumers bootstrapped, then one process of each service.
     pub async fn start() -> Pipeline {
+        Self::start_with_env(&[]).await
+    }
+
+    /// As [`Pipeline::start`], every process getting `env` on top of the usual environment (for
+    /// instance `ZIPKIN_ENDPOINT` of a `testkit::Zipkin`).
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Pipeline {
         let mut pipeline = Self::bootstrapped().await;
+        pipeline.env_overrides = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         for service in [
             "eventstore",
             "ordersvc",
@@ -73,6 +85,7 @@ impl Pipeline {
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
             processes: Vec::new(),
+            env_overrides: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -116,6 +129,7 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.env_overrides.iter().cloned())
         .collect()
     }
 
@@ -229,6 +243,16 @@ impl Pipeline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// Everything process `index` of `service` wrote so far (stdout and stderr).
+    pub fn log(&self, service: &str, index: usize) -> String {
+        self.processes
+            .iter()
+            .filter(|p| p.name == service)
+            .nth(index)
+            .and_then(|p| std::fs::read_to_string(&p.log).ok())
+            .unwrap_or_default()
     }
 
     fn check_deadline(&self, deadline: tokio::time::Instant, what: &str) {
