@@ -15,11 +15,15 @@
 //!    (nats-server back, the outbox drains).
 //!
 //! ```text
-//! cargo bench -p eventstore --bench append -- [--secs N] [--configs 256x4,64x8] [--rate N] [--skip-isolation]
+//! cargo bench -p eventstore --bench append -- [--secs N] [--configs 256x4,64x8] [--rate N]
+//!     [--skip-isolation] [--no-analyze]
 //! ```
 //!
 //! or `BENCH_SECS`, `BENCH_CONFIGS`, `BENCH_RATE`. A configuration is `batch_size x batch_workers`
 //! (default: `EVENTSTORE_BATCH_SIZE` x `EVENTSTORE_BATCH_WORKERS`, else the event store's defaults).
+//!
+//! After a one-second warm-up the tables are analyzed (as autovacuum would on a live database);
+//! `--no-analyze` measures a fresh store whose connections cached plans made for empty tables.
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout)]
@@ -27,6 +31,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -90,6 +95,7 @@ struct Options {
     configs: Vec<(u16, u8)>,
     rate: Option<f64>,
     skip_isolation: bool,
+    analyze: bool,
     args: Vec<String>,
 }
 
@@ -99,6 +105,7 @@ impl Options {
         let mut configs = std::env::var("BENCH_CONFIGS").ok();
         let mut rate = env_parse::<f64>("BENCH_RATE")?;
         let mut skip_isolation = false;
+        let mut analyze = true;
         let mut args = Vec::new();
         let mut argv = std::env::args().skip(1);
         while let Some(arg) = argv.next() {
@@ -106,8 +113,9 @@ impl Options {
                 // cargo bench passes --bench to every harness = false target.
                 continue;
             }
-            if arg == "--skip-isolation" {
-                skip_isolation = true;
+            if arg == "--skip-isolation" || arg == "--no-analyze" {
+                skip_isolation |= arg == "--skip-isolation";
+                analyze &= arg != "--no-analyze";
                 args.push(arg);
                 continue;
             }
@@ -119,7 +127,7 @@ impl Options {
                 "--configs" => configs = Some(value.clone()),
                 "--rate" => rate = Some(value.parse().context("--rate")?),
                 other => bail!(
-                    "unknown argument {other:?}; use --secs N, --configs 256x4,64x8, --rate N, --skip-isolation"
+                    "unknown argument {other:?}; use --secs N, --configs 256x4,64x8, --rate N, --skip-isolation, --no-analyze"
                 ),
             }
             args.push(arg);
@@ -166,6 +174,7 @@ impl Options {
             configs,
             rate,
             skip_isolation,
+            analyze,
             args,
         })
     }
@@ -262,8 +271,8 @@ async fn run(
         "== baseline: BEGIN; INSERT one ~300-byte row; COMMIT (scratch database, same server) =="
     );
     println!(
-        "{:<26} {:>11} {:>9} {:>9}   {}",
-        "", "commits/s", "p50 ms", "p99 ms", "CPU (cores)"
+        "{:<26} {:>11} {:>9} {:>9}   CPU (cores)",
+        "", "commits/s", "p50 ms", "p99 ms"
     );
     for b in &baselines {
         println!(
@@ -318,7 +327,6 @@ async fn run(
             &server,
             nats,
             &database_url,
-            &pool,
             &watch,
             postmaster,
             (batch_size, batch_workers),
@@ -441,8 +449,13 @@ impl Machine {
         );
         println!("database: {} ({})", self.postgres_version, self.settings);
         println!(
-            "runs:     {} s each; payload {} bytes of JSON; chains of {CHAIN} events per aggregate; {CHANNELS} gRPC channels",
+            "runs:     {} s each after a 1 s warm-up at 64 clients{}; payload {} bytes of JSON; chains of {CHAIN} events per aggregate; {CHANNELS} gRPC channels",
             options.secs,
+            if options.analyze {
+                " and ANALYZE"
+            } else {
+                " (no ANALYZE)"
+            },
             payload("00000000-0000-0000-0000-000000000000", 1).len()
         );
         println!(
@@ -878,8 +891,126 @@ struct RelayAlone {
 struct ConfigSummary {
     batch_size: u16,
     batch_workers: u8,
+    warmup_appends: u64,
     runs: Vec<AppendRun>,
     relay: Option<RelayAlone>,
+    db: DbStats,
+    plans: Vec<String>,
+}
+
+/// Queries the benchmark itself sent to eventstoredb (outbox polling), to tell them from the store's.
+static OWN_QUERIES: AtomicU64 = AtomicU64::new(0);
+
+/// PostgreSQL's counters for eventstoredb over one configuration (reset at its start).
+#[derive(Default)]
+struct DbStats {
+    commits: i64,
+    rollbacks: i64,
+    /// (table, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_del)
+    tables: Vec<(String, i64, i64, i64, i64, i64)>,
+}
+
+async fn reset_stats(url: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .context("connect to eventstoredb")?;
+    conn.execute("SELECT pg_stat_reset()")
+        .await
+        .context("pg_stat_reset")?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn db_stats(url: &str) -> anyhow::Result<DbStats> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .context("connect to eventstoredb")?;
+    let (commits, rollbacks): (i64, i64) = sqlx::query_as(
+        "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("pg_stat_database")?;
+    let tables = sqlx::query_as(
+        "SELECT relname::TEXT, seq_scan, seq_tup_read, COALESCE(idx_scan, 0), n_tup_ins, n_tup_del \
+         FROM pg_stat_user_tables WHERE relname IN ('events', 'outbox') ORDER BY relname",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .context("pg_stat_user_tables")?;
+    let _ = conn.close().await;
+    Ok(DbStats {
+        commits,
+        rollbacks,
+        tables,
+    })
+}
+
+/// The plans PostgreSQL picks for the append transaction's reads and the relay's claim, custom and
+/// generic (sqlx prepares its statements, so after five runs the generic plan may be used).
+async fn plans(url: &str) -> anyhow::Result<Vec<String>> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .context("connect to eventstoredb")?;
+    let (aggregates,): (Vec<String>,) = sqlx::query_as(
+        "SELECT COALESCE(array_agg(aggregate_id), '{}') FROM \
+         (SELECT aggregate_id FROM events GROUP BY aggregate_id LIMIT 16) AS t",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("sample aggregates")?;
+    let (ids,): (Vec<Uuid>,) = sqlx::query_as(
+        "SELECT COALESCE(array_agg(event_id), '{}') FROM (SELECT event_id FROM events LIMIT 16) AS t",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .context("sample event ids")?;
+    let (rows, bytes): (i64, i64) =
+        sqlx::query_as("SELECT count(*), pg_total_relation_size('events') FROM events")
+            .fetch_one(&mut conn)
+            .await
+            .context("events size")?;
+    let mut lines = vec![format!(
+        "events: {rows} rows, {:.1} MB with indexes",
+        bytes as f64 / 1e6
+    )];
+    conn.execute(
+        "PREPARE current_versions(TEXT[]) AS SELECT aggregate_id, MAX(aggregate_version) FROM events \
+         WHERE aggregate_id = ANY($1) GROUP BY aggregate_id; \
+         PREPARE by_ids(UUID[]) AS SELECT event_id FROM events WHERE event_id = ANY($1); \
+         PREPARE claim(INT8) AS SELECT event_id, aggregate_id, aggregate_version FROM outbox \
+         ORDER BY created_at, aggregate_id, aggregate_version LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .await
+    .context("prepare the statements to explain")?;
+    let aggregates = format!("'{{{}}}'", aggregates.join(","));
+    let ids = format!(
+        "'{{{}}}'",
+        ids.iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        conn.execute(format!("SET plan_cache_mode = {mode}").as_str())
+            .await
+            .context("plan_cache_mode")?;
+        for (name, args) in [
+            ("current_versions", aggregates.as_str()),
+            ("by_ids", ids.as_str()),
+            ("claim", "512"),
+        ] {
+            let plan: Vec<String> =
+                sqlx::query_scalar(&format!("EXPLAIN (COSTS OFF) EXECUTE {name}({args})"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .with_context(|| format!("explain {name}"))?;
+            let plan = elide_arrays(&plan.join(" / "));
+            lines.push(format!("{mode:<18} {name:<16} {plan}"));
+        }
+    }
+    let _ = conn.close().await;
+    Ok(lines)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -888,11 +1019,19 @@ async fn event_store_runs(
     server: &Handle,
     nats: &mut NatsServer,
     database_url: &str,
-    pool: &sqlx::PgPool,
     watch: &Arc<Watch>,
     postmaster: Option<u32>,
     (batch_size, batch_workers): (u16, u8),
 ) -> anyhow::Result<ConfigSummary> {
+    reset_stats(database_url).await?;
+    // The benchmark's own polling of the outbox: one connection, closed before the stats are read.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await
+        .context("connect to eventstoredb")?;
+    let pool = &pool;
+    OWN_QUERIES.store(0, Ordering::Relaxed);
     let mut config = Config::new(
         "127.0.0.1:0".parse().context("address")?,
         database_url,
@@ -915,8 +1054,16 @@ async fn event_store_runs(
     let duration = options.duration();
 
     // Warm-up: opens the pool's connections and primes the caches; not measured.
-    let _ = append_load(&channels, 64, Duration::from_secs(1), None, None).await;
+    let warmup = append_load(&channels, 64, Duration::from_secs(1), None, None).await;
     wait_for_outbox(pool, DRAIN_TIMEOUT).await?;
+    if options.analyze {
+        // What autovacuum would have done on a live database. It also invalidates the plans the
+        // store's connections cached while the tables were empty (sequential scans of `events`).
+        sqlx::query("ANALYZE events, outbox")
+            .execute(pool)
+            .await
+            .context("ANALYZE")?;
+    }
 
     let run = |label: String, clients: usize, pace: Option<f64>| {
         let channels = &channels;
@@ -958,11 +1105,19 @@ async fn event_store_runs(
     }
 
     instance.stop().await?;
+    pool.close().await;
+    // Closed backends have flushed their statistics.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = db_stats(database_url).await?;
+    let plans = plans(database_url).await?;
     Ok(ConfigSummary {
         batch_size,
         batch_workers,
+        warmup_appends: warmup.latency.len() as u64,
         runs,
         relay,
+        db,
+        plans,
     })
 }
 
@@ -1185,6 +1340,7 @@ fn payload(aggregate: &str, version: i64) -> String {
 }
 
 async fn outbox_len(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    OWN_QUERIES.fetch_add(1, Ordering::Relaxed);
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
         .fetch_one(pool)
         .await
@@ -1241,6 +1397,22 @@ async fn relay_alone(
 
 // ---------------------------------------------------------------------------------------------
 // Report
+
+/// A plan line with its array literals (16 UUIDs each) shortened to `'{…}'`.
+fn elide_arrays(plan: &str) -> String {
+    let mut out = String::with_capacity(plan.len());
+    let mut rest = plan;
+    while let Some(start) = rest.find("'{") {
+        let Some(len) = rest[start..].find("}'") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str("'{…}'");
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
 
 fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
     if sorted.is_empty() {
@@ -1341,6 +1513,32 @@ impl ConfigSummary {
                 p.tps,
                 at64 / p.tps
             );
+        }
+        let appends: u64 = self.warmup_appends + self.runs.iter().map(|r| r.appends).sum::<u64>();
+        let own = OWN_QUERIES.load(Ordering::Relaxed);
+        let own = i64::try_from(own).unwrap_or(i64::MAX);
+        let per = |n: i64| n as f64 / appends.max(1) as f64;
+        println!(
+            "eventstoredb over this configuration ({appends} appends incl. warm-up; the bench's own {own} outbox counts excluded from commits):"
+        );
+        println!(
+            "  transactions: {} commits ({:.2} per append), {} rollbacks ({:.2} per append)",
+            self.db.commits - own,
+            per(self.db.commits - own),
+            self.db.rollbacks,
+            per(self.db.rollbacks)
+        );
+        for (table, seq_scan, seq_tup_read, idx_scan, ins, del) in &self.db.tables {
+            println!(
+                "  {table:<7} seq_scan {seq_scan} ({:.2}/append), seq_tup_read {seq_tup_read} ({:.0}/append), idx_scan {idx_scan} ({:.2}/append), inserted {ins}, deleted {del}",
+                per(*seq_scan),
+                per(*seq_tup_read),
+                per(*idx_scan)
+            );
+        }
+        println!("plans:");
+        for line in &self.plans {
+            println!("  {line}");
         }
         if let Some(alone) = self.runs.iter().find(|r| !r.watched) {
             println!(
