@@ -2,32 +2,19 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use eventstore::{App, Config};
-use pipeline_runtime::{shutdown, telemetry};
+use pipeline_runtime::{service, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    // Declared first so it is dropped last: queued spans are flushed after everything else stopped.
-    let _telemetry = match telemetry::init("eventstore", &config.telemetry) {
+    let _telemetry = match service::telemetry("eventstore", &config.telemetry) {
         Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("eventstore: {err:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    let app = match App::build(config).await {
-        Ok(app) => app,
-        Err(err) => {
-            tracing::error!("cannot start: {err:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing::info!(addr = %app.local_addr(), "eventstore listening");
-    match app.run_until_stopped(shutdown::signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("stopped with an error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service::run(
+        App::build(config),
+        |app| tracing::info!(addr = %app.local_addr(), "eventstore listening"),
+        |app| app.run_until_stopped(shutdown::signal()),
+    )
+    .await
 }

@@ -4,18 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use ordersvc::{App, Config};
-use pipeline_runtime::{shutdown, telemetry};
+use pipeline_runtime::{service, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    // Declared first so it is dropped last: queued spans are flushed after everything else stopped.
-    let _telemetry = match telemetry::init("ordersvc", &config.telemetry) {
+    let _telemetry = match service::telemetry("ordersvc", &config.telemetry) {
         Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("ordersvc: {err:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     tracing::info!(?config, "starting");
     match run(config).await {

@@ -1,9 +1,7 @@
 //! The worker's configuration: environment variables with `--flags` of the same meaning.
 
-use std::time::Duration;
-
 use order_domain::Money;
-use pipeline_runtime::consumer;
+use pipeline_runtime::consumer::WorkerArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Everything paymentworker reads at start. `--help` lists the variables.
@@ -13,13 +11,9 @@ use pipeline_runtime::telemetry::TelemetryConfig;
     about = "Debits, fails and refunds order payments"
 )]
 pub struct Config {
-    /// NATS servers, comma-separated (`NATS_URL`).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// The event store's gRPC address (`EVENTSTORE_URL`).
-    #[arg(long, env = "EVENTSTORE_URL", default_value = "http://127.0.0.1:50051")]
-    pub eventstore_url: String,
+    /// NATS, the event store and how messages are consumed.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 
     /// The worker's own database of wallets and payments (`PAYMENTS_DATABASE_URL`).
     #[arg(
@@ -39,22 +33,9 @@ pub struct Config {
     )]
     pub initial_credit: Money,
 
-    /// Deliveries of a failing message before it is dead-lettered (`MAX_DELIVERIES`).
-    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
-    pub max_deliveries: i64,
-
-    /// Messages handled at the same time by this instance (`WORKER_CONCURRENCY`).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
-    pub concurrency: u16,
-
     /// Connections in the SQL pool (`PAYMENTS_DB_CONNECTIONS`).
     #[arg(long, env = "PAYMENTS_DB_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub db_connections: u32,
-
-    /// Time limit of an event store call and of getting a database connection, in milliseconds
-    /// (`WORKER_TIMEOUT_MS`).
-    #[arg(long, env = "WORKER_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
-    pub timeout_ms: u64,
 
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
@@ -76,27 +57,10 @@ impl Config {
     ) -> Self {
         Self {
             telemetry: TelemetryConfig::default(),
-            nats_url: nats_url.into(),
-            eventstore_url: eventstore_url.into(),
+            worker: WorkerArgs::new(nats_url, eventstore_url),
             payments_database_url: payments_database_url.into(),
             initial_credit: Money::from_whole_units(1000).unwrap_or(Money::ZERO),
-            max_deliveries: 5,
-            concurrency: 16,
             db_connections: 8,
-            timeout_ms: 5000,
-        }
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
-    }
-
-    /// How the consumer loop runs.
-    pub fn consumer_options(&self) -> consumer::Options {
-        consumer::Options {
-            max_deliveries: self.max_deliveries,
-            concurrency: usize::from(self.concurrency),
-            ..consumer::Options::default()
         }
     }
 }
@@ -105,17 +69,13 @@ impl Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("nats_url", &self.nats_url)
-            .field("eventstore_url", &self.eventstore_url)
+            .field("worker", &self.worker)
             .field(
                 "payments_database_url",
                 &pipeline_runtime::db::redact(&self.payments_database_url),
             )
             .field("initial_credit", &self.initial_credit)
-            .field("max_deliveries", &self.max_deliveries)
-            .field("concurrency", &self.concurrency)
             .field("db_connections", &self.db_connections)
-            .field("timeout_ms", &self.timeout_ms)
             .field("telemetry", &self.telemetry)
             .finish()
     }

@@ -130,12 +130,7 @@ pub async fn refund(
 ) -> Result<Refund, LedgerError> {
     db::retry(|| async move {
         let mut tx = pool.begin().await?;
-        let row: Option<(String, String, Decimal)> = sqlx::query_as(
-            "SELECT status, customer_id, amount FROM payments WHERE order_id = $1 FOR UPDATE",
-        )
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = locked_payment(&mut tx, order_id).await?;
         let outcome = match row {
             Some((recorded, customer_id, amount)) if recorded == status::DEBITED => {
                 sqlx::query(
@@ -170,12 +165,7 @@ pub async fn refund(
 pub async fn void(pool: &PgPool, order_id: Uuid) -> Result<bool, LedgerError> {
     let voided = db::retry(|| async move {
         let mut tx = pool.begin().await?;
-        let row: Option<(String, String, Decimal)> = sqlx::query_as(
-            "SELECT status, customer_id, amount FROM payments WHERE order_id = $1 FOR UPDATE",
-        )
-        .bind(order_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = locked_payment(&mut tx, order_id).await?;
         let voided = match row {
             Some((recorded, customer_id, amount)) if recorded == status::DEBITED => {
                 sqlx::query(
@@ -206,6 +196,19 @@ async fn recorded_status(
         .fetch_optional(&mut **tx)
         .await?;
     Ok(row.map(|(status,)| status))
+}
+
+/// The order's payment (status, customer, amount), locked until the transaction ends.
+async fn locked_payment(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: Uuid,
+) -> Result<Option<(String, String, Decimal)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, customer_id, amount FROM payments WHERE order_id = $1 FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut **tx)
+    .await
 }
 
 async fn credit(

@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
-mod history;
 pub mod ledger;
 mod worker;
 
@@ -9,10 +8,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use pipeline_runtime::eventstore::EventStoreClient;
-use pipeline_runtime::{consumer, db, nats, stream};
+use pipeline_runtime::{consumer, db};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
@@ -36,14 +33,10 @@ impl App {
         let pool = db::lazy_pool(
             &config.payments_database_url,
             config.db_connections,
-            config.timeout(),
+            config.worker.timeout(),
         )
         .context("PAYMENTS_DATABASE_URL")?;
-        let store = EventStoreClient::connect_lazy(&config.eventstore_url, config.timeout())
-            .context("EVENTSTORE_URL")?;
-        let nats = nats::connect_in_background(&config.nats_url, NAME)
-            .await
-            .context("NATS_URL")?;
+        let (store, nats) = config.worker.connect(NAME).await?;
         let worker = Arc::new(Worker {
             store,
             pool: pool.clone(),
@@ -62,30 +55,13 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let spec = stream::consumer(NAME).context("no consumer is defined for paymentworker")?;
-        let stop = CancellationToken::new();
-        let trigger = stop.clone();
-        let watcher = tokio::spawn(async move {
-            shutdown.await;
-            trigger.cancel();
-        });
         let worker = self.worker;
         let handler = move |delivery| {
             let worker = Arc::clone(&worker);
             async move { worker.handle(delivery).await }
         };
-        let result = consumer::run(
-            self.nats.clone(),
-            spec,
-            self.config.consumer_options(),
-            handler,
-            stop,
-        )
-        .await;
-        watcher.abort();
-        if let Err(err) = self.nats.flush().await {
-            tracing::debug!(error = %err, "NATS flush on stop");
-        }
+        let options = self.config.worker.options();
+        let result = consumer::run_until_stopped(self.nats, NAME, options, handler, shutdown).await;
         self.pool.close().await;
         result
     }

@@ -1,19 +1,15 @@
 //! The message handler: what the payment worker does with each event of the `ORDERS` stream.
 
-use std::collections::BTreeMap;
-
 use anyhow::anyhow;
-use order_domain::{
-    AGGREGATE_TYPE, Money, OrderEvent, OrderStatus, caused_event_id, event_type, payment_id,
-};
+use order_domain::{Money, OrderEvent, OrderStatus, caused_event_id, event_type, payment_id};
 use pipeline_runtime::consumer::{Delivery, Failure};
-use pipeline_runtime::eventstore::{ClientError, EventStoreClient, NewEvent};
-use pipeline_runtime::stream::{EventEnvelope, headers};
+use pipeline_runtime::eventstore::{ClientError, EventStoreClient};
+use pipeline_runtime::stream::EventEnvelope;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::history::{self, History};
 use crate::ledger::{self, Decision, LedgerError, Refund};
+use pipeline_runtime::orders::{self, History};
 
 /// Everything a message needs; shared by the messages in hand.
 pub struct Worker {
@@ -27,11 +23,11 @@ impl Worker {
         let envelope = &delivery.envelope;
         match envelope.event_type.as_str() {
             event_type::CREATED => {
-                history::decode_message(envelope)?;
+                orders::decode_message(envelope)?;
                 self.on_created(envelope).await
             }
             event_type::REJECTED | event_type::CANCELLED => {
-                history::decode_message(envelope)?;
+                orders::decode_message(envelope)?;
                 self.on_rejected_or_cancelled(envelope).await
             }
             _ => Ok(()),
@@ -80,7 +76,7 @@ impl Worker {
                 );
                 self.void_unseen_debit(&history).await
             }
-            Err(err) => Err(history::store_failure(err)),
+            Err(err) => Err(orders::store_failure(err)),
         }
     }
 
@@ -115,7 +111,7 @@ impl Worker {
         // stopped before its append.
         self.append(envelope, event_id, &event, order.version)
             .await
-            .map_err(history::store_failure)
+            .map_err(orders::store_failure)
     }
 
     /// Undoes a debit the order's history does not hold: the order was cancelled before the
@@ -147,14 +143,7 @@ impl Worker {
         let appended = self
             .store
             .append(
-                NewEvent {
-                    event_id,
-                    event_type: event.event_type().to_owned(),
-                    aggregate_id: cause.aggregate_id.clone(),
-                    aggregate_type: AGGREGATE_TYPE.to_owned(),
-                    data: event.to_json(),
-                    metadata: caused_metadata(cause),
-                },
+                orders::caused_event(cause, event_id, event),
                 expected_version,
             )
             .await?;
@@ -166,23 +155,6 @@ impl Worker {
         );
         Ok(())
     }
-}
-
-/// Metadata of an event caused by `cause`: the same correlation, caused by it. Its trace context is
-/// not copied from `cause`: the event store client puts in the current one (this delivery's span, a
-/// child of the publish of `cause`), so the trace goes on from here.
-pub fn caused_metadata(cause: &EventEnvelope) -> BTreeMap<String, String> {
-    let mut metadata: BTreeMap<String, String> = cause
-        .metadata
-        .iter()
-        .filter(|(key, _)| key.as_str() == headers::CORRELATION_ID)
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    metadata
-        .entry(headers::CORRELATION_ID.to_owned())
-        .or_insert_with(|| cause.aggregate_id.clone());
-    metadata.insert(headers::CAUSATION_ID.to_owned(), cause.event_id.to_string());
-    metadata
 }
 
 fn ledger_failure(err: LedgerError) -> Failure {

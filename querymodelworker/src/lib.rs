@@ -5,8 +5,7 @@ use std::future::Future;
 use anyhow::Context as _;
 use pipeline_runtime::consumer::{self, Delivery, Failure};
 use pipeline_runtime::eventstore::EventStoreClient;
-use pipeline_runtime::{db, nats, stream};
-use tokio_util::sync::CancellationToken;
+use pipeline_runtime::{db, nats};
 
 mod config;
 pub mod projection;
@@ -47,21 +46,13 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let spec =
-            stream::consumer(WORKER).context("no consumer is defined for querymodelworker")?;
-        let stop = CancellationToken::new();
-        let trigger = stop.clone();
-        let watcher = tokio::spawn(async move {
-            shutdown.await;
-            trigger.cancel();
-        });
         let projector = self.projector.clone();
         let handler = move |delivery: Delivery| {
             let projector = projector.clone();
             async move { handle(&projector, delivery).await }
         };
-        let result = consumer::run(self.client, spec, self.options, handler, stop).await;
-        watcher.abort();
+        let result =
+            consumer::run_until_stopped(self.client, WORKER, self.options, handler, shutdown).await;
         self.projector.pool().close().await;
         result
     }

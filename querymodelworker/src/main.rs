@@ -1,37 +1,24 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use pipeline_runtime::{shutdown, telemetry};
+use pipeline_runtime::{service, shutdown};
 use querymodelworker::{App, Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Declared first so it is dropped last: queued spans are flushed after everything else stopped.
-    let _telemetry = match telemetry::init(querymodelworker::WORKER, &cli.config.telemetry) {
+    let _telemetry = match service::telemetry(querymodelworker::WORKER, &cli.config.telemetry) {
         Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("querymodelworker: {err:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
-            let app = match App::build(cli.config).await {
-                Ok(app) => app,
-                Err(err) => {
-                    tracing::error!("cannot start: {err:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            tracing::info!("querymodelworker consuming");
-            match app.run_until_stopped(shutdown::signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!("stopped with an error: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            service::run(
+                App::build(cli.config),
+                |_| tracing::info!("querymodelworker consuming"),
+                |app| app.run_until_stopped(shutdown::signal()),
+            )
+            .await
         }
         Command::Rebuild => match querymodelworker::rebuild(&cli.config).await {
             Ok(report) => {

@@ -1,9 +1,7 @@
 //! The worker's configuration: environment variables with `--flags` of the same meaning.
 
-use std::time::Duration;
-
 use order_domain::Money;
-use pipeline_runtime::consumer;
+use pipeline_runtime::consumer::WorkerArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 use tokio::sync::watch;
 
@@ -11,13 +9,9 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "reviewworker", about = "Approves or rejects paid orders")]
 pub struct Config {
-    /// NATS servers, comma-separated (`NATS_URL`).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// The event store's gRPC address (`EVENTSTORE_URL`).
-    #[arg(long, env = "EVENTSTORE_URL", default_value = "http://127.0.0.1:50051")]
-    pub eventstore_url: String,
+    /// NATS, the event store and how messages are consumed.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 
     /// Largest amount approved; above it an order is rejected (`REVIEW_MAX_AMOUNT`).
     #[arg(
@@ -27,18 +21,6 @@ pub struct Config {
         value_parser = parse_max_amount
     )]
     pub max_amount: Money,
-
-    /// Deliveries of a failing message before it is dead-lettered (`MAX_DELIVERIES`).
-    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
-    pub max_deliveries: i64,
-
-    /// Messages handled at the same time by this instance (`WORKER_CONCURRENCY`).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
-    pub concurrency: u16,
-
-    /// Time limit of an event store call, in milliseconds (`WORKER_TIMEOUT_MS`).
-    #[arg(long, env = "WORKER_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
-    pub timeout_ms: u64,
 
     /// Test seam, off by default and not settable from the outside: while it reads `true`, every
     /// delivered message waits before it is handled, so a test can act on the order meanwhile.
@@ -61,26 +43,9 @@ impl Config {
     pub fn new(nats_url: impl Into<String>, eventstore_url: impl Into<String>) -> Self {
         Self {
             telemetry: TelemetryConfig::default(),
-            nats_url: nats_url.into(),
-            eventstore_url: eventstore_url.into(),
+            worker: WorkerArgs::new(nats_url, eventstore_url),
             max_amount: Money::from_whole_units(500).unwrap_or(Money::ZERO),
-            max_deliveries: 5,
-            concurrency: 16,
-            timeout_ms: 5000,
             hold: None,
-        }
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
-    }
-
-    /// How the consumer loop runs.
-    pub fn consumer_options(&self) -> consumer::Options {
-        consumer::Options {
-            max_deliveries: self.max_deliveries,
-            concurrency: usize::from(self.concurrency),
-            ..consumer::Options::default()
         }
     }
 }

@@ -1,33 +1,20 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use pipeline_runtime::{shutdown, telemetry};
+use pipeline_runtime::{service, shutdown};
 use reviewworker::{App, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    // Declared first so it is dropped last: queued spans are flushed after everything else stopped.
-    let _telemetry = match telemetry::init("reviewworker", &config.telemetry) {
+    let _telemetry = match service::telemetry("reviewworker", &config.telemetry) {
         Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("reviewworker: {err:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    let app = match App::build(config).await {
-        Ok(app) => app,
-        Err(err) => {
-            tracing::error!("cannot start: {err:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing::info!("reviewworker consuming");
-    match app.run_until_stopped(shutdown::signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("stopped with an error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service::run(
+        App::build(config),
+        |_| tracing::info!("reviewworker consuming"),
+        |app| app.run_until_stopped(shutdown::signal()),
+    )
+    .await
 }

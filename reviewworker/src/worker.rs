@@ -1,15 +1,13 @@
 //! The message handler: reviews each paid order once.
 
-use std::collections::BTreeMap;
-
 use anyhow::anyhow;
-use order_domain::{AGGREGATE_TYPE, Money, OrderStatus, caused_event_id, event_type};
+use order_domain::{Money, OrderStatus, caused_event_id, event_type};
 use pipeline_runtime::consumer::{Delivery, Failure};
-use pipeline_runtime::eventstore::{ClientError, EventStoreClient, NewEvent};
-use pipeline_runtime::stream::{EventEnvelope, headers};
+use pipeline_runtime::eventstore::{ClientError, EventStoreClient};
+use pipeline_runtime::stream::EventEnvelope;
 use tokio::sync::watch;
 
-use crate::history::{self, History};
+use pipeline_runtime::orders::{self, History};
 
 /// Everything a message needs; shared by the messages in hand.
 pub struct Worker {
@@ -28,7 +26,7 @@ impl Worker {
             // Test seam: a closed channel releases the hold too.
             let _ = hold.clone().wait_for(|held| !*held).await;
         }
-        history::decode_message(envelope)?;
+        orders::decode_message(envelope)?;
         self.on_payment_debited(envelope).await
     }
 
@@ -49,14 +47,7 @@ impl Worker {
         let appended = self
             .store
             .append(
-                NewEvent {
-                    event_id,
-                    event_type: event.event_type().to_owned(),
-                    aggregate_id: envelope.aggregate_id.clone(),
-                    aggregate_type: AGGREGATE_TYPE.to_owned(),
-                    data: event.to_json(),
-                    metadata: caused_metadata(envelope),
-                },
+                orders::caused_event(envelope, event_id, &event),
                 order.version,
             )
             .await;
@@ -82,24 +73,7 @@ impl Worker {
                 tracing::info!(status = %history.order.status, "the order moved on before the review");
                 Ok(())
             }
-            Err(err) => Err(history::store_failure(err)),
+            Err(err) => Err(orders::store_failure(err)),
         }
     }
-}
-
-/// Metadata of an event caused by `cause`: the same correlation, caused by it. Its trace context is
-/// not copied from `cause`: the event store client puts in the current one (this delivery's span, a
-/// child of the publish of `cause`), so the trace goes on from here.
-fn caused_metadata(cause: &EventEnvelope) -> BTreeMap<String, String> {
-    let mut metadata: BTreeMap<String, String> = cause
-        .metadata
-        .iter()
-        .filter(|(key, _)| key.as_str() == headers::CORRELATION_ID)
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    metadata
-        .entry(headers::CORRELATION_ID.to_owned())
-        .or_insert_with(|| cause.aggregate_id.clone());
-    metadata.insert(headers::CAUSATION_ID.to_owned(), cause.event_id.to_string());
-    metadata
 }

@@ -2,11 +2,24 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{
+    self,
+    stream::{self, StorageType},
+};
 use bootstrapper::Outcome;
 use pipeline_runtime::stream::{DUPLICATE_WINDOW, STREAM};
 
 use crate::Servers;
+
+/// The stored configuration of the ORDERS stream.
+async fn orders_config(js: &jetstream::Context) -> stream::Config {
+    js.get_stream(STREAM)
+        .await
+        .expect("ORDERS exists")
+        .cached_info()
+        .config
+        .clone()
+}
 
 #[tokio::test]
 async fn a_duplicate_window_changed_by_hand_is_put_back() {
@@ -17,13 +30,7 @@ async fn a_duplicate_window_changed_by_hand_is_put_back() {
         .expect("first run succeeds");
 
     let js = servers.jetstream().await;
-    let mut changed = js
-        .get_stream(STREAM)
-        .await
-        .expect("ORDERS exists")
-        .cached_info()
-        .config
-        .clone();
+    let mut changed = orders_config(&js).await;
     changed.duplicate_window = Duration::from_secs(10);
     js.update_stream(&changed).await.expect("changed by hand");
 
@@ -39,13 +46,7 @@ async fn a_duplicate_window_changed_by_hand_is_put_back() {
         report.outcome("stream DEADLETTERS"),
         Some(Outcome::Unchanged)
     );
-    let restored = js
-        .get_stream(STREAM)
-        .await
-        .expect("ORDERS exists")
-        .cached_info()
-        .config
-        .clone();
+    let restored = orders_config(&js).await;
     assert_eq!(restored.duplicate_window, DUPLICATE_WINDOW);
 
     let third = bootstrapper::run(&config)
@@ -143,6 +144,5 @@ async fn replicas_a_standalone_server_cannot_hold_are_refused() {
         message.contains("3 replicas") && message.contains("cluster"),
         "{message}"
     );
-    let stored = js.get_stream(STREAM).await.expect("ORDERS exists");
-    assert_eq!(stored.cached_info().config.num_replicas, 1);
+    assert_eq!(orders_config(&js).await.num_replicas, 1);
 }

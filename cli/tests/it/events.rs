@@ -1,43 +1,25 @@
 //! `orderctl events ORDER_ID` against a real event store.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use order_domain::{AGGREGATE_TYPE, Approved, OrderEvent};
-use pipeline_runtime::eventstore::{EventStoreClient, NewEvent};
-use testkit::Postgres;
+use pipeline_harness::Stack;
+use pipeline_runtime::eventstore::NewEvent;
 use uuid::Uuid;
 
-use crate::harness::{Nats, orderctl_binary};
+use crate::harness::orderctl_binary;
 
 #[tokio::test]
 async fn events_prints_an_orders_history_in_version_order() {
-    let nats = Nats::start().await;
-    let postgres = Postgres::start().expect("PostgreSQL starts");
-    let url = postgres.url("eventstoredb");
-    bootstrapper::ensure_database(&url).await.expect("database");
-    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
-    bootstrapper::migrate(bootstrapper::Context::EventStore, &pool)
-        .await
-        .expect("migrated");
-    pool.close().await;
-    let app = eventstore::App::build(eventstore::Config::new(
-        "127.0.0.1:0".parse().expect("address"),
-        &url,
-        nats.server.url(),
-    ))
-    .await
-    .expect("event store builds");
-    let eventstore_url = format!("http://{}", app.local_addr());
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let stack = Stack::start().await;
+    let eventstore_url = stack.eventstore_url.clone();
 
     let order_id = Uuid::new_v4();
-    let client =
-        EventStoreClient::connect_lazy(&eventstore_url, Duration::from_secs(5)).expect("client");
     // The store does not check the domain's rules: two events are enough for a history.
     for (version, event_type) in [(0, "created"), (1, "approved")] {
         let event = OrderEvent::Approved(Approved { order_id });
-        client
+        stack
+            .store
             .append(
                 NewEvent {
                     event_id: Uuid::new_v4(),
@@ -77,5 +59,4 @@ async fn events_prints_an_orders_history_in_version_order() {
     .await;
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("has no events"));
-    server.abort();
 }

@@ -82,6 +82,73 @@ impl Default for Options {
     }
 }
 
+/// What a worker that consumes `ORDERS` and appends to the event store reads at start; flattened
+/// into its `Config` (`#[command(flatten)]`).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct WorkerArgs {
+    /// NATS servers, comma-separated (`NATS_URL`).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// The event store's gRPC address (`EVENTSTORE_URL`).
+    #[arg(long, env = "EVENTSTORE_URL", default_value = "http://127.0.0.1:50051")]
+    pub eventstore_url: String,
+
+    /// Deliveries of a failing message before it is dead-lettered (`MAX_DELIVERIES`).
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_deliveries: i64,
+
+    /// Messages handled at the same time by this instance (`WORKER_CONCURRENCY`).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Time limit of an event store call (and of getting a database connection, for a worker that
+    /// has one), in milliseconds (`WORKER_TIMEOUT_MS`).
+    #[arg(long, env = "WORKER_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub timeout_ms: u64,
+}
+
+impl WorkerArgs {
+    /// The defaults, pointed at the given servers.
+    pub fn new(nats_url: impl Into<String>, eventstore_url: impl Into<String>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            eventstore_url: eventstore_url.into(),
+            max_deliveries: 5,
+            concurrency: 16,
+            timeout_ms: 5000,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// A lazy event store client and a NATS connection made in the background, as `name`: neither
+    /// server needs to be up yet. An error names the variable at fault.
+    pub async fn connect(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(crate::eventstore::EventStoreClient, async_nats::Client)> {
+        let store =
+            crate::eventstore::EventStoreClient::connect_lazy(&self.eventstore_url, self.timeout())
+                .context("EVENTSTORE_URL")?;
+        let nats = crate::nats::connect_in_background(&self.nats_url, name)
+            .await
+            .context("NATS_URL")?;
+        Ok((store, nats))
+    }
+
+    /// How the consumer loop runs.
+    pub fn options(&self) -> Options {
+        Options {
+            max_deliveries: self.max_deliveries,
+            concurrency: usize::from(self.concurrency),
+            ..Options::default()
+        }
+    }
+}
+
 impl Options {
     /// The `nak` delay after the `delivered`-th delivery failed.
     pub fn delay(&self, delivered: i64) -> Duration {
@@ -90,6 +157,35 @@ impl Options {
             .saturating_mul(2u32.saturating_pow(exponent))
             .min(self.max_delay)
     }
+}
+
+/// A worker's whole run: consumes the durable consumer `name` (see [`run`]) until `shutdown`
+/// resolves, finishes the messages in hand, then flushes what NATS still holds to send.
+pub async fn run_until_stopped<H, Fut>(
+    client: async_nats::Client,
+    name: &str,
+    options: Options,
+    handler: H,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    H: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send + 'static,
+{
+    let spec = crate::stream::consumer(name)
+        .with_context(|| format!("no consumer is defined for {name}"))?;
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    let watcher = tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    let result = run(client.clone(), spec, options, handler, stop).await;
+    watcher.abort();
+    if let Err(err) = client.flush().await {
+        tracing::debug!(error = %err, "NATS flush on stop");
+    }
+    result
 }
 
 /// Consumes `spec`'s durable consumer until `stop` is cancelled, then finishes the messages in hand.

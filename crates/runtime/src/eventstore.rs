@@ -169,17 +169,8 @@ impl EventStoreClient {
             from_version,
             ..Default::default()
         };
-        let call = async {
-            let response = self
-                .grpc
-                .clone()
-                .get_events(traced(request, &span))
-                .await
-                .map_err(|status| failed(&span, status))?
-                .into_inner();
-            response.events.into_iter().map(envelope).collect()
-        };
-        call.instrument(span.clone()).await
+        let events = self.get_events(request, &span).await?;
+        events.into_iter().map(envelope).collect()
     }
 
     /// One event by id.
@@ -190,15 +181,24 @@ impl EventStoreClient {
             event_id: event_id.to_string(),
             ..Default::default()
         };
+        let events = self.get_events(request, &span).await?;
+        events.into_iter().next().map(envelope).transpose()
+    }
+
+    /// One `GetEvents` call, in `span`.
+    async fn get_events(
+        &self,
+        request: pb::GetEventsRequest,
+        span: &tracing::Span,
+    ) -> Result<Vec<pb::Event>, ClientError> {
         let call = async {
             let response = self
                 .grpc
                 .clone()
-                .get_events(traced(request, &span))
+                .get_events(traced(request, span))
                 .await
-                .map_err(|status| failed(&span, status))?
-                .into_inner();
-            response.events.into_iter().next().map(envelope).transpose()
+                .map_err(|status| failed(span, status))?;
+            Ok(response.into_inner().events)
         };
         call.instrument(span.clone()).await
     }

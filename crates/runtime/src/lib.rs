@@ -5,6 +5,8 @@ pub mod db;
 pub mod deadletter;
 pub mod eventstore;
 pub mod nats;
+pub mod orders;
+pub mod service;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;

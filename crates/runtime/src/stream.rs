@@ -63,6 +63,25 @@ pub struct EventEnvelope {
     pub created_at: time::OffsetDateTime,
 }
 
+impl EventEnvelope {
+    /// Metadata of an event caused by this one: the same correlation, caused by it. Its trace
+    /// context is not copied: the event store client puts in the current one (the delivery's span,
+    /// a child of the publish of this event), so the trace goes on from there.
+    pub fn caused_metadata(&self) -> BTreeMap<String, String> {
+        let mut metadata: BTreeMap<String, String> = self
+            .metadata
+            .iter()
+            .filter(|(key, _)| key.as_str() == headers::CORRELATION_ID)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        metadata
+            .entry(headers::CORRELATION_ID.to_owned())
+            .or_insert_with(|| self.aggregate_id.clone());
+        metadata.insert(headers::CAUSATION_ID.to_owned(), self.event_id.to_string());
+        metadata
+    }
+}
+
 /// A durable pull consumer of one worker; every instance of the worker shares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerSpec {

@@ -42,7 +42,7 @@ async fn cancelling_a_pending_order_appends_a_cancelled_event_at_version_2() {
         json!({"order_id": order_id, "status": "Cancelled", "version": 2})
     );
     let events = stack
-        .client
+        .store
         .events(&order_id.to_string())
         .await
         .expect("GetEvents");
@@ -67,7 +67,7 @@ async fn cancelling_a_pending_order_appends_a_cancelled_event_at_version_2() {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     let events = stack
-        .client
+        .store
         .events(&second.to_string())
         .await
         .expect("GetEvents");
@@ -83,9 +83,9 @@ async fn cancelling_after_approval_is_a_conflict_and_an_unknown_order_is_not_fou
         .expect("valid")
         .place(order_id, time::OffsetDateTime::now_utc());
     let amount = created.amount;
-    append(&stack.client, created.into(), 0).await;
+    append(&stack.store, created.into(), 0).await;
     append(
-        &stack.client,
+        &stack.store,
         PaymentDebited {
             order_id,
             customer_id: "c1".into(),
@@ -96,7 +96,7 @@ async fn cancelling_after_approval_is_a_conflict_and_an_unknown_order_is_not_fou
         1,
     )
     .await;
-    append(&stack.client, Approved { order_id }.into(), 2).await;
+    append(&stack.store, Approved { order_id }.into(), 2).await;
 
     let answer = stack
         .call(post_json(&format!("/api/orders/{order_id}/cancel"), ""))

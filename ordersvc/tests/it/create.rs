@@ -37,7 +37,7 @@ async fn the_reference_body_places_a_pending_order_with_an_exact_amount() {
     );
 
     // The event store holds exactly the created event, with the same amount.
-    let events = stack.client.events(&order_id).await.expect("GetEvents");
+    let events = stack.store.events(&order_id).await.expect("GetEvents");
     assert_eq!(events.len(), 1);
     let created = &events[0];
     assert_eq!(created.event_type, "created");
@@ -188,12 +188,7 @@ async fn an_idempotency_key_makes_a_retry_answer_the_same_order_without_a_second
     );
     let order_id = first.body["order_id"].as_str().expect("order_id");
     assert_eq!(
-        stack
-            .client
-            .events(order_id)
-            .await
-            .expect("GetEvents")
-            .len(),
+        stack.store.events(order_id).await.expect("GetEvents").len(),
         1
     );
     assert_eq!(stack.stored_events().await, 1);

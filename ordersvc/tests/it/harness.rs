@@ -1,42 +1,27 @@
 //! One test's world: PostgreSQL with eventstoredb and ordersdb, nats-server with the ORDERS
 //! stream, the real event store in-process, and ordersvc's router on top.
 
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
+use bootstrapper::Context;
 use http_body_util::BodyExt as _;
 use ordersvc::{AppState, Config, router};
-use pipeline_runtime::eventstore::EventStoreClient;
+use pipeline_harness::Setup;
 use serde_json::Value;
 use sqlx::PgPool;
-use testkit::{NatsServer, Postgres};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 
 pub const REFERENCE_BODY: &str = r#"{"customer_id":"c1","restaurant_id":"r1","order_items":[{"code":"p1","name":"Pizza","unit_price":12.5,"quantity":2}]}"#;
 
 pub struct Stack {
-    pub postgres: Postgres,
-    _nats: NatsServer,
+    base: pipeline_harness::Stack,
     pub eventstore_db: PgPool,
     pub orders_db: PgPool,
     pub state: AppState,
-    pub client: EventStoreClient,
-    _eventstore: EventStoreTask,
-}
-
-struct EventStoreTask {
-    _stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Drop for EventStoreTask {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// A response, its body read as JSON (`Null` when empty).
@@ -48,54 +33,31 @@ pub struct Answer {
 
 impl Stack {
     pub async fn start() -> Stack {
-        testkit::init_tracing();
-        let postgres = Postgres::start().expect("PostgreSQL starts");
-        let nats = NatsServer::start().expect("nats-server starts");
-
-        let eventstore_url = postgres.url("eventstoredb");
-        let orders_url = postgres.url("ordersdb");
-        let eventstore_db = migrated(&eventstore_url, bootstrapper::Context::EventStore).await;
-        let orders_db = migrated(&orders_url, bootstrapper::Context::Orders).await;
-        let js = bootstrapper::connect_jetstream(&nats.url(), Duration::from_secs(5))
-            .await
-            .expect("JetStream");
-        bootstrapper::ensure_stream(&js, 1)
-            .await
-            .expect("stream created");
-
-        let mut config = eventstore::Config::new(
-            "127.0.0.1:0".parse().expect("address"),
-            &eventstore_url,
-            nats.url(),
-        );
-        config.timeout_ms = 1000;
-        let app = eventstore::App::build(config)
-            .await
-            .expect("event store builds");
-        let grpc_url = format!("http://{}", app.local_addr());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let base = pipeline_harness::Stack::start_with(Setup {
+            databases: &[Context::Orders],
+            consumers: false,
+            eventstore_timeout_ms: 1000,
+            sweep_interval_ms: None,
+            client_timeout: Duration::from_secs(2),
+            ..Setup::default()
+        })
+        .await;
+        let eventstore_db = base.pool(Context::EventStore).await;
+        let orders_db = base.pool(Context::Orders).await;
 
         let mut config = Config::new(
             "127.0.0.1:0".parse().expect("address"),
-            &grpc_url,
-            &orders_url,
+            &base.eventstore_url,
+            base.database_url(Context::Orders),
         );
         config.timeout_ms = 2000;
         config.min_version_wait_ms = 400;
         let state = AppState::new(&config).expect("ordersvc state");
-        let client =
-            EventStoreClient::connect_lazy(&grpc_url, Duration::from_secs(2)).expect("client");
         Stack {
-            postgres,
-            _nats: nats,
+            base,
             eventstore_db,
             orders_db,
             state,
-            client,
-            _eventstore: EventStoreTask { _stop: stop, task },
         }
     }
 
@@ -116,15 +78,18 @@ impl Stack {
     }
 }
 
-async fn migrated(url: &str, context: bootstrapper::Context) -> PgPool {
-    bootstrapper::ensure_database(url)
-        .await
-        .expect("database created");
-    let pool = PgPool::connect(url).await.expect("connect");
-    bootstrapper::migrate(context, &pool)
-        .await
-        .expect("migrations run");
-    pool
+impl Deref for Stack {
+    type Target = pipeline_harness::Stack;
+
+    fn deref(&self) -> &pipeline_harness::Stack {
+        &self.base
+    }
+}
+
+impl DerefMut for Stack {
+    fn deref_mut(&mut self) -> &mut pipeline_harness::Stack {
+        &mut self.base
+    }
 }
 
 pub async fn call(app: Router, request: Request<Body>) -> Answer {

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 fn config(stack: &Stack) -> paymentworker::Config {
     let mut config =
         paymentworker::Config::new(stack.nats.url(), &stack.eventstore_url, &stack.payments_url);
-    config.timeout_ms = 2000;
+    config.worker.timeout_ms = 2000;
     config
 }
 
@@ -20,11 +20,7 @@ async fn start_worker(stack: &Stack) -> Running {
     let app = paymentworker::App::build(config(stack))
         .await
         .expect("paymentworker builds");
-    Running::spawn(|stopped| {
-        app.run_until_stopped(async move {
-            let _ = stopped.await;
-        })
-    })
+    Running::spawn(|stopped| app.run_until_stopped(stopped))
 }
 
 /// The customer's wallet balance, `None` before the wallet exists.

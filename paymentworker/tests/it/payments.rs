@@ -206,7 +206,7 @@ async fn a_message_that_breaks_the_rules_is_dead_lettered_and_the_worker_goes_on
 
     // Expected: the good order is paid; both bad messages are in DEADLETTERS.paymentworker.
     stack.wait_for_status(good, OrderStatus::Paid).await;
-    let deadline = tokio::time::Instant::now() + crate::harness::PATIENCE;
+    let deadline = tokio::time::Instant::now() + stack.patience;
     loop {
         let letters = deadletter::list(&js, Some(paymentworker::NAME))
             .await

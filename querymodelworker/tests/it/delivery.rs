@@ -137,11 +137,11 @@ async fn concurrent_deliveries_of_one_orders_events_in_any_order_end_in_the_same
         ])
         .await;
     let history = stack
-        .events
+        .store
         .events(&order.order_id.to_string())
         .await
         .expect("history");
-    let projector = querymodelworker::Projector::new(stack.orders.clone(), stack.events.clone());
+    let projector = querymodelworker::Projector::new(stack.orders.clone(), stack.store.clone());
 
     // Every event three times, newest first, all at once: races on the insert, on the update and
     // gap fills that overlap, at SERIALIZABLE.

@@ -1,21 +1,18 @@
 //! Starts PostgreSQL, nats-server, the event store and the worker for one test.
 
 use std::collections::BTreeMap;
-use std::str::FromStr as _;
+use std::ops::Deref;
 use std::time::Duration;
 
-use async_nats::jetstream;
-use order_domain::{
-    AGGREGATE_TYPE, Money, OrderCreated, OrderEvent, OrderItem, PaymentDebited, payment_id,
-};
-use pipeline_runtime::eventstore::{EventStoreClient, NewEvent};
-use pipeline_runtime::stream::{EventEnvelope, headers};
+use bootstrapper::Context;
+use order_domain::{OrderCreated, OrderEvent, OrderItem, PaymentDebited, payment_id};
+use pipeline_harness::Setup;
+use pipeline_runtime::stream::headers;
 use querymodelworker::{App, Config};
 use sqlx::PgPool;
-use testkit::{NatsServer, Postgres};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+pub use pipeline_harness::{Running as Service, envelope, migrate, money};
 
 pub const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 pub const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -24,101 +21,28 @@ pub const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub struct Stack {
-    pub postgres: Postgres,
-    pub nats: NatsServer,
+    base: pipeline_harness::Stack,
     pub orders_url: String,
-    pub eventstore_url: String,
-    pub events: EventStoreClient,
     pub orders: PgPool,
-    _eventstore: Service,
-}
-
-/// A service running in a task of this test; stopped gracefully on `stop`, aborted on drop.
-pub struct Service {
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Service {
-    fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Service
-    where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let (shutdown, stopped) = oneshot::channel();
-        Service {
-            shutdown: Some(shutdown),
-            task: Some(tokio::spawn(run(stopped))),
-        }
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("stops within its grace period")
-                .expect("task joins")
-                .expect("stops without error");
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
 }
 
 impl Stack {
     /// PostgreSQL with migrated `eventstoredb` and `ordersdb`, nats-server with the streams and
     /// consumers, and an event store; the worker is started by [`Stack::worker`].
     pub async fn start() -> Stack {
-        testkit::init_tracing();
-        let postgres = Postgres::start().expect("PostgreSQL starts");
-        let nats = NatsServer::start().expect("nats-server starts");
-        let eventstore_db = postgres.url("eventstoredb");
-        let orders_url = postgres.url("ordersdb");
-        migrate(&eventstore_db, bootstrapper::Context::EventStore).await;
-        migrate(&orders_url, bootstrapper::Context::Orders).await;
-        let js = jetstream(&nats).await;
-        bootstrapper::ensure_streams(&js, 1)
-            .await
-            .expect("streams created");
-        bootstrapper::ensure_consumers(&js)
-            .await
-            .expect("consumers created");
-
-        let mut config = eventstore::Config::new(
-            "127.0.0.1:0".parse().expect("address"),
-            &eventstore_db,
-            nats.url(),
-        );
-        config.timeout_ms = 1000;
-        config.sweep_interval_ms = 200;
-        let app = eventstore::App::build(config)
-            .await
-            .expect("event store builds");
-        let eventstore_url = format!("http://{}", app.local_addr());
-        let eventstore = Service::spawn(|stopped| {
-            app.run_until_stopped(async move {
-                let _ = stopped.await;
-            })
-        });
-        let events = EventStoreClient::connect_lazy(&eventstore_url, Duration::from_secs(5))
-            .expect("event store client");
-        let orders = PgPool::connect(&orders_url).await.expect("ordersdb");
+        let base = pipeline_harness::Stack::start_with(Setup {
+            databases: &[Context::Orders],
+            eventstore_timeout_ms: 1000,
+            patience: PATIENCE,
+            ..Setup::default()
+        })
+        .await;
+        let orders_url = base.database_url(Context::Orders);
+        let orders = base.pool(Context::Orders).await;
         Stack {
-            postgres,
-            nats,
+            base,
             orders_url,
-            eventstore_url,
-            events,
             orders,
-            _eventstore: eventstore,
         }
     }
 
@@ -131,38 +55,15 @@ impl Stack {
     /// Starts a worker on the shared consumer.
     pub async fn worker(&self) -> Service {
         let app = App::build(self.config()).await.expect("worker builds");
-        Service::spawn(|stopped| {
-            app.run_until_stopped(async move {
-                let _ = stopped.await;
-            })
-        })
-    }
-
-    pub async fn jetstream(&self) -> jetstream::Context {
-        jetstream(&self.nats).await
+        Service::spawn(|stopped| app.run_until_stopped(stopped))
     }
 
     /// Appends `event` to its order at `expected_version`, with a `traceparent`.
     pub async fn append(&self, event: &OrderEvent, expected_version: i64) -> Uuid {
-        let event_id = Uuid::new_v4();
-        self.events
-            .append(
-                NewEvent {
-                    event_id,
-                    event_type: event.event_type().to_owned(),
-                    aggregate_id: event.order_id().to_string(),
-                    aggregate_type: AGGREGATE_TYPE.to_owned(),
-                    data: event.to_json(),
-                    metadata: BTreeMap::from([(
-                        headers::TRACEPARENT.to_owned(),
-                        TRACEPARENT.to_owned(),
-                    )]),
-                },
-                expected_version,
-            )
+        let metadata = BTreeMap::from([(headers::TRACEPARENT.to_owned(), TRACEPARENT.to_owned())]);
+        self.base
+            .append_with(event, expected_version, metadata)
             .await
-            .expect("append succeeds");
-        event_id
     }
 
     /// Appends `events` to a new order, one after the other.
@@ -192,31 +93,6 @@ impl Stack {
 
     pub async fn row(&self, order_id: Uuid) -> Option<OrderRow> {
         row(&self.orders, order_id).await
-    }
-
-    /// Every message on the ORDERS stream, in stream order, once it holds `count` of them.
-    pub async fn stream_messages(&self, count: u64) -> Vec<jetstream::message::StreamMessage> {
-        let js = self.jetstream().await;
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let mut stream = js.get_stream("ORDERS").await.expect("stream exists");
-        loop {
-            let info = stream.info().await.expect("stream info").state.clone();
-            if info.messages >= count {
-                let mut messages = Vec::new();
-                for seq in info.first_sequence..=info.last_sequence {
-                    if let Ok(message) = stream.get_raw_message(seq).await {
-                        messages.push(message);
-                    }
-                }
-                return messages;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the stream holds {} messages, expected {count}",
-                info.messages
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// Waits until the worker's consumer has acked or terminated everything on the stream.
@@ -250,22 +126,12 @@ impl Stack {
     }
 }
 
-pub async fn migrate(url: &str, context: bootstrapper::Context) {
-    bootstrapper::ensure_database(url)
-        .await
-        .expect("database created");
-    let pool = PgPool::connect(url).await.expect("connect");
-    bootstrapper::migrate(context, &pool)
-        .await
-        .expect("migrations run");
-    pool.close().await;
-}
+impl Deref for Stack {
+    type Target = pipeline_harness::Stack;
 
-async fn jetstream(nats: &NatsServer) -> jetstream::Context {
-    let client = async_nats::connect(nats.url())
-        .await
-        .expect("connect to NATS");
-    jetstream::new(client)
+    fn deref(&self) -> &pipeline_harness::Stack {
+        &self.base
+    }
 }
 
 /// The columns of a read model row that tests look at.
@@ -291,16 +157,7 @@ pub async fn row(pool: &PgPool, order_id: Uuid) -> Option<OrderRow> {
     .expect("read the row")
 }
 
-/// Parses the body of a stream message.
-pub fn envelope(message: &jetstream::message::StreamMessage) -> EventEnvelope {
-    serde_json::from_slice(&message.payload).expect("an event envelope")
-}
-
 // ---- order events ----
-
-pub fn money(text: &str) -> Money {
-    Money::from_str(text).expect("an amount")
-}
 
 /// A new order of 2 × 12.50 + 3 × 0.10 = 25.30.
 pub fn created() -> OrderCreated {

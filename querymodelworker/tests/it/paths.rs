@@ -119,7 +119,7 @@ async fn every_path_of_the_state_machine_ends_in_the_right_row() {
 
     // updated_at is the commit time of the last event applied.
     let history = stack
-        .events
+        .store
         .events(&approved_order.order_id.to_string())
         .await
         .expect("history");

@@ -1,14 +1,13 @@
 //! reviewworker against a real nats-server and event store (on a real PostgreSQL): approvals,
 //! rejections, a lost race with a cancellation, redeliveries.
 
-mod harness;
 mod review;
 
-use harness::{Running, Stack};
+use pipeline_harness::{Running, Stack};
 
 fn config(stack: &Stack) -> reviewworker::Config {
     let mut config = reviewworker::Config::new(stack.nats.url(), &stack.eventstore_url);
-    config.timeout_ms = 2000;
+    config.worker.timeout_ms = 2000;
     config
 }
 
@@ -16,11 +15,7 @@ async fn start_worker(config: reviewworker::Config) -> Running {
     let app = reviewworker::App::build(config)
         .await
         .expect("reviewworker builds");
-    Running::spawn(|stopped| {
-        app.run_until_stopped(async move {
-            let _ = stopped.await;
-        })
-    })
+    Running::spawn(|stopped| app.run_until_stopped(stopped))
 }
 
 /// How many events of `event_type` the order has.

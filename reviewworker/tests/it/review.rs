@@ -3,8 +3,8 @@ use std::time::Duration;
 use order_domain::{OrderStatus, event_type};
 use tokio::sync::watch;
 
-use crate::harness::{PATIENCE, Stack};
 use crate::{config, count, start_worker};
+use pipeline_harness::Stack;
 
 #[tokio::test]
 async fn paid_orders_up_to_the_limit_are_approved_and_above_it_rejected() {
@@ -40,7 +40,7 @@ async fn an_order_cancelled_while_its_review_is_held_stays_cancelled() {
 
     // Wait until the worker holds the paymentdebited message, then cancel under its feet.
     let js = stack.jetstream().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let deadline = tokio::time::Instant::now() + stack.patience;
     loop {
         let stream = js.get_stream("ORDERS").await.expect("stream");
         let info = stream

@@ -1,10 +1,11 @@
-//! Reading an order back from the event store, and what each failure means for the message.
+//! The order aggregate as the workers see it: an order read back from the event store and folded,
+//! the event a message carries, and what each failure means for the message.
 
+use crate::consumer::Failure;
+use crate::eventstore::{ClientError, EventStoreClient, NewEvent};
+use crate::stream::EventEnvelope;
 use anyhow::anyhow;
 use order_domain::{AGGREGATE_TYPE, Order, OrderEvent};
-use pipeline_runtime::consumer::Failure;
-use pipeline_runtime::eventstore::{ClientError, EventStoreClient};
-use pipeline_runtime::stream::EventEnvelope;
 use uuid::Uuid;
 
 /// An order's stored events and the order they fold into.
@@ -52,6 +53,19 @@ impl History {
             .rev()
             .find(|(envelope, _)| types.contains(&envelope.event_type.as_str()))
             .map(|(envelope, _)| envelope.event_id)
+    }
+}
+
+/// `event`, decided on the message `cause`, as an append to the same order: same correlation,
+/// caused by `cause` (see [`EventEnvelope::caused_metadata`]).
+pub fn caused_event(cause: &EventEnvelope, event_id: Uuid, event: &OrderEvent) -> NewEvent {
+    NewEvent {
+        event_id,
+        event_type: event.event_type().to_owned(),
+        aggregate_id: cause.aggregate_id.clone(),
+        aggregate_type: AGGREGATE_TYPE.to_owned(),
+        data: event.to_json(),
+        metadata: cause.caused_metadata(),
     }
 }
 

@@ -1,0 +1,433 @@
+#![doc = include_str!("../README.md")]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bootstrapper::Context;
+use order_domain::{
+    AGGREGATE_TYPE, Cancelled, Money, Order, OrderCreated, OrderEvent, OrderItem, OrderStatus,
+};
+use pipeline_runtime::eventstore::{EventStoreClient, NewEvent};
+use pipeline_runtime::stream::{EventEnvelope, STREAM};
+use sqlx::PgPool;
+use testkit::{NatsServer, Postgres};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// What a test's stack holds besides `eventstoredb`, and how its event store is tuned.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Databases created and migrated next to `eventstoredb`.
+    pub databases: &'static [Context],
+    /// Creates every stream and the workers' consumers; otherwise only the `ORDERS` stream.
+    pub consumers: bool,
+    /// The event store's `timeout_ms`.
+    pub eventstore_timeout_ms: u64,
+    /// The event store's `sweep_interval_ms`, its default when `None`.
+    pub sweep_interval_ms: Option<u64>,
+    /// The connect timeout of [`Stack::store`].
+    pub client_timeout: Duration,
+    /// How long the `wait_*` helpers wait for the pipeline to reach a state.
+    pub patience: Duration,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup {
+            databases: &[],
+            consumers: true,
+            eventstore_timeout_ms: 2000,
+            sweep_interval_ms: Some(200),
+            client_timeout: Duration::from_secs(5),
+            patience: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One test's world; everything stops when it is dropped.
+pub struct Stack {
+    pub postgres: Postgres,
+    pub nats: NatsServer,
+    /// The event store's gRPC address, `http://127.0.0.1:PORT`.
+    pub eventstore_url: String,
+    /// A client of the event store.
+    pub store: EventStoreClient,
+    /// How long the `wait_*` helpers wait.
+    pub patience: Duration,
+    _eventstore: Running,
+}
+
+/// The database of `context` in every stack.
+pub fn database_name(context: Context) -> &'static str {
+    match context {
+        Context::EventStore => "eventstoredb",
+        Context::Orders => "ordersdb",
+        Context::Payments => "paymentsdb",
+    }
+}
+
+/// Creates the database at `url` and runs the migrations of `context` on it.
+pub async fn migrate(url: &str, context: Context) {
+    bootstrapper::ensure_database(url)
+        .await
+        .expect("database created");
+    let pool = PgPool::connect(url).await.expect("connect");
+    bootstrapper::migrate(context, &pool)
+        .await
+        .expect("migrations run");
+    pool.close().await;
+}
+
+impl Stack {
+    /// Servers, `eventstoredb`, streams and consumers, and an event store.
+    pub async fn start() -> Stack {
+        Stack::start_with(Setup::default()).await
+    }
+
+    /// Servers, databases, streams and consumers, and an event store, as `setup` says.
+    pub async fn start_with(setup: Setup) -> Stack {
+        testkit::init_tracing();
+        let postgres = Postgres::start().expect("PostgreSQL starts");
+        let nats = NatsServer::start().expect("nats-server starts");
+        let eventstore_db = postgres.url(database_name(Context::EventStore));
+        migrate(&eventstore_db, Context::EventStore).await;
+        for &context in setup.databases {
+            migrate(&postgres.url(database_name(context)), context).await;
+        }
+        let js = connect(&nats).await;
+        if setup.consumers {
+            bootstrapper::ensure_streams(&js, 1)
+                .await
+                .expect("streams created");
+            bootstrapper::ensure_consumers(&js)
+                .await
+                .expect("consumers created");
+        } else {
+            bootstrapper::ensure_stream(&js, 1)
+                .await
+                .expect("stream created");
+        }
+
+        let mut config = eventstore::Config::new(
+            "127.0.0.1:0".parse().expect("address"),
+            &eventstore_db,
+            nats.url(),
+        );
+        config.timeout_ms = setup.eventstore_timeout_ms;
+        if let Some(sweep_interval_ms) = setup.sweep_interval_ms {
+            config.sweep_interval_ms = sweep_interval_ms;
+        }
+        let app = eventstore::App::build(config)
+            .await
+            .expect("event store builds");
+        let eventstore_url = format!("http://{}", app.local_addr());
+        let eventstore = Running::spawn(|stopped| app.run_until_stopped(stopped));
+        let store = EventStoreClient::connect_lazy(&eventstore_url, setup.client_timeout)
+            .expect("event store client");
+        Stack {
+            postgres,
+            nats,
+            eventstore_url,
+            store,
+            patience: setup.patience,
+            _eventstore: eventstore,
+        }
+    }
+
+    /// The URL of the database of `context`.
+    pub fn database_url(&self, context: Context) -> String {
+        self.postgres.url(database_name(context))
+    }
+
+    /// A pool on the database of `context`.
+    pub async fn pool(&self, context: Context) -> PgPool {
+        PgPool::connect(&self.database_url(context))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn jetstream(&self) -> jetstream::Context {
+        connect(&self.nats).await
+    }
+
+    /// Appends `event` to its order, expecting `expected_version`; returns the event id.
+    pub async fn append(&self, event: &OrderEvent, expected_version: i64) -> Uuid {
+        self.append_with(event, expected_version, BTreeMap::new())
+            .await
+    }
+
+    /// [`Stack::append`] with `metadata`.
+    pub async fn append_with(
+        &self,
+        event: &OrderEvent,
+        expected_version: i64,
+        metadata: BTreeMap<String, String>,
+    ) -> Uuid {
+        let event_id = Uuid::new_v4();
+        self.store
+            .append(
+                NewEvent {
+                    event_id,
+                    event_type: event.event_type().to_owned(),
+                    aggregate_id: event.order_id().to_string(),
+                    aggregate_type: AGGREGATE_TYPE.to_owned(),
+                    data: event.to_json(),
+                    metadata,
+                },
+                expected_version,
+            )
+            .await
+            .expect("append succeeds");
+        event_id
+    }
+
+    /// Places an order of `amount` for `customer`; returns its id.
+    pub async fn place(&self, customer: &str, amount: &str) -> Uuid {
+        let order_id = Uuid::new_v4();
+        let amount = money(amount);
+        let created = OrderCreated {
+            order_id,
+            customer_id: customer.to_owned(),
+            restaurant_id: "r1".to_owned(),
+            order_items: vec![OrderItem {
+                code: "p1".to_owned(),
+                name: "Pizza".to_owned(),
+                unit_price: amount,
+                quantity: 1,
+            }],
+            amount,
+            created_on: time::OffsetDateTime::now_utc(),
+        };
+        self.append(&created.into(), 0).await;
+        order_id
+    }
+
+    /// Cancels a Pending or Paid order at its current version.
+    pub async fn cancel(&self, order_id: Uuid) {
+        let order = self.order(order_id).await;
+        let cancelled = Cancelled {
+            order_id,
+            reason: "changed my mind".to_owned(),
+        };
+        self.append(&cancelled.into(), order.version).await;
+    }
+
+    /// Debits a Pending order, as paymentworker would; returns the event id.
+    pub async fn debit(&self, order_id: Uuid) -> Uuid {
+        let order = self.order(order_id).await;
+        let event = order
+            .settle_payment(order_domain::payment_id(order_id), Some(order.amount))
+            .expect("a Pending order is debited");
+        self.append(&event, order.version).await
+    }
+
+    /// The stored events of an order.
+    pub async fn history(&self, order_id: Uuid) -> Vec<EventEnvelope> {
+        self.store
+            .events(&order_id.to_string())
+            .await
+            .expect("events read")
+    }
+
+    /// The order folded from the event store.
+    pub async fn order(&self, order_id: Uuid) -> Order {
+        let events: Vec<OrderEvent> = self
+            .history(order_id)
+            .await
+            .iter()
+            .map(|e| OrderEvent::decode(&e.event_type, &e.event_data).expect("decodes"))
+            .collect();
+        Order::fold(&events).expect("folds").expect("exists")
+    }
+
+    /// Waits until the order satisfies `done`, at most [`Stack::patience`].
+    pub async fn wait_for(
+        &self,
+        order_id: Uuid,
+        what: &str,
+        done: impl Fn(&Order) -> bool,
+    ) -> Order {
+        let patience = self.patience;
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let order = self.order(order_id).await;
+            if done(&order) {
+                return order;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {order_id} is not {what} after {patience:?}: {order:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_for_status(&self, order_id: Uuid, status: OrderStatus) -> Order {
+        self.wait_for(order_id, status.as_str(), |order| order.status == status)
+            .await
+    }
+
+    /// Waits until `consumer` has acked everything on the stream and nothing new arrived for a
+    /// moment (the events the worker appended were published and handled too).
+    pub async fn wait_idle(&self, consumer: &str) {
+        let patience = self.patience;
+        let js = self.jetstream().await;
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut quiet_since: Option<tokio::time::Instant> = None;
+        let mut last_seen = 0;
+        loop {
+            let mut stream = js.get_stream(STREAM).await.expect("stream");
+            let last = stream
+                .info()
+                .await
+                .expect("stream info")
+                .state
+                .last_sequence;
+            let info = stream.consumer_info(consumer).await.expect("consumer info");
+            // Nothing left to deliver on the consumer's subjects, nothing un-acked.
+            let caught_up = info.num_pending == 0 && info.num_ack_pending == 0;
+            if caught_up && last == last_seen {
+                let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= Duration::from_millis(700) {
+                    return;
+                }
+            } else {
+                quiet_since = None;
+            }
+            last_seen = last;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "consumer {consumer} still busy after {patience:?}: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Publishes a copy of the last message on `subject` under another `Nats-Msg-Id`: the same event
+    /// delivered twice.
+    pub async fn publish_copy_of_last(&self, subject: &str) {
+        let js = self.jetstream().await;
+        let stream = js.get_stream(STREAM).await.expect("stream");
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let original = loop {
+            match stream.get_last_raw_message_by_subject(subject).await {
+                Ok(message) => break message,
+                Err(err) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "nothing on {subject}: {err}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let mut headers = original.headers.clone();
+        headers.insert("Nats-Msg-Id", Uuid::new_v4().to_string().as_str());
+        js.publish_with_headers(subject.to_owned(), headers, original.payload.clone())
+            .await
+            .expect("publish")
+            .await
+            .expect("stream ack");
+    }
+
+    /// Every message on the `ORDERS` stream, in stream order, once it holds `count` of them.
+    pub async fn stream_messages(&self, count: u64) -> Vec<jetstream::message::StreamMessage> {
+        let js = self.jetstream().await;
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut stream = js.get_stream(STREAM).await.expect("stream exists");
+        loop {
+            let info = stream.info().await.expect("stream info").state.clone();
+            if info.messages >= count {
+                let mut messages = Vec::new();
+                for seq in info.first_sequence..=info.last_sequence {
+                    if let Ok(message) = stream.get_raw_message(seq).await {
+                        messages.push(message);
+                    }
+                }
+                return messages;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stream holds {} messages, expected {count}",
+                info.messages
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn connect(nats: &NatsServer) -> jetstream::Context {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    jetstream::new(client)
+}
+
+/// Parses an amount.
+pub fn money(amount: &str) -> Money {
+    amount.parse().expect("an amount")
+}
+
+/// Parses the body of a stream message.
+pub fn envelope(message: &jetstream::message::StreamMessage) -> EventEnvelope {
+    serde_json::from_slice(&message.payload).expect("an event envelope")
+}
+
+/// A service running in a task of the test; stopped gracefully by `stop`, aborted on drop.
+pub struct Running {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The shutdown future a [`Running`] service is given: resolves on `stop` (or on drop).
+pub struct Stopped(oneshot::Receiver<()>);
+
+impl Future for Stopped {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl Running {
+    /// Spawns `run(stopped)`, e.g. `Running::spawn(|stopped| app.run_until_stopped(stopped))`.
+    pub fn spawn<F, Fut>(run: F) -> Running
+    where
+        F: FnOnce(Stopped) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (shutdown, stopped) = oneshot::channel();
+        Running {
+            shutdown: Some(shutdown),
+            task: Some(tokio::spawn(run(Stopped(stopped)))),
+        }
+    }
+
+    /// Graceful stop: returns when the service has finished.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("stops within its grace period")
+                .expect("task joins")
+                .expect("stops without error");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
