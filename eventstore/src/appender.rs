@@ -123,16 +123,7 @@ async fn commit(pool: &PgPool, batch: Vec<Job>, signals: &CommitSignals) {
                 // An ambiguous commit lands here too: the client retries with the same event id and
                 // the idempotent append answers with the version it got.
                 let err = StoreError::from_sql(err);
-                let message = err.to_string();
-                break events
-                    .iter()
-                    .map(|_| {
-                        Err(match &err {
-                            StoreError::Unavailable(_) => StoreError::Unavailable(message.clone()),
-                            _ => StoreError::Internal(message.clone()),
-                        })
-                    })
-                    .collect();
+                break events.iter().map(|_| Err(err.duplicate())).collect();
             }
         }
     };

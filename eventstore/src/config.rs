@@ -42,8 +42,10 @@ pub struct Config {
     #[arg(long, env = "EVENTSTORE_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub batch_size: u16,
 
-    /// Transactions appending at the same time, at most.
-    #[arg(long, env = "EVENTSTORE_BATCH_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=64))]
+    /// Transactions appending at the same time, at most. One is fastest on PostgreSQL at
+    /// SERIALIZABLE: concurrent batches touch the same index pages and abort each other (measured
+    /// with `cargo bench -p eventstore --bench append`); raise it for a multi-node CockroachDB.
+    #[arg(long, env = "EVENTSTORE_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     pub batch_workers: u8,
 
     /// How often the outbox relay sweeps for events not yet published, in milliseconds.
@@ -74,7 +76,7 @@ impl Config {
             max_event_bytes: 1024 * 1024,
             db_connections: 16,
             batch_size: 256,
-            batch_workers: 4,
+            batch_workers: 1,
             sweep_interval_ms: 1000,
             timeout_ms: 3000,
         }

@@ -37,6 +37,27 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same error for another append of a failed batch (sqlx errors cannot be cloned, so the
+    /// variants keep only text).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            StoreError::InvalidArgument(m) => StoreError::InvalidArgument(m.clone()),
+            StoreError::VersionConflict {
+                aggregate_id,
+                expected,
+                actual,
+            } => StoreError::VersionConflict {
+                aggregate_id: aggregate_id.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            StoreError::AlreadyExists(id) => StoreError::AlreadyExists(*id),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::ShuttingDown => StoreError::ShuttingDown,
+            StoreError::Internal(m) => StoreError::Internal(m.clone()),
+        }
+    }
+
     /// Classifies a database error; logs it once when it is unexpected.
     pub fn from_sql(err: sqlx::Error) -> Self {
         if pipeline_runtime::db::is_unavailable(&err) {
