@@ -79,7 +79,12 @@ impl Relay {
                         tracing::info!("outbox relay publishing again");
                         *healthy = true;
                     }
-                    if pass.published == 0 {
+                    // A pass that claimed less than its limit saw the whole outbox: stop, rather
+                    // than pay a transaction for an empty pass. A commit during the pass left a
+                    // wake-up behind, so nothing committed since waits for the sweep.
+                    if pass.published == 0
+                        || pass.claimed < usize::try_from(CLAIM_LIMIT).unwrap_or(usize::MAX)
+                    {
                         return;
                     }
                 }
