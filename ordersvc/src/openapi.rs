@@ -5,6 +5,17 @@ use serde_json::{Map, Value, json};
 
 use crate::routes::{MAX_BODY_BYTES, Operation, ROUTES};
 
+/// Text the service accepts: not blank (a character that is not white space, as Rust's
+/// `str::trim` sees it: the regex `\s` plus U+0085) and without U+0000, which PostgreSQL cannot store.
+pub const NON_BLANK_TEXT: &str = "^[^\\u0000]*[^\\s\\u0000\\u0085][^\\u0000]*$";
+
+/// The `after` cursor exactly as `GET /api/orders` hands it out: the hex of
+/// `<unix nanoseconds>|<order uuid>`, so any value of this shape is one the server can read.
+pub const CURSOR_PATTERN: &str = concat!(
+    "^(2d)?(3[0-9]){1,20}7c",
+    "(3[0-9]|6[1-6]){8}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){12}$"
+);
+
 /// The document served at `GET /api/openapi.json`.
 pub fn document() -> Value {
     let mut paths = Map::new();
@@ -63,7 +74,7 @@ fn operation(operation: Operation) -> Value {
             "parameters": [{
                 "name": "Idempotency-Key", "in": "header", "required": false,
                 "description": "1 to 200 printable ASCII characters. A retry with the same key and order answers the stored order and appends nothing.",
-                "schema": { "type": "string", "minLength": 1, "maxLength": 200 },
+                "schema": { "type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]*[!-~][ -~]*$" },
             }],
             "requestBody": {
                 "required": true,
@@ -85,9 +96,9 @@ fn operation(operation: Operation) -> Value {
         Operation::ListOrders => json!({
             "summary": "A customer's orders, newest first",
             "parameters": [
-                { "name": "customer_id", "in": "query", "required": true, "schema": { "type": "string", "minLength": 1 } },
+                { "name": "customer_id", "in": "query", "required": true, "schema": { "type": "string", "minLength": 1, "pattern": NON_BLANK_TEXT } },
                 { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 100, "default": 20 } },
-                { "name": "after", "in": "query", "required": false, "description": "The `next` cursor of the previous page.", "schema": { "type": "string" } },
+                { "name": "after", "in": "query", "required": false, "description": "The `next` cursor of the previous page (opaque; its shape is given for validation only).", "schema": { "type": "string", "pattern": CURSOR_PATTERN } },
             ],
             "responses": {
                 "200": ok("One page of orders.", "OrderPage"),
@@ -102,7 +113,7 @@ fn operation(operation: Operation) -> Value {
                 {
                     "name": "min_version", "in": "query", "required": false,
                     "description": "Wait briefly until the read model reached this version. Still behind: the order as it is, with X-Read-Model-Stale: true (404 when there is no row yet).",
-                    "schema": { "type": "integer", "minimum": 1 },
+                    "schema": { "type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX },
                 },
             ],
             "responses": {
@@ -143,7 +154,7 @@ fn operation(operation: Operation) -> Value {
                 "409": error("Too late: the order is past Paid."),
                 "413": error("The body is too large."),
                 "415": error("A body was sent that is not application/json."),
-                "422": error("The reason is not a non-blank string of at most 500 characters."),
+                "422": error("The reason is not a non-blank string of at most 500 characters without U+0000, or the body is not a JSON object."),
                 "503": unavailable,
             },
         }),
@@ -166,7 +177,7 @@ fn operation(operation: Operation) -> Value {
 }
 
 fn components() -> Value {
-    let text = json!({ "type": "string", "minLength": 1, "maxLength": limits::MAX_TEXT_CHARS });
+    let text = json!({ "type": "string", "minLength": 1, "maxLength": limits::MAX_TEXT_CHARS, "pattern": NON_BLANK_TEXT });
     let money = json!({ "type": "string", "pattern": "^[0-9]+\\.[0-9]{2}$", "example": "25.00" });
     let time = json!({ "type": "string", "format": "date-time" });
     let item = json!({
@@ -272,7 +283,7 @@ fn components() -> Value {
             },
             "CancelRequest": {
                 "type": "object",
-                "properties": { "reason": { "type": "string", "minLength": 1, "maxLength": 500, "default": "cancelled by customer" } },
+                "properties": { "reason": { "type": "string", "minLength": 1, "maxLength": 500, "pattern": NON_BLANK_TEXT, "default": "cancelled by customer" } },
             },
             "Cancelled": {
                 "type": "object",

@@ -3,5 +3,6 @@
 mod append;
 mod failures;
 mod harness;
+mod hostile;
 mod outbox;
 mod reads;

@@ -86,13 +86,16 @@ fn reason(body: Option<Value>) -> Result<String, ApiError> {
     };
     match reason {
         None | Some(Value::Null) => Ok(DEFAULT_REASON.to_owned()),
+        // U+0000 cannot be stored in the event's JSONB data (a 500 before).
         Some(Value::String(text))
-            if !text.trim().is_empty() && text.chars().count() <= MAX_REASON_CHARS =>
+            if !text.trim().is_empty()
+                && text.chars().count() <= MAX_REASON_CHARS
+                && !super::has_nul(&text) =>
         {
             Ok(text)
         }
         Some(_) => Err(ApiError::invalid(format!(
-            "reason must be a non-blank string of at most {MAX_REASON_CHARS} characters"
+            "reason must be a non-blank string of at most {MAX_REASON_CHARS} characters, without NUL (U+0000)"
         ))),
     }
 }

@@ -9,8 +9,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_domain::{
-    AGGREGATE_TYPE, NewOrder, OrderCreated, OrderEvent, OrderItem, OrderRequest, OrderStatus,
-    caused_event_id, event_type,
+    AGGREGATE_TYPE, FieldError, NewOrder, OrderCreated, OrderEvent, OrderItem, OrderRequest,
+    OrderStatus, caused_event_id, event_type,
 };
 use pipeline_runtime::eventstore::{ClientError, NewEvent};
 use pipeline_runtime::stream::headers;
@@ -43,6 +43,7 @@ pub async fn create_order(
         message: invalid.to_string(),
         details: invalid.errors,
     })?;
+    refuse_nul(&new_order)?;
 
     let order_id = match &key {
         Some(key) => Uuid::new_v5(&IDEMPOTENT_ORDER_NAMESPACE, key.as_bytes()),
@@ -106,6 +107,34 @@ fn idempotency_key(request_headers: &HeaderMap) -> Result<Option<String>, ApiErr
         return Err(invalid());
     }
     Ok(Some(key.to_owned()))
+}
+
+/// 422 naming each text field that holds U+0000, which the event store's JSONB cannot keep (it
+/// was a 500 "internal error in the event store" before).
+fn refuse_nul(order: &NewOrder) -> Result<(), ApiError> {
+    let mut fields = vec![
+        ("customer_id".to_owned(), order.customer_id()),
+        ("restaurant_id".to_owned(), order.restaurant_id()),
+    ];
+    for (i, item) in order.items().iter().enumerate() {
+        fields.push((format!("order_items[{i}].code"), item.code.as_str()));
+        fields.push((format!("order_items[{i}].name"), item.name.as_str()));
+    }
+    let details: Vec<FieldError> = fields
+        .into_iter()
+        .filter(|(_, text)| super::has_nul(text))
+        .map(|(field, _)| FieldError {
+            field,
+            message: "must not contain the NUL character (U+0000)".to_owned(),
+        })
+        .collect();
+    if details.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        message: "the order is invalid".to_owned(),
+        details,
+    })
 }
 
 /// Only a JSON object is an order request; everything inside it is checked by the domain.

@@ -121,6 +121,12 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
+/// True for text that PostgreSQL cannot store: a TEXT or JSONB value never holds U+0000, so such
+/// text must be refused at the edge (422/400), not reach the database as a 500.
+pub(crate) fn has_nul(text: &str) -> bool {
+    text.contains('\0')
+}
+
 /// An order id from the path: 400 unless it is a UUID.
 fn order_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw)

@@ -118,6 +118,12 @@ pub async fn list_orders(
         .get("customer_id")
         .filter(|id| !id.trim().is_empty())
         .ok_or_else(|| ApiError::BadRequest("customer_id is required".into()))?;
+    if super::has_nul(customer_id) {
+        // PostgreSQL refuses U+0000 in a text parameter (a 500 before); no order can have it.
+        return Err(ApiError::BadRequest(
+            "customer_id must not contain the NUL character (U+0000)".into(),
+        ));
+    }
     let limit = match params.get("limit") {
         None => DEFAULT_LIMIT,
         Some(raw) => raw

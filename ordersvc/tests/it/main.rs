@@ -2,6 +2,7 @@
 
 mod cancel;
 mod create;
+mod fuzzed;
 mod harness;
 mod health;
 mod openapi;
