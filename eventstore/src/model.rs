@@ -126,15 +126,39 @@ impl NewEvent {
 
     /// Whether `stored` is this very event, appended before (metadata may differ between retries).
     pub fn same_event_as(&self, stored: &StoredEvent) -> bool {
-        self.event_type == stored.event_type
-            && self.aggregate_id == stored.aggregate_id
-            && self.aggregate_type == stored.aggregate_type
-            && self.stream == stored.stream
-            && self.event_data == stored.event_data
+        self.content() == stored.content()
+    }
+
+    /// Whether `other` (another append of the same batch) is this very event.
+    pub fn same_content(&self, other: &NewEvent) -> bool {
+        self.content() == other.content()
+    }
+
+    fn content(&self) -> Content<'_> {
+        (
+            &self.event_type,
+            &self.aggregate_id,
+            &self.aggregate_type,
+            &self.stream,
+            &self.event_data,
+        )
     }
 }
 
+/// What makes two appends the same event: everything but the metadata and the version.
+type Content<'a> = (&'a str, &'a str, &'a str, &'a str, &'a serde_json::Value);
+
 impl StoredEvent {
+    fn content(&self) -> Content<'_> {
+        (
+            &self.event_type,
+            &self.aggregate_id,
+            &self.aggregate_type,
+            &self.stream,
+            &self.event_data,
+        )
+    }
+
     /// The subject the event is published on.
     pub fn subject(&self) -> String {
         pipeline_runtime::stream::subject(&self.stream, &self.event_type)

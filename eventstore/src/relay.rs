@@ -145,7 +145,11 @@ impl Relay {
         .into_iter()
         .collect();
         let ready = publishable(&claimed, &lowest);
-        let events = fetch_events(&mut tx, &ready).await?;
+        let events = if ready.is_empty() {
+            Vec::new()
+        } else {
+            crate::store::events_by_ids(&mut *tx, &ready).await?
+        };
         let published = self.publish_in_order(events).await;
         if !published.is_empty() {
             sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
@@ -280,16 +284,6 @@ pub fn publishable(claimed: &[(Uuid, String, i64)], lowest: &HashMap<String, i64
         }
     }
     ready
-}
-
-async fn fetch_events(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ids: &[Uuid],
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    crate::store::events_by_ids(&mut **tx, ids).await
 }
 
 #[cfg(test)]

@@ -86,21 +86,14 @@ pub fn plan(
             })
         } else if let Some(&(first, version)) = planned.get(&event.event_id) {
             let first = &batch[first];
-            Decision::Done(
-                if first.event_type == event.event_type
-                    && first.aggregate_id == event.aggregate_id
-                    && first.aggregate_type == event.aggregate_type
-                    && first.stream == event.stream
-                    && first.event_data == event.event_data
-                {
-                    Ok(Appended {
-                        version,
-                        duplicate: true,
-                    })
-                } else {
-                    Err(StoreError::AlreadyExists(event.event_id))
-                },
-            )
+            Decision::Done(if first.same_content(event) {
+                Ok(Appended {
+                    version,
+                    duplicate: true,
+                })
+            } else {
+                Err(StoreError::AlreadyExists(event.event_id))
+            })
         } else {
             let actual = versions.get(&event.aggregate_id).copied().unwrap_or(0);
             if actual == event.expected_version {
