@@ -10,17 +10,10 @@
 //! "Off" still creates spans (trace ids travel with every event either way); it only exports none.
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-#[allow(
-    dead_code,
-    reason = "the end-to-end tests' pipeline, of which a benchmark uses a part"
-)]
-#[path = "../tests/it/pipeline.rs"]
-mod pipeline;
-
 use std::time::{Duration, Instant};
 
+use e2e_tests::{Pipeline, order_body};
 use futures::StreamExt as _;
-use pipeline::{Pipeline, order_body};
 use testkit::Zipkin;
 
 struct Run {

@@ -1,3 +1,8 @@
-//! End-to-end tests of the order pipeline live in `tests/it`: they start the workspace's binaries
-//! (`eventstore`, `ordersvc`, the three workers, `bootstrapper`) as real processes against a real
-//! nats-server and PostgreSQL from the test kit. This library is empty on purpose.
+//! The order pipeline's binaries (`eventstore`, `ordersvc`, the three workers, `bootstrapper`) run as
+//! real processes against a real nats-server and PostgreSQL from the test kit: [`Pipeline`].
+//!
+//! The end-to-end tests live in `tests/it` and use it.
+
+pub mod pipeline;
+
+pub use pipeline::{FINAL, Options, Pipeline, order_body};

@@ -1,6 +1,5 @@
 //! The whole pipeline as real processes: POST an order over HTTP and watch it reach its final state.
 
-mod pipeline;
 mod saga;
 mod stack;
 mod tracing_flow;

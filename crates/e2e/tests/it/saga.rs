@@ -6,7 +6,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::pipeline::{Pipeline, order_body};
+use e2e_tests::{Pipeline, order_body};
 
 fn money(s: &str) -> Decimal {
     Decimal::from_str(s).expect("decimal")

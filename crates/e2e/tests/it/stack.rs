@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::pipeline::order_body;
+use e2e_tests::order_body;
 
 /// Every process the stack starts, as `scripts/stack status` names them.
 const PROCESSES: [&str; 7] = [

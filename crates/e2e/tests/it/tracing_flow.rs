@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use testkit::Zipkin;
 
-use crate::pipeline::{Pipeline, order_body};
+use e2e_tests::{Pipeline, order_body};
 
 const SERVICES: [&str; 5] = [
     "ordersvc",

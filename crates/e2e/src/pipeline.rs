@@ -9,21 +9,47 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use testkit::{NatsServer, Postgres};
 
-/// Binaries of the workspace, found beside this test's executable (`target/<profile>/`).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace's binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
-    path
+/// Binaries of the workspace, found in the profile folder (`target/<profile>/`) of the running
+/// executable: a test or benchmark runs from `target/<profile>/deps/`, a binary of this crate from
+/// `target/<profile>/`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    let folders = exe.ancestors().skip(1).take(2);
+    let candidates: Vec<PathBuf> = folders.map(|dir| dir.join(name)).collect();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing beside {}: build the workspace's binaries first (cargo build --workspace --bins)",
+                exe.display()
+            )
+        })
 }
+
+/// How [`Pipeline::start_with`] sets the pipeline up; the default is [`Pipeline::start`]'s.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Variables every process, the bootstrapper included, gets on top of [`Pipeline::env`]
+    /// (later ones win), e.g. `ZIPKIN_ENDPOINT` of a `testkit::Zipkin`.
+    pub env: Vec<(String, String)>,
+    /// Extra arguments of the bootstrapper, e.g. `--replicas 3`.
+    pub bootstrap_args: Vec<String>,
+    /// A nats-server the caller started (e.g. with a configuration of its own); default: a fresh one.
+    pub nats: Option<NatsServer>,
+    /// Bootstrap only: start no service.
+    pub no_services: bool,
+}
+
+/// The pipeline's services, in start order.
+pub const SERVICES: [&str; 5] = [
+    "eventstore",
+    "ordersvc",
+    "paymentworker",
+    "reviewworker",
+    "querymodelworker",
+];
 
 struct Process {
     name: String,
@@ -38,7 +64,7 @@ pub struct Pipeline {
     eventstore_port: u16,
     ordersvc_port: u16,
     processes: Vec<Process>,
-    /// Variables every process gets on top of [`Pipeline::env`] (later ones win).
+    /// Variables every process gets on top of the defaults (later ones win).
     env_overrides: Vec<(String, String)>,
     pub http: reqwest::Client,
 }
@@ -49,50 +75,68 @@ pub const FINAL: [&str; 4] = ["Approved", "PaymentFailed", "Rejected", "Cancelle
 impl Pipeline {
     /// Databases, stream and consumers bootstrapped, then one process of each service.
     pub async fn start() -> Pipeline {
-        Self::start_with_env(&[]).await
+        Self::start_with(Options::default()).await
     }
 
     /// As [`Pipeline::start`], every process getting `env` on top of the usual environment (for
     /// instance `ZIPKIN_ENDPOINT` of a `testkit::Zipkin`).
     pub async fn start_with_env(env: &[(&str, &str)]) -> Pipeline {
-        let mut pipeline = Self::bootstrapped().await;
-        pipeline.env_overrides = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        for service in [
-            "eventstore",
-            "ordersvc",
-            "paymentworker",
-            "reviewworker",
-            "querymodelworker",
-        ] {
-            pipeline.spawn(service);
-        }
-        pipeline.wait_ready().await;
-        pipeline
+        Self::start_with(Options {
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Options::default()
+        })
+        .await
     }
 
     /// Servers started and the bootstrapper run, no service yet.
     pub async fn bootstrapped() -> Pipeline {
+        Self::start_with(Options {
+            no_services: true,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Servers started (or taken from `options`), the bootstrapper run, then one process of each
+    /// service unless `options.no_services`.
+    pub async fn start_with(options: Options) -> Pipeline {
         testkit::init_tracing();
         let postgres = Postgres::start().expect("PostgreSQL starts");
-        let nats = NatsServer::start().expect("nats-server starts");
-        let pipeline = Pipeline {
+        let nats = match options.nats {
+            Some(nats) => nats,
+            None => NatsServer::start().expect("nats-server starts"),
+        };
+        let mut pipeline = Pipeline {
             postgres,
             nats,
             logs: tempfile::tempdir().expect("log folder"),
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
             processes: Vec::new(),
-            env_overrides: Vec::new(),
+            env_overrides: options.env,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("HTTP client"),
         };
+        pipeline.bootstrap(&options.bootstrap_args);
+        if !options.no_services {
+            for service in SERVICES {
+                pipeline.spawn(service);
+            }
+            pipeline.wait_ready().await;
+        }
+        pipeline
+    }
+
+    /// Runs the bootstrapper with `args`; panics with its output when it fails.
+    pub fn bootstrap(&self, args: &[String]) {
         let output = Command::new(binary("bootstrapper"))
-            .envs(pipeline.env())
+            .args(args)
+            .envs(self.env())
             .output()
             .expect("bootstrapper runs");
         assert!(
@@ -101,7 +145,21 @@ impl Pipeline {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        pipeline
+    }
+
+    /// Where the log files of the processes are.
+    pub fn log_dir(&self) -> &std::path::Path {
+        self.logs.path()
+    }
+
+    /// `NATS_URL` as the processes get it (an override in [`Options::env`] wins).
+    pub fn nats_url(&self) -> String {
+        self.env()
+            .into_iter()
+            .rev()
+            .find(|(k, _)| k == "NATS_URL")
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| self.nats.url())
     }
 
     pub fn database_url(&self, database: &str) -> String {
@@ -156,6 +214,31 @@ impl Pipeline {
             log,
         });
         index
+    }
+
+    /// Starts process `index` of `service` again (after [`Pipeline::kill`] or a clean stop), with the
+    /// same log file (appended to).
+    pub fn restart(&mut self, service: &str, index: usize) {
+        let env = self.env();
+        let process = self.process(service, index);
+        let _ = process.child.kill();
+        let _ = process.child.wait();
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&process.log)
+            .expect("log file");
+        process.child = Command::new(binary(service))
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {service}: {err}"));
+    }
+
+    /// Whether process `index` of `service` is still running.
+    pub fn is_running(&mut self, service: &str, index: usize) -> bool {
+        matches!(self.process(service, index).child.try_wait(), Ok(None))
     }
 
     fn process(&mut self, service: &str, index: usize) -> &mut Process {
@@ -279,7 +362,7 @@ impl Pipeline {
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(self.nats.url()).await.expect("NATS");
+        let client = async_nats::connect(self.nats_url()).await.expect("NATS");
         async_nats::jetstream::new(client)
     }
 
