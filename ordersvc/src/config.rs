@@ -11,6 +11,10 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:3000";
 pub const DEFAULT_EVENTSTORE_URL: &str = "http://127.0.0.1:50051";
 pub const DEFAULT_ORDERS_DATABASE_URL: &str =
     "postgresql://root@127.0.0.1:26257/ordersdb?sslmode=disable";
+/// One event store group commit takes up to 256 appends (`EVENTSTORE_BATCH_SIZE`) and queues four
+/// times that: one instance's requests fit in one batch and leave queue room for other instances.
+/// More at once would only wait longer for the same commits, up to the timeout.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
 
 /// How ordersvc listens and where its dependencies are.
 #[derive(Clone, clap::Parser)]
@@ -50,6 +54,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub min_version_wait_ms: u64,
 
+    /// Requests handled at once (`ORDERSVC_MAX_IN_FLIGHT`, default 256). One more is refused at
+    /// once with 503 and `Retry-After`, before it reads its body or writes anything; `/healthz` and
+    /// `/readyz` are never refused.
+    #[arg(long, env = "ORDERSVC_MAX_IN_FLIGHT", value_name = "ORDERSVC_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_in_flight: u32,
+
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
@@ -70,6 +81,7 @@ impl Config {
             timeout_ms: 5000,
             db_connections: 10,
             min_version_wait_ms: 3000,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -108,6 +120,7 @@ impl fmt::Debug for Config {
             .field("timeout_ms", &self.timeout_ms)
             .field("db_connections", &self.db_connections)
             .field("min_version_wait_ms", &self.min_version_wait_ms)
+            .field("max_in_flight", &self.max_in_flight)
             .field("telemetry", &self.telemetry)
             .finish()
     }
@@ -129,6 +142,16 @@ mod tests {
         assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
         assert_eq!(config.eventstore_url, DEFAULT_EVENTSTORE_URL);
         assert_eq!(config.orders_database_url, DEFAULT_ORDERS_DATABASE_URL);
+        assert_eq!(config.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+    }
+
+    #[test]
+    fn a_limit_of_no_requests_in_flight_is_refused_naming_the_variable() {
+        let error = Config::try_parse_from(["ordersvc", "--max-in-flight", "0"])
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("ORDERSVC_MAX_IN_FLIGHT"), "{error}");
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! is a bug or a surprise: it is logged once, here, and the client gets an opaque message.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_domain::FieldError;
 use pipeline_runtime::eventstore::ClientError;
 use serde_json::json;
+
+/// Seconds a client is asked to wait (`Retry-After`) before trying a 503 again.
+pub const RETRY_AFTER_SECS: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -36,6 +39,9 @@ pub enum ApiError {
     /// 503: a dependency (the event store, ordersdb) cannot answer now.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: too many requests in flight; refused before anything was done.
+    #[error("{0}")]
+    Overloaded(String),
     /// 500: logged with its cause, answered opaquely.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -58,7 +64,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,7 +83,14 @@ impl IntoResponse for ApiError {
             }
             other => json!({ "error": other.to_string() }),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Both kinds of 503 pass by themselves: an overload drains, a dependency reconnects.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
     }
 }
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod admission;
 mod body;
 mod config;
 mod error;
@@ -18,9 +19,10 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 pub use crate::config::{
-    Config, DEFAULT_ADDR, DEFAULT_EVENTSTORE_URL, DEFAULT_ORDERS_DATABASE_URL,
+    Config, DEFAULT_ADDR, DEFAULT_EVENTSTORE_URL, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_ORDERS_DATABASE_URL,
 };
-pub use crate::error::ApiError;
+pub use crate::error::{ApiError, RETRY_AFTER_SECS};
 pub use crate::openapi::document as openapi_document;
 pub use crate::routes::{MAX_BODY_BYTES, Operation, ROUTES, Route, router};
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub(crate) min_version_wait: Duration,
     /// Built once: the document never changes while the process runs.
     pub(crate) openapi: Arc<serde_json::Value>,
+    /// The bound of requests in flight, shared by every clone of the router.
+    pub(crate) admission: admission::Admission,
 }
 
 impl AppState {
@@ -52,6 +56,7 @@ impl AppState {
             db,
             min_version_wait: config.min_version_wait(),
             openapi: Arc::new(openapi::document()),
+            admission: admission::Admission::new(config.max_in_flight),
         })
     }
 }

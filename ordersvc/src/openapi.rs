@@ -3,6 +3,7 @@
 use order_domain::limits;
 use serde_json::{Map, Value, json};
 
+use crate::error::RETRY_AFTER_SECS;
 use crate::routes::{MAX_BODY_BYTES, Operation, ROUTES};
 
 /// Text the service accepts: not blank (a character that is not white space, as Rust's
@@ -65,8 +66,26 @@ fn id_parameter() -> Value {
     })
 }
 
+/// The 503 of every operation but the probes: a dependency is down, or the instance is at its
+/// bound of requests in flight and refused this one before doing anything.
+fn unavailable() -> Value {
+    let mut response = error(
+        "The event store or the orders database is unavailable, or too many requests are in flight (ORDERSVC_MAX_IN_FLIGHT). Nothing was written unless the event store's answer was lost: retry after Retry-After seconds, with the same Idempotency-Key.",
+    );
+    if let Value::Object(fields) = &mut response {
+        fields.insert(
+            "headers".into(),
+            json!({ "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": { "type": "integer", "minimum": 0, "example": RETRY_AFTER_SECS },
+            } }),
+        );
+    }
+    response
+}
+
 fn operation(operation: Operation) -> Value {
-    let unavailable = error("The event store or the orders database is unavailable.");
+    let unavailable = unavailable();
     match operation {
         Operation::CreateOrder => json!({
             "summary": "Place an order",
@@ -171,7 +190,10 @@ fn operation(operation: Operation) -> Value {
         }),
         Operation::OpenApi => json!({
             "summary": "This document",
-            "responses": { "200": { "description": "The OpenAPI document.", "content": { "application/json": { "schema": { "type": "object" } } } } },
+            "responses": {
+                "200": { "description": "The OpenAPI document.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                "503": unavailable,
+            },
         }),
     }
 }

@@ -100,10 +100,20 @@ fn endpoint(route: &Route) -> MethodRouter<AppState> {
 
 /// The whole HTTP API, ready to serve (or to call with `tower::ServiceExt::oneshot` in tests).
 pub fn router(state: AppState) -> Router {
+    let admission = state.admission.clone();
     ROUTES
         .iter()
         .fold(Router::new(), |router, route| {
-            router.route(route.path, endpoint(route))
+            let endpoint = endpoint(route);
+            // Probes are exempt: an overloaded instance is alive and ready, only busy.
+            let endpoint = match route.operation {
+                Operation::Health | Operation::Ready => endpoint,
+                _ => endpoint.route_layer(axum::middleware::from_fn_with_state(
+                    admission.clone(),
+                    crate::admission::admit,
+                )),
+            };
+            router.route(route.path, endpoint)
         })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

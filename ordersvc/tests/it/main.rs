@@ -6,4 +6,5 @@ mod fuzzed;
 mod harness;
 mod health;
 mod openapi;
+mod overload;
 mod read;

@@ -1,0 +1,296 @@
+//! Overload: requests above `ORDERSVC_MAX_IN_FLIGHT` are refused at once with 503 and
+//! `Retry-After` and write nothing; an event store that cannot commit in time is a 503 within the
+//! timeout, never a 500 or a hang.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use bootstrapper::Context;
+use ordersvc::{AppState, Config, Operation, RETRY_AFTER_SECS, ROUTES, openapi_document, router};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::task::JoinSet;
+
+use crate::harness::{Answer, REFERENCE_BODY, Stack, call, get, post_with_key};
+
+/// ordersvc on the stack's event store and ordersdb, with its own bound of requests in flight.
+fn limited(stack: &Stack, max_in_flight: u32, timeout_ms: u64) -> Router {
+    let mut config = Config::new(
+        "127.0.0.1:0".parse().expect("address"),
+        &stack.eventstore_url,
+        stack.database_url(Context::Orders),
+    );
+    config.timeout_ms = timeout_ms;
+    config.max_in_flight = max_in_flight;
+    router(AppState::new(&config).expect("ordersvc state"))
+}
+
+/// Holds an EXCLUSIVE lock on eventstoredb's `events`: reads go on, every append's INSERT waits,
+/// so requests that reached the event store stay in flight until [`Stall::release`].
+struct Stall(Transaction<'static, Postgres>);
+
+impl Stall {
+    async fn start(db: &PgPool) -> Stall {
+        let mut tx = db.begin().await.expect("begin");
+        sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .expect("lock events");
+        Stall(tx)
+    }
+
+    async fn release(self) {
+        self.0.rollback().await.expect("release the lock");
+    }
+}
+
+fn key(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i}")
+}
+
+/// A POST of the reference order under `key`, answered with the key and how long it took.
+fn post(tasks: &mut JoinSet<(String, Duration, Answer)>, app: &Router, key: String) {
+    let app = app.clone();
+    tasks.spawn(async move {
+        let started = Instant::now();
+        let answer = call(app, post_with_key("/api/orders", &key, REFERENCE_BODY)).await;
+        (key, started.elapsed(), answer)
+    });
+}
+
+async fn next(
+    tasks: &mut JoinSet<(String, Duration, Answer)>,
+) -> Option<(String, Duration, Answer)> {
+    let joined = tokio::time::timeout(Duration::from_secs(20), tasks.join_next())
+        .await
+        .expect("every request is answered within 20 s");
+    joined.map(|done| done.expect("the request task does not panic"))
+}
+
+fn assert_refused(key: &str, answer: &Answer) {
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{key}: {}",
+        answer.body
+    );
+    assert_eq!(
+        answer.headers[header::RETRY_AFTER],
+        RETRY_AFTER_SECS.to_string().as_str(),
+        "{key}: a 503 says when to come back"
+    );
+    assert!(
+        answer.body["error"].is_string(),
+        "{key}: JSON error body, got {}",
+        answer.body
+    );
+}
+
+/// The ids of the orders the event store holds a `created` event of.
+async fn stored_orders(stack: &Stack) -> BTreeSet<String> {
+    sqlx::query_scalar::<_, String>("SELECT aggregate_id FROM events WHERE event_type = 'created'")
+        .fetch_all(&stack.eventstore_db)
+        .await
+        .expect("stored orders")
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_above_the_limit_is_refused_with_503_and_retry_after_and_writes_nothing() {
+    let stack = Stack::start().await;
+    const LIMIT: usize = 4;
+    const BURST: usize = 40;
+    let app = limited(&stack, u32::try_from(LIMIT).expect("small"), 5000);
+
+    // With appends stalled, the first LIMIT requests stay in flight: every other one must be
+    // refused at once, not queued behind them.
+    let stall = Stall::start(&stack.eventstore_db).await;
+    let mut tasks = JoinSet::new();
+    for i in 0..BURST {
+        post(&mut tasks, &app, key("burst", i));
+    }
+    let mut refused = Vec::new();
+    while refused.len() < BURST - LIMIT {
+        let (key, took, answer) = next(&mut tasks).await.expect("more answers");
+        assert_refused(&key, &answer);
+        assert!(
+            took < Duration::from_secs(1),
+            "{key}: refused at once, not after {took:?}"
+        );
+        refused.push(key);
+    }
+
+    // Meanwhile the probes answer (they are exempt) and reads are refused like writes.
+    let health = call(app.clone(), get("/healthz")).await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+    let ready = call(app.clone(), get("/readyz")).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    let read = call(app.clone(), get("/api/orders?customer_id=c1")).await;
+    assert_refused("a read at the limit", &read);
+    assert_eq!(
+        stack.stored_events().await,
+        0,
+        "nothing committed while stalled"
+    );
+
+    stall.release().await;
+    let mut accepted = BTreeSet::new();
+    while let Some((key, _, answer)) = next(&mut tasks).await {
+        assert_eq!(answer.status, StatusCode::CREATED, "{key}: {}", answer.body);
+        let id = answer.body["order_id"]
+            .as_str()
+            .expect("order_id")
+            .to_owned();
+        accepted.insert(id);
+    }
+    assert_eq!(accepted.len(), LIMIT, "the requests in flight were placed");
+    assert_eq!(
+        stored_orders(&stack).await,
+        accepted,
+        "the event store holds exactly the accepted orders: no refused request wrote anything"
+    );
+    assert_eq!(stack.stored_events().await, LIMIT as i64);
+
+    // The refused requests, retried with their keys once the burst is over, all succeed.
+    for key in &refused {
+        let answer = call(
+            app.clone(),
+            post_with_key("/api/orders", key, REFERENCE_BODY),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{key}: {}", answer.body);
+        let id = answer.body["order_id"]
+            .as_str()
+            .expect("order_id")
+            .to_owned();
+        assert!(accepted.insert(id), "{key} is a new order");
+    }
+    assert_eq!(stored_orders(&stack).await, accepted);
+    assert_eq!(stack.stored_events().await, BURST as i64);
+    eprintln!(
+        "burst of {BURST} at a limit of {LIMIT}: {LIMIT} placed, {} refused at once, all placed on retry",
+        refused.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_store_with_a_full_append_queue_is_a_503_within_the_timeout_and_retries_succeed() {
+    let stack = Stack::start().await;
+    // More than the event store takes in one batch (256) plus its queue (1024): with commits
+    // stalled, the batch waits on the lock, the queue fills, and later appends wait to be queued.
+    const BURST: usize = 1400;
+    const TIMEOUT: Duration = Duration::from_millis(2000);
+    let timeout_ms = u64::try_from(TIMEOUT.as_millis()).expect("small");
+    let app = limited(&stack, 10_000, timeout_ms);
+
+    let stall = Stall::start(&stack.eventstore_db).await;
+    let mut tasks = JoinSet::new();
+    for i in 0..BURST {
+        post(&mut tasks, &app, key("full", i));
+    }
+    let mut slowest = Duration::ZERO;
+    let mut refused = Vec::new();
+    while let Some((key, took, answer)) = next(&mut tasks).await {
+        assert_refused(&key, &answer);
+        slowest = slowest.max(took);
+        refused.push(key);
+    }
+    // The event store client gives up at the timeout; the answer follows at once (the burst's own
+    // scheduling on two cores adds a little).
+    assert!(
+        slowest < TIMEOUT + Duration::from_secs(3),
+        "a stalled event store is answered near the {TIMEOUT:?} timeout, not after {slowest:?}"
+    );
+    stall.release().await;
+
+    // Appends that were queued when their caller gave up commit now: the 503 said "retry", and the
+    // retry with the same key answers the order either way, once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written_anyway = stack.stored_events().await;
+    let mut placed = BTreeSet::new();
+    let retry = limited(&stack, 64, 5000);
+    for chunk in refused.chunks(64) {
+        let mut tasks = JoinSet::new();
+        for key in chunk {
+            post(&mut tasks, &retry, key.clone());
+        }
+        while let Some((key, _, answer)) = next(&mut tasks).await {
+            assert_eq!(answer.status, StatusCode::CREATED, "{key}: {}", answer.body);
+            placed.insert(
+                answer.body["order_id"]
+                    .as_str()
+                    .expect("order_id")
+                    .to_owned(),
+            );
+        }
+    }
+    assert_eq!(placed.len(), BURST, "one order per key");
+    assert_eq!(stored_orders(&stack).await, placed);
+    assert_eq!(stack.stored_events().await, BURST as i64, "no order twice");
+    eprintln!(
+        "{BURST} appends against a stalled event store: all 503 within {slowest:?}; \
+         {written_anyway} were queued and committed after the stall; all placed once on retry"
+    );
+}
+
+#[tokio::test]
+async fn every_operation_but_the_probes_documents_and_answers_the_overload_503() {
+    let stack = Stack::start().await;
+    let app = limited(&stack, 1, 5000);
+    let stall = Stall::start(&stack.eventstore_db).await;
+    let mut holder = JoinSet::new();
+    post(&mut holder, &app, "holder".to_owned());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call(app.clone(), get("/api/openapi.json")).await.status
+        != StatusCode::SERVICE_UNAVAILABLE
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never took the one permit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let document = openapi_document();
+    let id = uuid::Uuid::new_v4();
+    for route in ROUTES {
+        let path = route.path.replace("{id}", &id.to_string());
+        let uri = if route.operation == Operation::ListOrders {
+            format!("{path}?customer_id=c1")
+        } else {
+            path
+        };
+        let request = Request::builder()
+            .method(route.method.clone())
+            .uri(&uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(if route.method == Method::POST {
+                REFERENCE_BODY
+            } else {
+                ""
+            }))
+            .expect("request");
+        let answer = call(app.clone(), request).await;
+        let documented = &document["paths"][route.path][route.method.as_str().to_lowercase()]["responses"]
+            ["503"];
+        let name = format!("{} {}", route.method, route.path);
+        if matches!(route.operation, Operation::Health | Operation::Ready) {
+            assert_eq!(answer.status, StatusCode::OK, "{name} is exempt");
+        } else {
+            assert_refused(&name, &answer);
+            assert!(
+                documented["headers"]["Retry-After"].is_object(),
+                "{name} documents its 503 with Retry-After: {documented}"
+            );
+        }
+    }
+
+    stall.release().await;
+    let (_, _, answer) = next(&mut holder).await.expect("the holder's answer");
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let answer = call(app.clone(), get("/api/openapi.json")).await;
+    assert_eq!(answer.status, StatusCode::OK, "the permit came back");
+}
