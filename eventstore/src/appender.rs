@@ -63,13 +63,19 @@ impl Appender {
         (Self { queue }, tasks)
     }
 
-    /// Appends one event; waits until its batch committed (or failed).
+    /// Appends one event; waits until its batch committed (or failed). A full queue is refused at
+    /// once ([`StoreError::Overloaded`]) rather than making the caller wait for room until its deadline
+    /// and then, maybe, committing after the caller gave up.
     pub async fn append(&self, event: NewEvent) -> Result<Appended, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .send(Job { event, reply })
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?;
+            .try_send(Job { event, reply })
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Overloaded(self.queue.max_capacity())
+                }
+                mpsc::error::TrySendError::Closed(_) => StoreError::ShuttingDown,
+            })?;
         outcome.await.map_err(|_| StoreError::ShuttingDown)?
     }
 }
@@ -93,8 +99,24 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, batch_size: usize) ->
 // request's own span covers its wait for the commit) and stays out of Zipkin.
 #[tracing::instrument(name = "append_batch", level = "debug", skip_all, fields(batch.size = batch.len()))]
 async fn commit(pool: &PgPool, batch: Vec<Job>, signals: &CommitSignals) {
-    let (events, replies): (Vec<NewEvent>, Vec<_>) =
-        batch.into_iter().map(|job| (job.event, job.reply)).unzip();
+    // A caller that gave up while its append was queued (deadline, disconnect) was told nothing was
+    // written, so nothing is: its retry with the same event id starts afresh. Once the batch is
+    // taken, a caller that leaves is too late; its append commits and the retry gets it back.
+    let queued = batch.len();
+    let (events, replies): (Vec<NewEvent>, Vec<_>) = batch
+        .into_iter()
+        .filter(|job| !job.reply.is_closed())
+        .map(|job| (job.event, job.reply))
+        .unzip();
+    if events.len() < queued {
+        tracing::debug!(
+            abandoned = queued - events.len(),
+            "dropped queued appends whose callers gave up"
+        );
+    }
+    if events.is_empty() {
+        return;
+    }
     let mut round = 0;
     let outcomes: Vec<Result<Appended, StoreError>> = loop {
         round += 1;

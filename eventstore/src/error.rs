@@ -27,6 +27,10 @@ pub enum StoreError {
     #[error("event store database unavailable: {0}")]
     Unavailable(String),
 
+    /// The append queue is full: the store takes no more work until it catches up; retry later.
+    #[error("event store overloaded: {0} appends already queued; retry later")]
+    Overloaded(usize),
+
     /// The service is stopping and took no new work.
     #[error("event store is shutting down")]
     ShuttingDown,
@@ -53,6 +57,7 @@ impl StoreError {
             },
             StoreError::AlreadyExists(id) => StoreError::AlreadyExists(*id),
             StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Overloaded(n) => StoreError::Overloaded(*n),
             StoreError::ShuttingDown => StoreError::ShuttingDown,
             StoreError::Internal(m) => StoreError::Internal(m.clone()),
         }
@@ -80,6 +85,7 @@ impl From<StoreError> for tonic::Status {
             StoreError::Unavailable(_) | StoreError::ShuttingDown => {
                 tonic::Status::unavailable(err.to_string())
             }
+            StoreError::Overloaded(_) => tonic::Status::resource_exhausted(err.to_string()),
             StoreError::Internal(_) => tonic::Status::internal("internal error in the event store"),
         }
     }
