@@ -167,7 +167,7 @@ fn operation(operation: Operation) -> Value {
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CancelRequest" } } },
             },
             "responses": {
-                "200": ok("The order was cancelled.", "Cancelled"),
+                "200": ok("The order was cancelled (or already was: a repeated cancel appends nothing).", "Cancelled"),
                 "400": error("The id is not a UUID, or the body is malformed JSON."),
                 "404": error("No such order."),
                 "409": error("Too late: the order is past Paid."),

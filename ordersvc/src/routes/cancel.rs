@@ -1,6 +1,7 @@
 //! `POST /api/orders/{id}/cancel`: decided on the order folded from its events, appended with the
 //! version it was decided on, so a worker that moved the order on first wins and the cancel is
-//! decided again on the new state.
+//! decided again on the new state. Cancelling an order that is already Cancelled answers 200 again
+//! and appends nothing, so a client may retry a cancel whose answer it lost.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use order_domain::{AGGREGATE_TYPE, Order, OrderEvent, Refusal};
+use order_domain::{AGGREGATE_TYPE, Order, OrderEvent, OrderStatus, Refusal};
 use pipeline_runtime::eventstore::{ClientError, NewEvent};
 use pipeline_runtime::stream::headers;
 use serde_json::{Value, json};
@@ -38,6 +39,13 @@ pub async fn cancel_order(
 
     for attempt in 1..=ATTEMPTS {
         let order = load(&state, order_id).await?;
+        if order.status == OrderStatus::Cancelled {
+            return Ok(Json(json!({
+                "order_id": order_id,
+                "status": "Cancelled",
+                "version": order.version,
+            })));
+        }
         let event = order
             .cancel(reason.clone())
             .map_err(|refusal| match refusal {
