@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use pipeline_runtime::{db, nats};
+use pipeline_runtime::nats::{self, NatsArgs};
 
 /// Default of `EVENTSTORE_DATABASE_URL`.
 pub const DEFAULT_EVENTSTORE_DATABASE_URL: &str =
@@ -15,7 +15,7 @@ pub const DEFAULT_ORDERS_DATABASE_URL: &str =
 pub const DEFAULT_PAYMENTS_DATABASE_URL: &str =
     "postgresql://root@127.0.0.1:26257/paymentsdb?sslmode=disable";
 /// Default of `NATS_URL`.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const DEFAULT_NATS_URL: &str = nats::DEFAULT_URL;
 
 /// Creates the databases, runs the migrations and creates or updates the JetStream streams and
 /// durable consumers of the order pipeline. Running it again changes nothing.
@@ -34,9 +34,25 @@ pub struct Config {
     #[arg(long, env = "PAYMENTS_DATABASE_URL", default_value = DEFAULT_PAYMENTS_DATABASE_URL, hide_env_values = true)]
     pub payments_database_url: String,
 
-    /// NATS server(s) with JetStream, comma-separated for a cluster.
-    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL, hide_env_values = true)]
-    pub nats_url: String,
+    /// The server's administrator, who creates the databases and the contexts' roles
+    /// (`BOOTSTRAP_DATABASE_URL`). Default: each database's server as `root`, without a password, on
+    /// database `postgres`. A context whose URL names this user gets no role of its own.
+    #[arg(
+        long = "admin-database-url",
+        env = "BOOTSTRAP_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub admin_database_url: Option<String>,
+
+    /// The URL ordersvc reads ordersdb with (give it to ordersvc as its `ORDERS_DATABASE_URL`): its
+    /// user gets a role that may only read (`ORDERS_READER_DATABASE_URL`). Default: none.
+    #[arg(long, env = "ORDERS_READER_DATABASE_URL", hide_env_values = true)]
+    pub orders_reader_database_url: Option<String>,
+
+    /// NATS server(s) with JetStream and how to log in (`NATS_URL`, comma-separated for a cluster;
+    /// `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
     /// Replicas of the JetStream streams: 1 on one server, 3 on a three-node cluster.
     #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
@@ -62,7 +78,9 @@ impl Default for Config {
             eventstore_database_url: DEFAULT_EVENTSTORE_DATABASE_URL.to_owned(),
             orders_database_url: DEFAULT_ORDERS_DATABASE_URL.to_owned(),
             payments_database_url: DEFAULT_PAYMENTS_DATABASE_URL.to_owned(),
-            nats_url: DEFAULT_NATS_URL.to_owned(),
+            admin_database_url: None,
+            orders_reader_database_url: None,
+            nats: NatsArgs::default(),
             replicas: 1,
             connect_timeout_secs: 5,
             skip_sql: false,
@@ -87,17 +105,9 @@ impl Config {
         ] {
             crate::sql::database_name(url).with_context(|| format!("{variable} is invalid"))?;
         }
-        // Checked one by one so that the message shows the bad URL without its password.
-        for url in self
-            .nats_url
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-        {
-            url.parse::<async_nats::ServerAddr>()
-                .with_context(|| format!("NATS_URL is invalid: {}", redact_list(url)))?;
-        }
-        nats::parse_urls(&self.nats_url).context("NATS_URL is invalid")?;
+        // Administrator, roles and reader: names, passwords and databases that fit together.
+        crate::sql::check(self)?;
+        self.nats.validate()?;
         anyhow::ensure!(
             (1..=5).contains(&self.replicas),
             "NATS_STREAM_REPLICAS must be between 1 and 5, not {}",
@@ -109,22 +119,7 @@ impl Config {
 
 /// A comma-separated list of URLs with every password replaced by `***`.
 pub fn redact_list(urls: &str) -> String {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .map(|url| {
-            if url.contains("://") {
-                db::redact(url)
-            } else {
-                // `host:port` or `user:pass@host:port` without a scheme: url cannot parse those.
-                match url.rsplit_once('@') {
-                    Some((_, host)) => format!("***@{host}"),
-                    None => url.to_owned(),
-                }
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    nats::redact_urls(urls)
 }
 
 #[cfg(test)]
@@ -146,7 +141,7 @@ mod tests {
             parsed.eventstore_database_url,
             default.eventstore_database_url
         );
-        assert_eq!(parsed.nats_url, default.nats_url);
+        assert_eq!(parsed.nats, default.nats);
         assert_eq!(parsed.replicas, default.replicas);
         default.validate().expect("defaults are valid");
     }

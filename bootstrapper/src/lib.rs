@@ -7,6 +7,7 @@ use pipeline_runtime::{db, nats};
 
 pub mod config;
 pub mod jetstream;
+pub mod roles;
 pub mod sql;
 
 pub use config::Config;
@@ -14,7 +15,8 @@ pub use jetstream::{
     dead_letter_stream_config, ensure_consumers, ensure_stream, ensure_stream_config,
     ensure_streams, orders_stream_config,
 };
-pub use sql::{Context, ensure_database, migrate};
+pub use roles::Role;
+pub use sql::{Context, Target, ensure_database, migrate};
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +98,7 @@ impl Report {
     }
 }
 
-/// Does everything: databases, migrations, streams and consumers.
+/// Does everything: databases, roles, access, migrations, read grants, streams and consumers.
 pub async fn run(config: &Config) -> anyhow::Result<Report> {
     run_with(config, |_| {}).await
 }
@@ -113,27 +115,57 @@ pub async fn run_with(config: &Config, mut on_step: impl FnMut(&Step)) -> anyhow
     let timeout = config.connect_timeout();
 
     if !config.skip_sql {
-        let urls = [
-            (Context::EventStore, &config.eventstore_database_url),
-            (Context::Orders, &config.orders_database_url),
-            (Context::Payments, &config.payments_database_url),
-        ];
-        for (_, url) in urls {
-            let outcome = sql::ensure_database_within(url, timeout).await?;
-            record(format!("database {}", sql::database_name(url)?), outcome);
+        let targets = sql::targets(config)?;
+        let reader = sql::orders_reader(config, &targets)?;
+        for target in &targets {
+            let outcome = sql::ensure_target_database(target, timeout).await?;
+            record(format!("database {}", target.database), outcome);
         }
-        for (context, url) in urls {
-            let pool = db::lazy_pool(url, 1, timeout)?;
-            let outcome = migrate(context, &pool)
+        // Roles belong to the whole server: each once, created by the first context that names it.
+        let mut roles: Vec<(&sql::Target, &Role)> = Vec::new();
+        for target in &targets {
+            if let Some(role) = &target.role
+                && !roles.iter().any(|(_, seen)| seen.name == role.name)
+            {
+                roles.push((target, role));
+            }
+        }
+        let orders = targets
+            .iter()
+            .find(|target| target.context == Context::Orders)
+            .context("no orders database")?;
+        if let Some(reader) = &reader {
+            roles.push((orders, reader));
+        }
+        for (target, role) in roles {
+            let outcome = sql::ensure_role(target, role, timeout).await?;
+            record(format!("role {}", role.name), outcome);
+        }
+        // Before the migrations, so that they run as the role on tables it owns.
+        for target in &targets {
+            let reader = reader
+                .as_ref()
+                .filter(|_| target.context == Context::Orders);
+            let outcome = sql::ensure_access(target, reader, timeout).await?;
+            record(format!("access {}", target.database), outcome);
+        }
+        for target in &targets {
+            let pool = db::lazy_pool(target.url(), 1, timeout)?;
+            let outcome = migrate(target.context, &pool)
                 .await
-                .with_context(|| format!("at {}", db::redact(url)));
+                .with_context(|| format!("at {}", db::redact(target.url())));
             pool.close().await;
-            record(format!("migrations {context}"), outcome?);
+            record(format!("migrations {}", target.context), outcome?);
+        }
+        // After the migrations, so that tables they added are readable too.
+        if let Some(reader) = &reader {
+            let outcome = sql::ensure_reads(orders, reader, timeout).await?;
+            record(format!("grants {}", reader.name), outcome);
         }
     }
 
     if !config.skip_nats {
-        let js = connect_jetstream(&config.nats_url, timeout).await?;
+        let js = connect_jetstream(&config.nats, timeout).await?;
         for (name, outcome) in ensure_streams(&js, usize::from(config.replicas)).await? {
             record(format!("stream {name}"), outcome);
         }
@@ -144,19 +176,13 @@ pub async fn run_with(config: &Config, mut on_step: impl FnMut(&Step)) -> anyhow
     Ok(report)
 }
 
-/// Connects to NATS and opens its JetStream API; the error names the servers, without passwords.
+/// Connects to NATS and opens its JetStream API; the error names the servers and the user, without
+/// passwords.
 pub async fn connect_jetstream(
-    urls: &str,
+    args: &nats::NatsArgs,
     timeout: std::time::Duration,
 ) -> anyhow::Result<async_nats::jetstream::Context> {
-    let shown = config::redact_list(urls);
-    let client = nats::connect(urls, "bootstrapper", timeout)
-        .await
-        // The outer messages repeat the URLs as given, passwords included: keep only the cause.
-        .map_err(|err| {
-            let cause = err.root_cause().to_string().replace(urls, &shown);
-            anyhow::anyhow!("cannot reach NATS at {shown}: {cause}")
-        })?;
+    let client = nats::connect(args, "bootstrapper", timeout).await?;
     Ok(async_nats::jetstream::new(client))
 }
 

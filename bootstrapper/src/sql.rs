@@ -8,9 +8,11 @@ use anyhow::Context as _;
 use pipeline_runtime::db;
 use sqlx::migrate::{Migrate as _, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Connection as _, PgPool};
+use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 
 use crate::Outcome;
+use crate::config::Config;
+use crate::roles::{self, Access, Role};
 
 /// How long [`ensure_database`] waits for the server to answer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,6 +82,235 @@ pub fn database_name(url: &str) -> anyhow::Result<String> {
     Ok(name.to_owned())
 }
 
+/// The database the administrator connects to while a context's database may not exist yet:
+/// PostgreSQL and CockroachDB both have it.
+const MAINTENANCE_DATABASE: &str = "postgres";
+
+/// The user the administrator connects as when `BOOTSTRAP_DATABASE_URL` is not given: the
+/// superuser of the test kit's and the dev stack's PostgreSQL, and CockroachDB's built-in admin.
+pub const DEFAULT_ADMIN_USER: &str = "root";
+
+/// One context's database as the bootstrapper reaches it: as the administrator to create it and
+/// hand it to the context's role, then with the context's own URL to migrate it.
+#[derive(Clone)]
+pub struct Target {
+    pub context: Context,
+    /// The variable that gave the URL, for messages.
+    pub variable: &'static str,
+    /// The database named in the URL.
+    pub database: String,
+    /// The context's role, or `None` when the URL's user is the administrator (nothing to create).
+    pub role: Option<Role>,
+    url: String,
+    admin_url: String,
+    admin_given: bool,
+}
+
+// Both URLs may hold a password.
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("context", &self.context)
+            .field("url", &db::redact(&self.url))
+            .field("admin_url", &db::redact(&self.admin_url))
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl Target {
+    /// `context`'s database at `url` (from `variable`), administered as `admin_url`, or, when that is
+    /// `None`, as [`DEFAULT_ADMIN_USER`] without a password on the same server ([`default_admin_url`]).
+    pub fn new(
+        context: Context,
+        variable: &'static str,
+        url: &str,
+        admin_url: Option<&str>,
+    ) -> anyhow::Result<Target> {
+        let database = database_name(url).with_context(|| format!("{variable} is invalid"))?;
+        let (admin_url, admin_given) = match admin_url.filter(|url| !url.trim().is_empty()) {
+            Some(given) => {
+                db::connect_options(given).context("BOOTSTRAP_DATABASE_URL is invalid")?;
+                (given.to_owned(), true)
+            }
+            None => (
+                default_admin_url(url).with_context(|| format!("{variable} is invalid"))?,
+                false,
+            ),
+        };
+        let user = db::connect_options(url)
+            .with_context(|| format!("{variable} is invalid"))?
+            .get_username()
+            .to_owned();
+        let admin_user = db::connect_options(&admin_url)?.get_username().to_owned();
+        let role = if user == admin_user {
+            None
+        } else {
+            Some(Role::from_url(url).with_context(|| format!("{variable} is invalid"))?)
+        };
+        Ok(Target {
+            context,
+            variable,
+            database,
+            role,
+            url: url.to_owned(),
+            admin_url,
+            admin_given,
+        })
+    }
+
+    /// The context's URL, as its services and its migrations connect.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The administrator, connected to the maintenance database (the admin URL's own database when
+    /// given, else `postgres`). Statement logging is off: `CREATE ROLE` carries a password.
+    fn admin_options(&self) -> anyhow::Result<PgConnectOptions> {
+        let options = db::connect_options(&self.admin_url)?.disable_statement_logging();
+        Ok(match (self.admin_given, options.get_database()) {
+            (true, Some(_)) => options,
+            _ => options.database(MAINTENANCE_DATABASE),
+        })
+    }
+
+    /// The context's URL, and the administrator's when it was given, without passwords.
+    fn shown(&self) -> String {
+        if self.admin_given {
+            format!(
+                "{} (as {})",
+                db::redact(&self.url),
+                db::redact(&self.admin_url)
+            )
+        } else {
+            db::redact(&self.url)
+        }
+    }
+
+    fn unreachable(&self, err: sqlx::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "cannot reach the database server of {}: {err}",
+            self.shown()
+        )
+    }
+
+    /// The administrator's connection to the maintenance database, or to the context's own when
+    /// the server has no maintenance database (it must exist by then).
+    async fn admin_connection(&self, timeout: Duration) -> anyhow::Result<PgConnection> {
+        let admin = self.admin_options()?;
+        match connect(&admin, timeout).await {
+            Ok(conn) => Ok(conn),
+            Err(err) if db::sqlstate(&err).as_deref() == Some(INVALID_CATALOG_NAME) => {
+                connect(&admin.database(&self.database), timeout)
+                    .await
+                    .map_err(|err| self.unreachable(err))
+            }
+            Err(err) => Err(self.unreachable(err)),
+        }
+    }
+
+    /// The administrator's connection to the context's database.
+    async fn admin_connection_to_database(
+        &self,
+        timeout: Duration,
+    ) -> anyhow::Result<PgConnection> {
+        let admin = self.admin_options()?.database(&self.database);
+        connect(&admin, timeout)
+            .await
+            .map_err(|err| self.unreachable(err))
+    }
+}
+
+/// The administrator's URL when `BOOTSTRAP_DATABASE_URL` is not given: `url`'s server and
+/// parameters as [`DEFAULT_ADMIN_USER`], without a password, on the `postgres` database.
+pub fn default_admin_url(url: &str) -> anyhow::Result<String> {
+    let mut admin = url::Url::parse(url)
+        .with_context(|| format!("invalid database URL {}", db::redact(url)))?;
+    let derived = admin
+        .set_username(DEFAULT_ADMIN_USER)
+        .and_then(|()| admin.set_password(None));
+    anyhow::ensure!(
+        derived.is_ok(),
+        "{} names no server to administer",
+        db::redact(url)
+    );
+    admin.set_path(&format!("/{MAINTENANCE_DATABASE}"));
+    Ok(admin.to_string())
+}
+
+/// The three contexts of `config`, each with its administrator.
+pub fn targets(config: &Config) -> anyhow::Result<Vec<Target>> {
+    let admin = config.admin_database_url.as_deref();
+    [
+        (
+            Context::EventStore,
+            "EVENTSTORE_DATABASE_URL",
+            &config.eventstore_database_url,
+        ),
+        (
+            Context::Orders,
+            "ORDERS_DATABASE_URL",
+            &config.orders_database_url,
+        ),
+        (
+            Context::Payments,
+            "PAYMENTS_DATABASE_URL",
+            &config.payments_database_url,
+        ),
+    ]
+    .into_iter()
+    .map(|(context, variable, url)| Target::new(context, variable, url, admin))
+    .collect()
+}
+
+/// The read-only role of `ORDERS_READER_DATABASE_URL`, if given: a user of its own on the orders
+/// database.
+pub fn orders_reader(config: &Config, targets: &[Target]) -> anyhow::Result<Option<Role>> {
+    const VARIABLE: &str = "ORDERS_READER_DATABASE_URL";
+    let Some(url) = config
+        .orders_reader_database_url
+        .as_deref()
+        .filter(|url| !url.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let database = database_name(url).with_context(|| format!("{VARIABLE} is invalid"))?;
+    let reader = Role::from_url(url).with_context(|| format!("{VARIABLE} is invalid"))?;
+    for target in targets {
+        if target.context == Context::Orders {
+            anyhow::ensure!(
+                database == target.database,
+                "{VARIABLE} names database {database}, not {}, the one of ORDERS_DATABASE_URL",
+                target.database
+            );
+        }
+        let user = match &target.role {
+            Some(role) => role.name.clone(),
+            None => db::connect_options(&target.admin_url)?
+                .get_username()
+                .to_owned(),
+        };
+        anyhow::ensure!(
+            reader.name != user,
+            "{VARIABLE} must name a user of its own: {user} is the user of {}{}",
+            target.variable,
+            if target.role.is_none() {
+                " and the administrator"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(Some(reader))
+}
+
+/// Checks the SQL settings of `config` without contacting anything.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    let targets = targets(config)?;
+    orders_reader(config, &targets)?;
+    Ok(())
+}
+
 /// Creates the database named in `url` unless it exists, connecting to the same server's `postgres`
 /// database with the same user and parameters.
 pub async fn ensure_database(url: &str) -> anyhow::Result<Outcome> {
@@ -91,8 +322,7 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<Outcome> {
 pub async fn ensure_database_within(url: &str, timeout: Duration) -> anyhow::Result<Outcome> {
     let name = database_name(url)?;
     let target = db::connect_options(url)?;
-    // PostgreSQL and CockroachDB both have a `postgres` database to connect to while ours is missing.
-    let admin = target.clone().database("postgres");
+    let admin = target.clone().database(MAINTENANCE_DATABASE);
     let mut conn = match connect(&admin, timeout).await {
         Ok(conn) => conn,
         Err(err) if db::sqlstate(&err).as_deref() == Some(INVALID_CATALOG_NAME) => {
@@ -110,6 +340,92 @@ pub async fn ensure_database_within(url: &str, timeout: Duration) -> anyhow::Res
     let outcome = create_if_missing(&mut conn, &name).await;
     close(conn).await;
     outcome.with_context(|| format!("cannot create database {name} at {}", db::redact(url)))
+}
+
+/// Creates the target's database unless it exists, as its administrator.
+#[tracing::instrument(skip_all, fields(db.name = %target.database))]
+pub async fn ensure_target_database(target: &Target, timeout: Duration) -> anyhow::Result<Outcome> {
+    let admin = target.admin_options()?;
+    let mut conn = match connect(&admin, timeout).await {
+        Ok(conn) => conn,
+        Err(err) if db::sqlstate(&err).as_deref() == Some(INVALID_CATALOG_NAME) => {
+            // A server without a maintenance database: if ours already exists there is nothing to do.
+            return match connect(&admin.database(&target.database), timeout).await {
+                Ok(conn) => {
+                    close(conn).await;
+                    Ok(Outcome::Unchanged)
+                }
+                Err(err) => Err(target.unreachable(err)),
+            };
+        }
+        Err(err) => return Err(target.unreachable(err)),
+    };
+    let outcome = create_if_missing(&mut conn, &target.database).await;
+    close(conn).await;
+    outcome.with_context(|| {
+        format!(
+            "cannot create database {} at {}",
+            target.database,
+            target.shown()
+        )
+    })
+}
+
+/// Creates `role` unless it exists, as `target`'s administrator (roles belong to the whole server).
+#[tracing::instrument(skip_all, fields(db.role = %role.name))]
+pub async fn ensure_role(
+    target: &Target,
+    role: &Role,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut conn = target.admin_connection(timeout).await?;
+    let outcome = roles::ensure_role(&mut conn, role).await;
+    close(conn).await;
+    outcome.with_context(|| format!("cannot create role {} at {}", role.name, target.shown()))
+}
+
+/// Hands `target`'s database to its role and closes it to everyone else but `reader`.
+#[tracing::instrument(skip_all, fields(db.name = %target.database))]
+pub async fn ensure_access(
+    target: &Target,
+    reader: Option<&Role>,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut conn = target.admin_connection_to_database(timeout).await?;
+    let access = Access {
+        database: &target.database,
+        owner: target.role.as_ref().map(|role| role.name.as_str()),
+        reader: reader.map(|role| role.name.as_str()),
+    };
+    let outcome = roles::ensure_access(&mut conn, access).await;
+    close(conn).await;
+    outcome.with_context(|| {
+        format!(
+            "cannot set who may use database {} at {}",
+            target.database,
+            target.shown()
+        )
+    })
+}
+
+/// Lets `reader` read `target`'s tables.
+#[tracing::instrument(skip_all, fields(db.name = %target.database, db.role = %reader.name))]
+pub async fn ensure_reads(
+    target: &Target,
+    reader: &Role,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut conn = target.admin_connection_to_database(timeout).await?;
+    let outcome = roles::ensure_reads(&mut conn, &reader.name).await;
+    close(conn).await;
+    outcome.with_context(|| {
+        format!(
+            "cannot let {} read database {} at {}",
+            reader.name,
+            target.database,
+            target.shown()
+        )
+    })
 }
 
 async fn create_if_missing(conn: &mut PgConnection, name: &str) -> Result<Outcome, sqlx::Error> {

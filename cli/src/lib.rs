@@ -30,14 +30,10 @@ pub struct Cli {
 /// Where the pipeline runs; accepted before or after the subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Endpoints {
-    /// NATS servers, comma-separated (`NATS_URL`).
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
-    pub nats_url: String,
+    /// NATS: servers, user, TLS (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`); the
+    /// dead-letter commands use it.
+    #[command(flatten)]
+    pub nats: pipeline_runtime::nats::NatsArgs,
 
     /// The event store's gRPC endpoint (`EVENTSTORE_URL`).
     #[arg(
@@ -59,18 +55,9 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// JetStream on `nats_url`; fails after [`TIMEOUT`] if no server answers.
+    /// JetStream on `nats`; fails after [`TIMEOUT`] if no server answers, at once if one refuses.
     pub async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
-        let client = pipeline_runtime::nats::connect(&self.nats_url, "orderctl", TIMEOUT)
-            .await
-            // The outer messages repeat the URL; the cause is enough.
-            .map_err(|err| {
-                anyhow::anyhow!(
-                    "cannot reach NATS at {}: {}",
-                    self.nats_url,
-                    err.root_cause()
-                )
-            })?;
+        let client = pipeline_runtime::nats::connect(&self.nats, "orderctl", TIMEOUT).await?;
         Ok(async_nats::jetstream::new(client))
     }
 

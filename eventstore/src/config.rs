@@ -1,8 +1,13 @@
 //! The event store's configuration: environment variables or flags of the same meaning.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
+use tonic::transport::{Identity, ServerTlsConfig};
+
+use pipeline_runtime::nats::NatsArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Configuration of the event store. Every field can be given as a flag or an environment variable.
@@ -26,9 +31,9 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// NATS servers, comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS: servers, user, TLS (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
     /// Largest accepted `event_data`, in bytes.
     #[arg(long, env = "EVENTSTORE_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
@@ -56,6 +61,15 @@ pub struct Config {
     #[arg(long, env = "EVENTSTORE_TIMEOUT_MS", default_value_t = 3000)]
     pub timeout_ms: u64,
 
+    /// Certificate chain (PEM) the gRPC server presents. With `EVENTSTORE_TLS_KEY`, the server
+    /// speaks TLS only; without both, plaintext.
+    #[arg(long, env = "EVENTSTORE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM, PKCS#8, PKCS#1 or SEC1) of `EVENTSTORE_TLS_CERT`.
+    #[arg(long, env = "EVENTSTORE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
@@ -72,13 +86,15 @@ impl Config {
             telemetry: TelemetryConfig::default(),
             addr,
             database_url: database_url.into(),
-            nats_url: nats_url.into(),
+            nats: NatsArgs::new(nats_url),
             max_event_bytes: 1024 * 1024,
             db_connections: 16,
             batch_size: 256,
             batch_workers: 1,
             sweep_interval_ms: 1000,
             timeout_ms: 3000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 
@@ -89,6 +105,75 @@ impl Config {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(100))
     }
+
+    /// The server's TLS identity, read and checked now, or `None` for plaintext. Exactly one of
+    /// the two files, a file that cannot be read, or a certificate and key that do not make an
+    /// identity is an error naming the variable.
+    pub fn server_tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let given = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
+        let (cert, key) = match (given(&self.tls_cert), given(&self.tls_key)) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
+                anyhow::bail!(
+                    "EVENTSTORE_TLS_CERT is set without EVENTSTORE_TLS_KEY: set both or neither"
+                )
+            }
+            (None, Some(_)) => {
+                anyhow::bail!(
+                    "EVENTSTORE_TLS_KEY is set without EVENTSTORE_TLS_CERT: set both or neither"
+                )
+            }
+        };
+        let read = |variable: &str, path: &Path| {
+            std::fs::read(path)
+                .with_context(|| format!("{variable}: cannot read {}", path.display()))
+        };
+        let cert_pem = read("EVENTSTORE_TLS_CERT", &cert)?;
+        let key_pem = read("EVENTSTORE_TLS_KEY", &key)?;
+        anyhow::ensure!(
+            contains(&cert_pem, b"-----BEGIN CERTIFICATE-----"),
+            "EVENTSTORE_TLS_CERT: {} holds no PEM certificate",
+            cert.display()
+        );
+        anyhow::ensure!(
+            contains(&key_pem, b"PRIVATE KEY-----"),
+            "EVENTSTORE_TLS_KEY: {} holds no PEM private key",
+            key.display()
+        );
+        let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        // Builds the rustls configuration once, so that a key that does not match its certificate
+        // stops the start rather than every handshake.
+        tonic::transport::Server::builder()
+            .tls_config(tls.clone())
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "EVENTSTORE_TLS_CERT and EVENTSTORE_TLS_KEY ({}, {}) do not make a TLS identity: {}",
+                    cert.display(),
+                    key.display(),
+                    error_chain(&err)
+                )
+            })?;
+        Ok(Some(tls))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// An error and its sources on one line: tonic's transport error alone says only "transport error".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 // The database URL may carry a password: never print it.
@@ -100,13 +185,15 @@ impl std::fmt::Debug for Config {
                 "database_url",
                 &pipeline_runtime::db::redact(&self.database_url),
             )
-            .field("nats_url", &self.nats_url)
+            .field("nats", &self.nats)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("db_connections", &self.db_connections)
             .field("batch_size", &self.batch_size)
             .field("batch_workers", &self.batch_workers)
             .field("sweep_interval_ms", &self.sweep_interval_ms)
             .field("timeout_ms", &self.timeout_ms)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("telemetry", &self.telemetry)
             .finish()
     }
@@ -137,5 +224,10 @@ mod tests {
             "nats://127.0.0.1:4222",
         );
         assert!(!format!("{config:?}").contains("hunter2"));
+        let config = Config {
+            nats: config.nats.with_user("es", "hunter3"),
+            ..config
+        };
+        assert!(!format!("{config:?}").contains("hunter3"));
     }
 }

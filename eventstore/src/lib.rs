@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
 
 pub use crate::config::Config;
 pub use crate::error::StoreError;
@@ -38,6 +39,8 @@ const GRACE: Duration = Duration::from_secs(10);
 /// The event store, bound to its port and ready to run.
 pub struct App {
     config: Config,
+    /// `Some` when the server speaks TLS (`EVENTSTORE_TLS_CERT`, `EVENTSTORE_TLS_KEY`).
+    tls: Option<ServerTlsConfig>,
     listener: TcpListener,
     pool: PgPool,
     nats: async_nats::Client,
@@ -47,6 +50,8 @@ impl App {
     /// Binds the listener and prepares the connections. Neither the database nor NATS needs to be up:
     /// appends answer UNAVAILABLE while the database is down and wait in the outbox while NATS is.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Before binding: a TLS misconfiguration stops the start at once.
+        let tls = config.server_tls()?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {} (EVENTSTORE_ADDR)", config.addr))?;
@@ -56,15 +61,20 @@ impl App {
             config.timeout(),
         )
         .context("EVENTSTORE_DATABASE_URL")?;
-        let nats = pipeline_runtime::nats::connect_in_background(&config.nats_url, "eventstore")
-            .await
-            .context("NATS_URL")?;
+        let nats =
+            pipeline_runtime::nats::connect_in_background(&config.nats, "eventstore").await?;
         Ok(Self {
             config,
+            tls,
             listener,
             pool,
             nats,
         })
+    }
+
+    /// Whether the server speaks TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -79,10 +89,18 @@ impl App {
     ) -> anyhow::Result<()> {
         let Self {
             config,
+            tls,
             listener,
             pool,
             nats,
         } = self;
+        // First, so that nothing is started when it fails (it cannot: `build` checked the files).
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .context("EVENTSTORE_TLS_CERT / EVENTSTORE_TLS_KEY")?;
+        }
         let signals = CommitSignals {
             outbox: Arc::new(Notify::new()),
             commits: watch::channel(0).0,
@@ -121,7 +139,7 @@ impl App {
             signals.commits.subscribe(),
             stop_streams.clone(),
         );
-        let server = tonic::transport::Server::builder()
+        let server = builder
             .trace_fn(grpc::server_span)
             .add_service(health_service)
             .add_service(

@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     };
     service::run(
         App::build(config),
-        |app| tracing::info!(addr = %app.local_addr(), "eventstore listening"),
+        |app| tracing::info!(addr = %app.local_addr(), tls = app.uses_tls(), "eventstore listening"),
         |app| app.run_until_stopped(shutdown::signal()),
     )
     .await

@@ -3,20 +3,16 @@
 use std::time::Duration;
 
 use pipeline_runtime::consumer;
+use pipeline_runtime::nats::NatsArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Configuration of querymodelworker. Every field can be given as a flag or an environment variable;
 /// the flags are accepted before or after the subcommand.
 #[derive(Clone, clap::Args)]
 pub struct Config {
-    /// NATS servers, comma-separated (`NATS_URL`).
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
-    pub nats_url: String,
+    /// NATS: servers, user, TLS (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
     /// The event store's gRPC endpoint (`EVENTSTORE_URL`), read to fill gaps and to rebuild.
     #[arg(
@@ -61,7 +57,7 @@ impl Config {
     ) -> Self {
         Self {
             telemetry: TelemetryConfig::default(),
-            nats_url: nats_url.into(),
+            nats: NatsArgs::new(nats_url),
             eventstore_url: eventstore_url.into(),
             orders_database_url: orders_database_url.into(),
             max_deliveries: 5,
@@ -88,7 +84,7 @@ impl Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("nats_url", &self.nats_url)
+            .field("nats", &self.nats)
             .field("eventstore_url", &self.eventstore_url)
             .field(
                 "orders_database_url",

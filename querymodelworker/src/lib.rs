@@ -31,9 +31,7 @@ impl App {
     /// may still be down: the worker waits for them.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let projector = connect(&config)?;
-        let client = nats::connect_in_background(&config.nats_url, WORKER)
-            .await
-            .context("NATS_URL")?;
+        let client = nats::connect_in_background(&config.nats, WORKER).await?;
         Ok(App {
             client,
             projector,

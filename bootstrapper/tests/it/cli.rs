@@ -13,6 +13,8 @@ fn bootstrapper(env: &[(&str, String)], args: &[&str]) -> Output {
         "EVENTSTORE_DATABASE_URL",
         "ORDERS_DATABASE_URL",
         "PAYMENTS_DATABASE_URL",
+        "BOOTSTRAP_DATABASE_URL",
+        "ORDERS_READER_DATABASE_URL",
         "NATS_URL",
         "NATS_STREAM_REPLICAS",
         "BOOTSTRAPPER_CONNECT_TIMEOUT_SECS",
@@ -105,9 +107,53 @@ fn a_run_prints_one_line_per_step_and_a_second_run_says_unchanged() {
     let second = bootstrapper(&env, &["--replicas", "1"]);
     assert!(second.status.success(), "{second:?}");
     let stdout = String::from_utf8_lossy(&second.stdout);
-    assert_eq!(stdout.lines().count(), 11, "{stdout}");
+    assert_eq!(stdout.lines().count(), 14, "{stdout}");
     assert!(
         stdout.lines().all(|line| line.ends_with(": unchanged")),
         "{stdout}"
     );
+}
+
+#[test]
+fn role_passwords_never_reach_the_output_even_with_sql_logging_on() {
+    let servers = Servers::start();
+    let port = servers.postgres().port();
+    let role_url = |user: &str, database: &str| {
+        format!("postgresql://{user}:hunter2@127.0.0.1:{port}/{database}?sslmode=disable")
+    };
+    let env = [
+        ("BOOTSTRAP_DATABASE_URL", servers.postgres().url("postgres")),
+        (
+            "EVENTSTORE_DATABASE_URL",
+            role_url("eventstore", "eventstoredb"),
+        ),
+        ("ORDERS_DATABASE_URL", role_url("orders", "ordersdb")),
+        ("PAYMENTS_DATABASE_URL", role_url("payments", "paymentsdb")),
+        (
+            "ORDERS_READER_DATABASE_URL",
+            role_url("ordersvc", "ordersdb"),
+        ),
+        // Every statement sqlx runs, at every level.
+        ("RUST_LOG", "trace".to_owned()),
+    ];
+    let output = bootstrapper(&env, &["--skip-nats"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    for line in [
+        "role eventstore: created",
+        "role orders: created",
+        "role payments: created",
+        "role ordersvc: created",
+        "access ordersdb: updated",
+        "grants ordersvc: updated",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line}: {stdout}");
+    }
+    assert!(
+        stderr.contains("CREATE TABLE"),
+        "sqlx statement logging is on, so the test means something: {stderr}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }

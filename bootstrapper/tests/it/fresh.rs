@@ -123,7 +123,8 @@ async fn a_second_run_changes_nothing() {
             .collect::<Vec<_>>()
     };
     assert_eq!(names(&second), names(&first));
-    assert_eq!(second.steps.len(), 3 + 3 + 2 + CONSUMERS.len());
+    // Databases, access, migrations (root needs no role), streams, consumers.
+    assert_eq!(second.steps.len(), 3 + 3 + 3 + 2 + CONSUMERS.len());
 
     let after = snapshot(&servers).await;
     assert_eq!(after, before);

@@ -4,6 +4,7 @@
 mod cli;
 mod drift;
 mod fresh;
+mod roles;
 mod unreachable;
 
 use bootstrapper::Config;
@@ -42,7 +43,7 @@ impl Servers {
     /// The bootstrapper's configuration for these servers.
     fn config(&self) -> Config {
         let mut config = Config {
-            nats_url: self.nats.url(),
+            nats: pipeline_runtime::nats::NatsArgs::new(self.nats.url()),
             connect_timeout_secs: 5,
             skip_sql: self.postgres.is_none(),
             ..Config::default()

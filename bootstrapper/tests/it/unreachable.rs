@@ -8,7 +8,7 @@ use crate::closed_port;
 async fn unreachable_nats_is_named_in_the_error() {
     let url = format!("nats://127.0.0.1:{}", closed_port());
     let config = Config {
-        nats_url: url.clone(),
+        nats: pipeline_runtime::nats::NatsArgs::new(url.clone()),
         skip_sql: true,
         connect_timeout_secs: 1,
         ..Config::default()
@@ -24,7 +24,10 @@ async fn unreachable_nats_is_named_in_the_error() {
 #[tokio::test]
 async fn a_nats_password_never_reaches_the_error() {
     let config = Config {
-        nats_url: format!("nats://app:hunter2@127.0.0.1:{}", closed_port()),
+        nats: pipeline_runtime::nats::NatsArgs::new(format!(
+            "nats://app:hunter2@127.0.0.1:{}",
+            closed_port()
+        )),
         skip_sql: true,
         connect_timeout_secs: 1,
         ..Config::default()

@@ -32,7 +32,7 @@ impl Pipeline {
             eventstore_database_url: postgres.url("eventstoredb"),
             orders_database_url: postgres.url("ordersdb"),
             payments_database_url: postgres.url("paymentsdb"),
-            nats_url: nats_url.clone(),
+            nats: pipeline_runtime::nats::NatsArgs::new(nats_url.clone()),
             ..bootstrapper::Config::default()
         };
         bootstrap.skip_nats = true;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::Value;
-use testkit::{NatsServer, Postgres};
+use testkit::{NatsCluster, NatsServer, Postgres};
 
 /// Binaries of the workspace, found in the profile folder (`target/<profile>/`) of the running
 /// executable: a test or benchmark runs from `target/<profile>/deps/`, a binary of this crate from
@@ -38,6 +38,9 @@ pub struct Options {
     pub bootstrap_args: Vec<String>,
     /// A nats-server the caller started (e.g. with a configuration of its own); default: a fresh one.
     pub nats: Option<NatsServer>,
+    /// A three-node cluster the caller started: every process gets its nodes as `NATS_URL` (a
+    /// standalone nats-server still starts, unused).
+    pub nats_cluster: Option<NatsCluster>,
     /// Bootstrap only: start no service.
     pub no_services: bool,
 }
@@ -60,6 +63,8 @@ struct Process {
 pub struct Pipeline {
     pub postgres: Postgres,
     pub nats: NatsServer,
+    /// The cluster of [`Options::nats_cluster`], which `NATS_URL` then names.
+    pub nats_cluster: Option<NatsCluster>,
     logs: tempfile::TempDir,
     eventstore_port: u16,
     ordersvc_port: u16,
@@ -112,6 +117,7 @@ impl Pipeline {
         let mut pipeline = Pipeline {
             postgres,
             nats,
+            nats_cluster: options.nats_cluster,
             logs: tempfile::tempdir().expect("log folder"),
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
@@ -159,17 +165,34 @@ impl Pipeline {
             .rev()
             .find(|(k, _)| k == "NATS_URL")
             .map(|(_, v)| v)
-            .unwrap_or_else(|| self.nats.url())
+            .unwrap_or_else(|| self.default_nats_url())
     }
 
+    /// The cluster's nodes when there is one, else the nats-server's URL.
+    fn default_nats_url(&self) -> String {
+        self.nats_cluster
+            .as_ref()
+            .map_or_else(|| self.nats.url(), NatsCluster::urls)
+    }
+
+    /// `database` as the administrator (`root`), who may read and change everything.
     pub fn database_url(&self, database: &str) -> String {
         self.postgres.url(database)
+    }
+
+    /// `database` as role `user` (no password: the test kit's PostgreSQL trusts local logins, so
+    /// only the grants keep a role out of the other contexts' databases).
+    pub fn role_url(&self, user: &str, database: &str) -> String {
+        format!(
+            "postgresql://{user}@127.0.0.1:{}/{database}?sslmode=disable",
+            self.postgres.port()
+        )
     }
 
     /// The environment every process gets.
     pub fn env(&self) -> Vec<(String, String)> {
         [
-            ("NATS_URL", self.nats.url()),
+            ("NATS_URL", self.default_nats_url()),
             (
                 "EVENTSTORE_ADDR",
                 format!("127.0.0.1:{}", self.eventstore_port),
@@ -179,9 +202,17 @@ impl Pipeline {
                 format!("http://127.0.0.1:{}", self.eventstore_port),
             ),
             ("ORDERSVC_ADDR", format!("127.0.0.1:{}", self.ordersvc_port)),
-            ("EVENTSTORE_DATABASE_URL", self.database_url("eventstoredb")),
-            ("ORDERS_DATABASE_URL", self.database_url("ordersdb")),
-            ("PAYMENTS_DATABASE_URL", self.database_url("paymentsdb")),
+            // Each context as its own role, which the bootstrapper creates as the administrator.
+            ("BOOTSTRAP_DATABASE_URL", self.database_url("postgres")),
+            (
+                "EVENTSTORE_DATABASE_URL",
+                self.role_url("eventstore", "eventstoredb"),
+            ),
+            ("ORDERS_DATABASE_URL", self.role_url("orders", "ordersdb")),
+            (
+                "PAYMENTS_DATABASE_URL",
+                self.role_url("payments", "paymentsdb"),
+            ),
             ("ZIPKIN_ENDPOINT", String::new()),
             ("RUST_LOG", "info".to_owned()),
         ]
@@ -362,7 +393,13 @@ impl Pipeline {
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(self.nats_url()).await.expect("NATS");
+        // NATS_URL may list several servers; `connect` takes one URL per address.
+        let servers: Vec<async_nats::ServerAddr> = self
+            .nats_url()
+            .split(',')
+            .map(|url| url.trim().parse().expect("NATS_URL lists valid URLs"))
+            .collect();
+        let client = async_nats::connect(servers.as_slice()).await.expect("NATS");
         async_nats::jetstream::new(client)
     }
 

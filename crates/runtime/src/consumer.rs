@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
 use tokio::sync::Semaphore;
@@ -26,6 +27,15 @@ use tokio_util::sync::CancellationToken;
 use crate::deadletter;
 use crate::stream::{ConsumerSpec, EventEnvelope, STREAM};
 use crate::tracecontext;
+
+/// The idle heartbeat each pull request asks of the consumer's leader. Two missed in a row mean
+/// the request died without a word (its leader's node was killed, or it reached a consumer that had
+/// no leader), and the loop pulls again instead of waiting for the request to expire (30 s). Short,
+/// because after a node's death the consumer may need a few attempts until its new leader is elected.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Pause before pulling again after a pull request was lost (an election may still be going on).
+const REPULL_DELAY: Duration = Duration::from_millis(250);
 
 /// What a handler reports when it could not handle a message.
 #[derive(Debug)]
@@ -86,9 +96,9 @@ impl Default for Options {
 /// into its `Config` (`#[command(flatten)]`).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct WorkerArgs {
-    /// NATS servers, comma-separated (`NATS_URL`).
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS: servers, user, TLS (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
+    #[command(flatten)]
+    pub nats: crate::nats::NatsArgs,
 
     /// The event store's gRPC address (`EVENTSTORE_URL`).
     #[arg(long, env = "EVENTSTORE_URL", default_value = "http://127.0.0.1:50051")]
@@ -112,7 +122,7 @@ impl WorkerArgs {
     /// The defaults, pointed at the given servers.
     pub fn new(nats_url: impl Into<String>, eventstore_url: impl Into<String>) -> Self {
         Self {
-            nats_url: nats_url.into(),
+            nats: crate::nats::NatsArgs::new(nats_url),
             eventstore_url: eventstore_url.into(),
             max_deliveries: 5,
             concurrency: 16,
@@ -133,9 +143,7 @@ impl WorkerArgs {
         let store =
             crate::eventstore::EventStoreClient::connect_lazy(&self.eventstore_url, self.timeout())
                 .context("EVENTSTORE_URL")?;
-        let nats = crate::nats::connect_in_background(&self.nats_url, name)
-            .await
-            .context("NATS_URL")?;
+        let nats = crate::nats::connect_in_background(&self.nats, name).await?;
         Ok((store, nats))
     }
 
@@ -203,7 +211,7 @@ where
     H: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Failure>> + Send + 'static,
 {
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut in_hand = JoinSet::new();
     let mut attempt = 0u32;
@@ -212,8 +220,18 @@ where
             () = stop.cancelled() => break,
             consumer = bind(&js, spec) => consumer,
         };
-        let mut messages = match consumer {
-            Ok(consumer) => match consumer.messages().await {
+        let consumer = match consumer {
+            Ok(consumer) => consumer,
+            Err(err) => {
+                attempt += 1;
+                warn_and_wait(attempt, &format!("{err:#}"), &stop).await;
+                continue;
+            }
+        };
+        // Pull requests lost in a row; the first is a warning, the rest of an outage are not.
+        let mut lost = 0u32;
+        'pulling: loop {
+            let mut messages = match pull(&consumer).await {
                 Ok(messages) => messages,
                 Err(err) => {
                     attempt += 1;
@@ -223,51 +241,71 @@ where
                         &stop,
                     )
                     .await;
-                    continue;
+                    continue 'outer;
                 }
-            },
-            Err(err) => {
-                attempt += 1;
-                warn_and_wait(attempt, &format!("{err:#}"), &stop).await;
-                continue;
-            }
-        };
-        attempt = 0;
-        tracing::info!(consumer = spec.durable, "consuming");
-        loop {
-            // Take a permit before pulling the next message, so at most `concurrency` are in hand.
-            let permit = tokio::select! {
-                () = stop.cancelled() => break 'outer,
-                permit = Arc::clone(&permits).acquire_owned() => permit.context("semaphore closed")?,
             };
-            let next = tokio::select! {
-                () = stop.cancelled() => break 'outer,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let handler = handler.clone();
-                    let options = options.clone();
-                    let js = js.clone();
-                    let worker = spec.durable;
-                    in_hand.spawn(async move {
-                        process(&js, worker, &options, message, handler).await;
-                        drop(permit);
-                    });
-                }
-                Some(Err(err)) => {
-                    // Missed heartbeats and the like: the stream recovers by itself.
-                    tracing::debug!(error = %err, "pull consumer hiccup");
-                }
-                None => {
-                    tracing::warn!(
-                        consumer = spec.durable,
-                        "message stream ended, binding again"
-                    );
-                    break;
-                }
+            attempt = 0;
+            if lost == 0 {
+                tracing::info!(consumer = spec.durable, "consuming");
             }
-            while in_hand.try_join_next().is_some() {}
+            loop {
+                // Take a permit before pulling the next message, so at most `concurrency` are in hand.
+                let permit = tokio::select! {
+                    () = stop.cancelled() => break 'outer,
+                    permit = Arc::clone(&permits).acquire_owned() => permit.context("semaphore closed")?,
+                };
+                let next = tokio::select! {
+                    () = stop.cancelled() => break 'outer,
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        lost = 0;
+                        let handler = handler.clone();
+                        let options = options.clone();
+                        let js = js.clone();
+                        let worker = spec.durable;
+                        in_hand.spawn(async move {
+                            process(&js, worker, &options, message, handler).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(err)) if pull_lost(&err) => {
+                        // The request died with the consumer's leader, or found none (an election).
+                        // The client alone would wait for the request to expire, or after a
+                        // reconnect for a consumer info request that goes unanswered until the
+                        // election ends (up to 10 s): pull again from the same consumer, with no
+                        // API request. The old stream goes first: on a reconnect it would pull
+                        // too, and messages sent to it after we stop reading it would wait out
+                        // their ack wait.
+                        drop(messages);
+                        lost += 1;
+                        if lost == 1 {
+                            tracing::warn!(consumer = spec.durable, error = %err, "pull request lost; pulling again");
+                        } else {
+                            tracing::debug!(consumer = spec.durable, error = %err, lost, "pull request lost again");
+                        }
+                        // While disconnected a request would only queue up: pull once connected.
+                        tokio::select! {
+                            () = stop.cancelled() => break 'outer,
+                            () = connected_after(&client, REPULL_DELAY) => {}
+                        }
+                        continue 'pulling;
+                    }
+                    Some(Err(err)) => {
+                        // A failed pull request or the like: the stream sends another by itself.
+                        tracing::debug!(error = %err, "pull consumer hiccup");
+                    }
+                    None => {
+                        tracing::warn!(
+                            consumer = spec.durable,
+                            "message stream ended, binding again"
+                        );
+                        continue 'outer;
+                    }
+                }
+                while in_hand.try_join_next().is_some() {}
+            }
         }
     }
     // Finish what is in hand: its effects commit and its acks go out before we stop.
@@ -282,6 +320,31 @@ where
         );
     }
     Ok(())
+}
+
+/// A stream of the consumer's messages, whose pull requests ask for an idle heartbeat. Subscribes
+/// and pulls; no JetStream API request, so it works while the consumer is between leaders.
+async fn pull(
+    consumer: &PullConsumer,
+) -> Result<jetstream::consumer::pull::Stream, jetstream::consumer::StreamError> {
+    consumer.stream().heartbeat(PULL_HEARTBEAT).messages().await
+}
+
+/// Waits `delay`, then until `client` is connected.
+async fn connected_after(client: &async_nats::Client, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        tokio::time::sleep(REPULL_DELAY).await;
+    }
+}
+
+/// Whether the pending pull request is gone: no heartbeat (its leader died) or no responder (the
+/// consumer has no leader right now).
+fn pull_lost(err: &MessagesError) -> bool {
+    matches!(
+        err.kind(),
+        MessagesErrorKind::MissingHeartbeat | MessagesErrorKind::NoResponders
+    )
 }
 
 async fn bind(js: &jetstream::Context, spec: &ConsumerSpec) -> anyhow::Result<PullConsumer> {

@@ -1,12 +1,13 @@
 //! A client of the event store for services: one long-lived gRPC channel, typed outcomes.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use eventstore_proto as pb;
 use pb::event_store_client::EventStoreClient as Grpc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use uuid::Uuid;
 
 use tracing::Instrument as _;
@@ -61,7 +62,19 @@ impl ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(status: tonic::Status) -> Self {
-        let message = status.message().to_owned();
+        // A status made on this side from a transport failure says only "transport error"; its
+        // sources say what failed (a refused connection, a TLS handshake, a broken HTTP/2 frame).
+        let mut message = status.message().to_owned();
+        let mut source = std::error::Error::source(&status);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            // "transport error" is tonic's wrapper, which adds nothing to the message.
+            if cause_text != "transport error" && !message.contains(&cause_text) {
+                message.push_str(": ");
+                message.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
         match status.code() {
             tonic::Code::FailedPrecondition | tonic::Code::Aborted => {
                 ClientError::Conflict(message)
@@ -78,6 +91,83 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
+/// The variable naming the certificate authorities (PEM) an `https://` `EVENTSTORE_URL` is checked
+/// against.
+pub const TLS_CA_VARIABLE: &str = "EVENTSTORE_TLS_CA";
+
+/// How a client trusts the event store's certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM file of the certificate authorities to trust (`EVENTSTORE_TLS_CA`), required by an
+    /// `https://` URL and refused with an `http://` one. The system's trust store is not consulted:
+    /// name it here (e.g. `/etc/ssl/certs/ca-certificates.crt`) to trust it.
+    pub ca: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// `EVENTSTORE_TLS_CA` from the environment (unset or empty: none). Read here, once, so that
+    /// every service and `orderctl` take it without a flag of their own.
+    pub fn from_env() -> Self {
+        ClientTls {
+            ca: std::env::var_os(TLS_CA_VARIABLE)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+
+    /// Trusts the authorities in the PEM file at `ca`.
+    pub fn with_ca(ca: impl Into<PathBuf>) -> Self {
+        ClientTls {
+            ca: Some(ca.into()),
+        }
+    }
+
+    /// Puts TLS on `endpoint` for an `https://` URL; checks that TLS settings and scheme agree.
+    fn apply(&self, endpoint: Endpoint, url: &str) -> anyhow::Result<Endpoint> {
+        let https = endpoint.uri().scheme_str() == Some("https");
+        match (&self.ca, https) {
+            (None, false) => Ok(endpoint),
+            (Some(_), false) => anyhow::bail!(
+                "{TLS_CA_VARIABLE} is set but the event store URL {url:?} is not https://: use \
+                 https:// to talk TLS, or unset {TLS_CA_VARIABLE}"
+            ),
+            (None, true) => anyhow::bail!(
+                "the event store URL {url:?} is https:// but {TLS_CA_VARIABLE} is not set: name the \
+                 PEM file of the authority that signed the event store's certificate"
+            ),
+            (Some(ca), true) => {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("{TLS_CA_VARIABLE}: cannot read {}", ca.display()))?;
+                anyhow::ensure!(
+                    pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"),
+                    "{TLS_CA_VARIABLE}: {} holds no PEM certificate",
+                    ca.display()
+                );
+                let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+                endpoint.tls_config(config).map_err(|err| {
+                    anyhow::anyhow!(
+                        "{TLS_CA_VARIABLE}: {} cannot be used: {}",
+                        ca.display(),
+                        error_chain(&err)
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line: tonic's transport errors say little on their own.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The event store client every service shares: cheap to clone, one HTTP/2 connection underneath.
 #[derive(Clone)]
 pub struct EventStoreClient {
@@ -86,8 +176,19 @@ pub struct EventStoreClient {
 
 impl EventStoreClient {
     /// Prepares a channel to `url` (e.g. `http://127.0.0.1:50051`) that connects on first use and
-    /// reconnects by itself; calls fail with `Unavailable` after `timeout`.
+    /// reconnects by itself; calls fail with `Unavailable` after `timeout`. An `https://` URL
+    /// speaks TLS, trusting the authorities of `EVENTSTORE_TLS_CA` ([`ClientTls::from_env`]).
     pub fn connect_lazy(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Self::connect_lazy_with(url, timeout, &ClientTls::from_env())
+    }
+
+    /// [`EventStoreClient::connect_lazy`] with the TLS settings given rather than read from the
+    /// environment.
+    pub fn connect_lazy_with(
+        url: &str,
+        timeout: Duration,
+        tls: &ClientTls,
+    ) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .with_context(|| format!("invalid event store URL {url:?}"))?
             .connect_timeout(timeout)
@@ -95,6 +196,7 @@ impl EventStoreClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
+        let endpoint = tls.apply(endpoint, url)?;
         Ok(Self {
             grpc: Grpc::new(endpoint.connect_lazy()),
         })
@@ -292,5 +394,30 @@ mod tests {
     #[test]
     fn a_bad_url_is_refused_at_start() {
         assert!(EventStoreClient::connect_lazy("not a url", Duration::from_secs(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn tls_settings_that_disagree_with_the_scheme_name_the_variable() {
+        let timeout = Duration::from_secs(1);
+        let no_tls = ClientTls::default();
+        let cases = [
+            ("https://127.0.0.1:50051", no_tls.clone()),
+            (
+                "http://127.0.0.1:50051",
+                ClientTls::with_ca("/nowhere/ca.pem"),
+            ),
+            (
+                "https://127.0.0.1:50051",
+                ClientTls::with_ca("/nowhere/ca.pem"),
+            ),
+        ];
+        for (url, tls) in cases {
+            let err = EventStoreClient::connect_lazy_with(url, timeout, &tls)
+                .err()
+                .unwrap_or_else(|| panic!("{url} with {tls:?} is refused"));
+            assert!(err.to_string().contains(TLS_CA_VARIABLE), "{err:#}");
+        }
+        EventStoreClient::connect_lazy_with("http://127.0.0.1:50051", timeout, &no_tls)
+            .expect("plaintext needs no CA");
     }
 }

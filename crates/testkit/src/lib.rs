@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod nats;
+mod nats_cluster;
 mod postgres;
 mod support;
 mod zipkin;
 
 pub use nats::NatsServer;
+pub use nats_cluster::NatsCluster;
 pub use postgres::Postgres;
 pub use support::free_port;
 pub use zipkin::Zipkin;

@@ -18,18 +18,54 @@ const NATS_FOLDERS: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"
 
 /// A throwaway nats-server with JetStream: `nats-server -js -a 127.0.0.1 -p <free> -sd <tmp>/store`
 /// as a child process, logging to `<tmp>/nats.log`. Killed and its folder removed on `Drop`.
-#[derive(Debug)]
 pub struct NatsServer {
     dir: TempDir,
     binary: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// `-c <tmp>/nats.conf`, when started with a configuration of the caller's.
+    config: Option<PathBuf>,
+    /// Variables the server process gets (a configuration's `$NAME` references read them).
+    env: Vec<(String, String)>,
+}
+
+// By hand: the environment may hold passwords; only the variables' names are shown.
+impl std::fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsServer")
+            .field("dir", &self.dir.path())
+            .field("port", &self.port)
+            .field("running", &self.child.is_some())
+            .field("config", &self.config)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl NatsServer {
     /// Starts a server. Blocks until the log says "Server is ready" and the port accepts TCP (at
     /// most 30 s); the error carries the tail of the server log.
     pub fn start() -> anyhow::Result<NatsServer> {
+        Self::start_new(None, &[])
+    }
+
+    /// Starts a server with the configuration `config` (e.g. an `authorization {}` or `tls {}`
+    /// block) written to `<tmp>/nats.conf`. The command line still sets JetStream, the address, the
+    /// port and the store, so `config` must not have a `jetstream { store_dir }` of its own.
+    pub fn start_with_config(config: &str) -> anyhow::Result<NatsServer> {
+        Self::start_new(Some(config), &[])
+    }
+
+    /// [`NatsServer::start_with_config`] with variables in the server's environment, for a
+    /// configuration that reads secrets as `$NAME` (as `nats-auth.conf` does).
+    pub fn start_with_config_and_env(
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<NatsServer> {
+        Self::start_new(Some(config), env)
+    }
+
+    fn start_new(config: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<NatsServer> {
         let began = Instant::now();
         let folders: Vec<PathBuf> = NATS_FOLDERS.iter().map(PathBuf::from).collect();
         let binary = find_binary("nats-server", &folders)?;
@@ -39,9 +75,19 @@ impl NatsServer {
             binary,
             port: 0,
             child: None,
+            config: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         std::fs::create_dir(server.store_dir())
             .with_context(|| format!("creating {}", server.store_dir().display()))?;
+        if let Some(config) = config {
+            let path = server.dir.path().join("nats.conf");
+            std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+            server.config = Some(path);
+        }
 
         // Another process can take the port between free_port() and the server's bind.
         for attempt in 1..=PORT_ATTEMPTS {
@@ -140,7 +186,12 @@ impl NatsServer {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")

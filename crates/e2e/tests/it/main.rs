@@ -1,5 +1,9 @@
 //! The whole pipeline as real processes: POST an order over HTTP and watch it reach its final state.
 
+mod cluster;
+mod overload;
+mod poison;
 mod saga;
+mod security;
 mod stack;
 mod tracing_flow;

@@ -1,6 +1,7 @@
 //! The test kit's own tests: the servers start, stop, come back with their data, and clean up.
 
 mod nats;
+mod nats_cluster;
 mod postgres;
 mod support;
 mod zipkin;

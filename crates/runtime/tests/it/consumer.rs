@@ -1,0 +1,267 @@
+//! A worker's consumer loop when NATS goes away under it.
+//!
+//! The loop keeps a pull request waiting on the consumer's leader. When the node it is connected to
+//! dies and led the consumer, the client reconnects to another node at once, but its own recovery
+//! first asks for the consumer's info, which goes unanswered until the consumer has a new leader
+//! and then times out (10 s) before it pulls again. The loop notices the silence (no idle heartbeat)
+//! and pulls again itself, as soon as the consumer has a leader.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use pipeline_runtime::consumer::{self, Delivery, Failure, Options};
+use pipeline_runtime::stream::{EventEnvelope, STREAM, SUBJECTS};
+use testkit::{NatsCluster, NatsServer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const DURABLE: &str = "querymodelworker";
+
+async fn connect(urls: &str) -> async_nats::Client {
+    let servers: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(|url| url.parse().expect("a node URL"))
+        .collect();
+    async_nats::connect(servers.as_slice())
+        .await
+        .expect("connecting to NATS")
+}
+
+fn envelope(version: i64) -> EventEnvelope {
+    EventEnvelope {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: "created".to_owned(),
+        aggregate_id: uuid::Uuid::new_v4().to_string(),
+        aggregate_type: "order".to_owned(),
+        aggregate_version: version,
+        stream: STREAM.to_owned(),
+        event_data: serde_json::json!({}),
+        metadata: Default::default(),
+        created_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// Publishes `event` until JetStream acknowledges it (elections may be under way), at most 30 s.
+async fn publish(js: &jetstream::Context, event: &EventEnvelope) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = serde_json::to_vec(event).expect("JSON");
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
+        let attempt = async {
+            js.publish_with_headers("ORDERS.created", headers, body.clone().into())
+                .await?
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no acknowledgement within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The server name of the consumer's leader, once there is one that is not `not`, at most 30 s.
+async fn consumer_leader(js: &jetstream::Context, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = async {
+            let stream = js.get_stream(STREAM).await.ok()?;
+            let mut consumer: PullConsumer = stream.get_consumer(DURABLE).await.ok()?;
+            consumer.info().await.ok()?.cluster.clone()?.leader
+        }
+        .await;
+        if let Some(leader) = leader
+            && Some(leader.as_str()) != not
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "the consumer has no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn node_of(server_name: &str) -> usize {
+    server_name
+        .strip_prefix("testkit-nats-")
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("{server_name} is not a testkit node"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_loop_pulls_again_when_the_consumers_leader_dies_under_it() {
+    testkit::init_tracing();
+    let mut cluster = NatsCluster::start().expect("starting the cluster");
+    let admin = jetstream::new(connect(&cluster.urls()).await);
+    admin
+        .create_stream(stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec![SUBJECTS.to_owned()],
+            storage: stream::StorageType::File,
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("creating ORDERS at three replicas");
+    let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
+    admin
+        .get_stream(STREAM)
+        .await
+        .expect("ORDERS")
+        .create_consumer(spec.config())
+        .await
+        .expect("creating the durable consumer");
+    let leader = consumer_leader(&admin, None).await;
+    let killed = node_of(&leader);
+
+    // The worker talks to the consumer's leader: when that node dies the worker reconnects to
+    // another (learnt from the server) while the consumer has no leader yet.
+    let worker_client = connect(&cluster.url(killed)).await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let handler = move |delivery: Delivery| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _ = seen_tx.send((delivery.envelope.event_id, Instant::now()));
+            Ok::<(), Failure>(())
+        }
+    };
+    let worker = tokio::spawn(consumer::run(
+        worker_client.clone(),
+        spec,
+        Options::default(),
+        handler,
+        stop.clone(),
+    ));
+
+    let first = envelope(1);
+    publish(&admin, &first).await;
+    let got = tokio::time::timeout(Duration::from_secs(15), seen.recv())
+        .await
+        .expect("the first message is handled within 15 s");
+    assert_eq!(got.map(|(id, _)| id), Some(first.event_id));
+
+    cluster.kill(killed).expect("killing the consumer's leader");
+    let killed_at = Instant::now();
+    let second = envelope(1);
+    publish(&admin, &second).await;
+    let published = Instant::now();
+    // The election takes the cluster a few seconds, which no client can shorten; what the loop owes
+    // is to pull again soon after it. Ask with a short timeout: during the election the request
+    // goes unanswered.
+    let quick = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(500))
+        .build(connect(&cluster.urls()).await);
+    let new_leader = consumer_leader(&quick, Some(&leader)).await;
+    let elected = Instant::now();
+    // A redelivery of the first message (its ack may have gone to the dead leader) does not count.
+    let handled = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some((id, at)) = seen.recv().await {
+            if id == second.event_id {
+                return Some(at);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the second message is handled within 30 s");
+    let ready = elected.max(published);
+    let after_ready = handled.saturating_duration_since(ready);
+    tracing::info!(
+        published_ms = (published - killed_at).as_millis() as u64,
+        elected_ms = (elected - killed_at).as_millis() as u64,
+        handled_ms = (handled - killed_at).as_millis() as u64,
+        "after the kill of the consumer's leader"
+    );
+    assert!(
+        after_ready < Duration::from_secs(4),
+        "the message was handled {after_ready:?} after it was published and the consumer had its \
+         new leader {new_leader} (old: {leader}); the loop must pull again soon after the election"
+    );
+    assert_eq!(
+        worker_client.connection_state(),
+        async_nats::connection::State::Connected,
+        "the worker reconnected by itself"
+    );
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), worker)
+        .await
+        .expect("the loop stops")
+        .expect("the loop task")
+        .expect("the loop ends cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_loop_pulls_again_when_a_lone_nats_server_comes_back() {
+    testkit::init_tracing();
+    let mut nats = NatsServer::start().expect("starting nats-server");
+    let admin = jetstream::new(connect(&nats.url()).await);
+    admin
+        .create_stream(stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec![SUBJECTS.to_owned()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("creating ORDERS");
+    let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
+    let worker_client = connect(&nats.url()).await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let handler = move |delivery: Delivery| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _ = seen_tx.send(delivery.envelope.event_id);
+            Ok::<(), Failure>(())
+        }
+    };
+    let worker = tokio::spawn(consumer::run(
+        worker_client.clone(),
+        spec,
+        Options::default(),
+        handler,
+        stop.clone(),
+    ));
+    let first = envelope(1);
+    publish(&admin, &first).await;
+    let got = tokio::time::timeout(Duration::from_secs(15), seen.recv()).await;
+    assert_eq!(
+        got,
+        Ok(Some(first.event_id)),
+        "the first message is handled"
+    );
+
+    // Down for longer than two heartbeats: the loop sees its request lost while disconnected and
+    // must pull once the server is back, not pile requests up behind the outage.
+    nats.stop().expect("stopping nats-server");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    nats.start_again().expect("starting nats-server again");
+    let second = envelope(1);
+    publish(&admin, &second).await;
+    let published = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(15), seen.recv()).await;
+    assert_eq!(
+        got,
+        Ok(Some(second.event_id)),
+        "the message published after the restart is handled, and only it"
+    );
+    let waited = published.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "handled {waited:?} after its publish; the loop must pull again once reconnected"
+    );
+    let again = tokio::time::timeout(Duration::from_secs(3), seen.recv()).await;
+    assert!(again.is_err(), "nothing more is delivered: {again:?}");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), worker)
+        .await
+        .expect("the loop stops")
+        .expect("the loop task")
+        .expect("the loop ends cleanly");
+}
