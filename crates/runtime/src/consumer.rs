@@ -4,7 +4,10 @@
 //! A handler gets each message decoded as an [`EventEnvelope`] and answers:
 //! - `Ok(())`: its effect is committed (or was already there): the message is acked;
 //! - `Err(Failure::Retry)`: a transient failure: `nak` with a delay that grows with the delivery count,
-//!   and after `max_deliveries` deliveries the message goes to the dead letters;
+//!   and after `max_deliveries` deliveries the message goes to the dead letters — unless the failure
+//!   is an outage of a dependency (the event store or a database unreachable, see [`is_outage`]):
+//!   that is not the message's fault, so it is retried for as long as the outage lasts, every
+//!   [`OUTAGE_MAX_DELAY`] at most, and never dead-lettered for it;
 //! - `Err(Failure::DeadLetter)`: the message can never be handled: dead-lettered at once.
 //!
 //! A message that cannot be decoded is dead-lettered at once. Dead-lettering publishes the message to
@@ -24,9 +27,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::deadletter;
 use crate::stream::{ConsumerSpec, EventEnvelope, STREAM};
 use crate::tracecontext;
+use crate::{db, deadletter, eventstore};
 
 /// The idle heartbeat each pull request asks of the consumer's leader. Two missed in a row mean
 /// the request died without a word (its leader's node was killed, or it reached a consumer that had
@@ -36,6 +39,24 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Pause before pulling again after a pull request was lost (an election may still be going on).
 const REPULL_DELAY: Duration = Duration::from_millis(250);
+
+/// The longest `nak` delay while a dependency is down: how soon after an outage ends a message that
+/// waited for it is handled.
+pub const OUTAGE_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Whether `err` says a dependency cannot be reached (the event store or its database, a database
+/// of the worker's own) rather than that this message cannot be handled: anywhere in its chain, an
+/// [`eventstore::ClientError`] that is transient or a `sqlx::Error` that [`db::is_unavailable`].
+pub fn is_outage(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<eventstore::ClientError>()
+            .is_some_and(eventstore::ClientError::is_transient)
+            || cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(db::is_unavailable)
+    })
+}
 
 /// What a handler reports when it could not handle a message.
 #[derive(Debug)]
@@ -441,6 +462,20 @@ async fn settle(
                 tracing::warn!(error = %err, "ack not confirmed; the message may be delivered again");
             }
         }
+        Err(Failure::Retry(err)) if is_outage(&err) => {
+            // Not the message's fault: no delivery counts toward its dead letter while this lasts.
+            tracecontext::mark_error(&span, format!("{err:#}"));
+            let delay = options.delay(delivered).min(OUTAGE_MAX_DELAY);
+            tracing::warn!(
+                error = format!("{err:#}"),
+                ?delay,
+                delivered,
+                "a dependency is unavailable; will retry until it is back"
+            );
+            if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %err, "nak failed; the message comes back after its ack wait");
+            }
+        }
         Err(Failure::Retry(err)) if delivered < options.max_deliveries => {
             tracecontext::mark_error(&span, format!("{err:#}"));
             let delay = options.delay(delivered);
@@ -502,5 +537,30 @@ mod tests {
         assert_eq!(options.delay(2), Duration::from_secs(1));
         assert_eq!(options.delay(3), Duration::from_secs(2));
         assert_eq!(options.delay(100), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_dependency_that_is_down_is_an_outage_and_a_message_that_fails_is_not() {
+        use anyhow::{Context as _, anyhow};
+        use eventstore::ClientError;
+
+        let store_down = anyhow::Error::from(ClientError::Unavailable("connection refused".into()));
+        assert!(is_outage(&store_down));
+        assert!(
+            is_outage(&store_down.context("reading order 42")),
+            "found under context too"
+        );
+        let db_down: Result<(), sqlx::Error> = Err(sqlx::Error::PoolTimedOut);
+        let db_down = db_down.context("paymentsdb").expect_err("an error");
+        assert!(is_outage(&db_down));
+
+        for not_outage in [
+            anyhow::Error::from(ClientError::Conflict("at version 3".into())),
+            anyhow::Error::from(ClientError::Other("Internal".into())),
+            anyhow!("order 42 has no events in the event store"),
+            anyhow::Error::from(sqlx::Error::RowNotFound),
+        ] {
+            assert!(!is_outage(&not_outage), "{not_outage:#}");
+        }
     }
 }

@@ -265,3 +265,116 @@ async fn the_consumer_loop_pulls_again_when_a_lone_nats_server_comes_back() {
         .expect("the loop task")
         .expect("the loop ends cleanly");
 }
+
+/// An outage of a dependency (here: the event store refusing connections) is not the message's
+/// fault: however many deliveries it lasts, the message is not dead-lettered, and it is handled once
+/// the dependency is back. A failure of the message itself still is, after `max_deliveries`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_outage_longer_than_the_delivery_budget_dead_letters_nothing() {
+    use pipeline_runtime::eventstore::ClientError;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    testkit::init_tracing();
+    let nats = NatsServer::start().expect("starting nats-server");
+    let admin = jetstream::new(connect(&nats.url()).await);
+    for (name, subjects) in [(STREAM, SUBJECTS), ("DEADLETTERS", "DEADLETTERS.>")] {
+        admin
+            .create_stream(stream::Config {
+                name: name.to_owned(),
+                subjects: vec![subjects.to_owned()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .expect("creating the streams");
+    }
+    let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
+    let outage_deliveries = 8;
+    let outage_victim = envelope(1);
+    let poison = envelope(1);
+    let victim_id = outage_victim.event_id;
+    let handled = Arc::new(AtomicI64::new(0));
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let handler = {
+        let handled = Arc::clone(&handled);
+        move |delivery: Delivery| {
+            let handled = Arc::clone(&handled);
+            let seen_tx = seen_tx.clone();
+            async move {
+                if delivery.envelope.event_id != victim_id {
+                    return Err(Failure::retry(anyhow::anyhow!("this message never works")));
+                }
+                if delivery.delivered <= outage_deliveries {
+                    return Err(Failure::retry(
+                        anyhow::Error::from(ClientError::Unavailable("connection refused".into()))
+                            .context("reading the order's history"),
+                    ));
+                }
+                handled.fetch_add(1, Ordering::SeqCst);
+                let _ = seen_tx.send(delivery.delivered);
+                Ok(())
+            }
+        }
+    };
+    let options = Options {
+        max_deliveries: 3,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(100),
+        ..Options::default()
+    };
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(consumer::run(
+        connect(&nats.url()).await,
+        spec,
+        options,
+        handler,
+        stop.clone(),
+    ));
+    publish(&admin, &outage_victim).await;
+    publish(&admin, &poison).await;
+
+    let delivered = tokio::time::timeout(Duration::from_secs(20), seen.recv()).await;
+    assert_eq!(
+        delivered,
+        Ok(Some(outage_deliveries + 1)),
+        "handled on the first delivery after the outage, not dead-lettered after 3"
+    );
+    // The poison message goes to the dead letters after its 3 deliveries; the victim never does.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let letters = loop {
+        let info = admin
+            .get_stream("DEADLETTERS")
+            .await
+            .expect("DEADLETTERS")
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .messages;
+        if info >= 1 || Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        letters, 1,
+        "only the message that never works is dead-lettered"
+    );
+    let dead = admin.get_stream("DEADLETTERS").await.expect("DEADLETTERS");
+    let letter = dead
+        .get_last_raw_message_by_subject(&format!("DEADLETTERS.{DURABLE}"))
+        .await;
+    let letter = letter.expect("the dead letter");
+    let body: EventEnvelope =
+        serde_json::from_slice(&letter.payload).expect("the original message");
+    assert_eq!(body.event_id, poison.event_id);
+    assert_eq!(handled.load(Ordering::SeqCst), 1, "handled once");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), worker)
+        .await
+        .expect("the loop stops")
+        .expect("the loop task")
+        .expect("the loop ends cleanly");
+}
