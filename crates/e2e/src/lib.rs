@@ -3,6 +3,7 @@
 //!
 //! The end-to-end tests live in `tests/it` and use it.
 
+pub mod chaos;
 pub mod pipeline;
 
 pub use pipeline::{FINAL, Options, Pipeline, order_body};

@@ -1,5 +1,6 @@
 //! The whole pipeline as real processes: POST an order over HTTP and watch it reach its final state.
 
+mod chaos;
 mod cluster;
 mod overload;
 mod poison;

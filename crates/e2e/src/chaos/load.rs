@@ -1,0 +1,486 @@
+//! The load generator: orders at a steady rate, each posted as a careful client does (one
+//! `Idempotency-Key` per order, the same body and key again after a transport error, a 5xx or a
+//! 429, with capped exponential backoff and jitter, up to a deadline), and about one in ten
+//! cancelled a moment after it was accepted.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use uuid::Uuid;
+
+/// How many unexpected answers the report quotes.
+const EXAMPLES: usize = 5;
+
+pub(crate) struct LoadConfig {
+    pub base_url: String,
+    pub rate: f64,
+    pub customers: u32,
+    pub seed: u64,
+    /// How long one request is retried before the client gives up.
+    pub deadline: Duration,
+    /// Share of accepted orders the client tries to cancel.
+    pub cancel_share: f64,
+}
+
+/// What an order is meant to exercise, with wallets of 1000.00 and a review limit of 500.00.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Kind {
+    /// Up to 360.00: approved while the customer's wallet lasts, PaymentFailed after.
+    Small,
+    /// 500.01 to 900.00: paid, then rejected by review and refunded (or PaymentFailed).
+    OverReviewLimit,
+    /// 1000.01 to 1500.00: more than any wallet holds: PaymentFailed.
+    OverCredit,
+}
+
+/// An order the pipeline accepted (a 2xx to its POST).
+#[derive(Debug, Clone)]
+pub struct PlacedOrder {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount: Decimal,
+    pub kind: Kind,
+}
+
+/// What the clients saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadStats {
+    /// Orders the generator started.
+    pub offered: u64,
+    /// Orders that got a 2xx.
+    pub accepted: u64,
+    /// POST attempts after the first one of an order.
+    pub retried_requests: u64,
+    /// Orders that needed at least one retry.
+    pub retried_orders: u64,
+    /// Orders whose POST was still failing at the deadline.
+    pub gave_up: u64,
+    /// Every answer to a POST: the status code, or the kind of transport error.
+    pub post_answers: BTreeMap<String, u64>,
+    pub cancels: CancelStats,
+    /// Answers no correct pipeline gives to these requests (a 4xx other than 429, a 2xx without
+    /// an order id, a 404 to a cancel of an accepted order).
+    pub unexpected: u64,
+    pub unexpected_examples: Vec<String>,
+    /// Longest time from an order's first POST to its 2xx.
+    pub longest_accept_seconds: f64,
+    #[serde(skip)]
+    pub placed: Vec<PlacedOrder>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CancelStats {
+    pub requested: u64,
+    /// 200: the order was cancelled.
+    pub cancelled: u64,
+    /// 409: too late, the order had moved on.
+    pub too_late: u64,
+    pub retried_requests: u64,
+    pub gave_up: u64,
+    pub answers: BTreeMap<String, u64>,
+}
+
+impl LoadStats {
+    fn unexpected(&mut self, what: String) {
+        self.unexpected += 1;
+        if self.unexpected_examples.len() < EXAMPLES {
+            self.unexpected_examples.push(what);
+        }
+    }
+}
+
+type Shared = Arc<Mutex<LoadStats>>;
+
+fn record(stats: &Shared, update: impl FnOnce(&mut LoadStats)) {
+    // Every update is a few plain assignments: a panic cannot leave the stats half-written.
+    update(&mut stats.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+/// One order as the generator made it.
+struct Generated {
+    key: String,
+    body: Value,
+    customer_id: String,
+    amount: Decimal,
+    kind: Kind,
+    cancel_after: Option<Duration>,
+}
+
+/// Offers orders until `stop` fires, then waits for every order's requests to end (each bounded by
+/// the deadline).
+pub(crate) async fn run(
+    config: LoadConfig,
+    mut stop: oneshot::Receiver<()>,
+) -> anyhow::Result<LoadStats> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("building the HTTP client")?;
+    let shared: Shared = Arc::default();
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / config.rate));
+    // A late tick (a busy machine) delays the next ones rather than bursting to catch up.
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut progress = tokio::time::interval(Duration::from_secs(15));
+    progress.tick().await;
+    let mut tasks = JoinSet::new();
+    let mut offered = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = progress.tick() => {
+                let stats = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                tracing::info!(
+                    offered,
+                    accepted = stats.accepted,
+                    retried = stats.retried_requests,
+                    in_flight = tasks.len(),
+                    "chaos: load"
+                );
+                continue;
+            }
+            _ = &mut stop => break,
+        }
+        offered += 1;
+        let order = generate(&mut rng, &config, offered);
+        let client = client.clone();
+        let base_url = config.base_url.clone();
+        let shared = Arc::clone(&shared);
+        let deadline = config.deadline;
+        tasks.spawn(async move {
+            let accepted = place(&client, &base_url, &order, deadline, &shared).await;
+            if let (Some(order_id), Some(delay)) = (accepted, order.cancel_after) {
+                tokio::time::sleep(delay).await;
+                cancel(&client, &base_url, order_id, deadline, &shared).await;
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    record(&shared, |s| s.offered = offered);
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            record(&shared, |s| {
+                s.unexpected(format!("an order's task failed: {error}"))
+            });
+        }
+    }
+    let stats = shared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    Ok(stats)
+}
+
+fn generate(rng: &mut StdRng, config: &LoadConfig, n: u64) -> Generated {
+    let customer_id = format!("chaos-{}", rng.random_range(0..config.customers.max(1)));
+    let kind = match rng.random_range(0..100) {
+        0..75 => Kind::Small,
+        75..90 => Kind::OverReviewLimit,
+        _ => Kind::OverCredit,
+    };
+    // (unit price in cents, quantity)
+    let lines: Vec<(i64, u32)> = match kind {
+        Kind::Small => (0..rng.random_range(1..=3))
+            .map(|_| (rng.random_range(500..=6_000), rng.random_range(1..=2)))
+            .collect(),
+        Kind::OverReviewLimit => vec![(rng.random_range(50_001..=90_000), 1)],
+        Kind::OverCredit => vec![(rng.random_range(100_001..=150_000), 1)],
+    };
+    let amount_cents: i64 = lines
+        .iter()
+        .map(|(cents, qty)| cents * i64::from(*qty))
+        .sum();
+    let items: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (cents, quantity))| {
+            json!({
+                "code": format!("c{i}"),
+                "name": format!("Dish {i}"),
+                "unit_price": format!("{}.{:02}", cents / 100, cents % 100),
+                "quantity": quantity,
+            })
+        })
+        .collect();
+    let cancel_after = rng
+        .random_bool(config.cancel_share.clamp(0.0, 1.0))
+        // Soon enough that some orders are still Pending or Paid (a paid one is then refunded).
+        .then(|| Duration::from_millis(rng.random_range(0..=250)));
+    Generated {
+        key: format!("chaos-{:x}-{n}", config.seed),
+        body: json!({
+            "customer_id": customer_id,
+            "restaurant_id": format!("r{}", rng.random_range(1..=5)),
+            "order_items": items,
+        }),
+        customer_id,
+        amount: Decimal::new(amount_cents, 2),
+        kind,
+        cancel_after,
+    }
+}
+
+/// How an answer is taken.
+enum Verdict {
+    /// A 2xx, with its body.
+    Success(u16, String),
+    /// Worth trying again (transport error, 5xx, 429), at the earliest after the `Retry-After`.
+    Retry(Option<Duration>),
+    /// Any other status, with its body.
+    Other(u16, String),
+}
+
+/// The answer's label for the counts, and what to do about it.
+async fn classify(answer: Result<reqwest::Response, reqwest::Error>) -> (String, Verdict) {
+    let response = match answer {
+        Ok(response) => response,
+        Err(error) => return (transport_label(&error), Verdict::Retry(None)),
+    };
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(|seconds| Duration::from_secs(seconds.min(10)));
+    let label = status.as_u16().to_string();
+    if status.as_u16() == 429 || status.is_server_error() {
+        return (label, Verdict::Retry(retry_after));
+    }
+    match response.text().await {
+        Ok(body) if status.is_success() => (label, Verdict::Success(status.as_u16(), body)),
+        Ok(body) => (label, Verdict::Other(status.as_u16(), body)),
+        // The answer broke off: the request may or may not have taken effect; the key makes a
+        // retry safe.
+        Err(error) => (transport_label(&error), Verdict::Retry(None)),
+    }
+}
+
+fn transport_label(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timeout".to_owned()
+    } else if error.is_connect() {
+        "connect error".to_owned()
+    } else {
+        "transport error".to_owned()
+    }
+}
+
+/// 100 ms doubling up to 5 s, plus up to half of it at random so that clients cut off together do
+/// not come back together; never less than the server's `Retry-After`.
+fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let base = 100u64
+        .saturating_mul(2u64.saturating_pow(attempt.saturating_sub(1).min(10)))
+        .min(5_000);
+    let jittered = Duration::from_millis(base + rand::rng().random_range(0..=base / 2));
+    retry_after.map_or(jittered, |after| jittered.max(after))
+}
+
+/// POSTs the order until it is accepted, refused for good, or the deadline passes; the order id
+/// when accepted.
+async fn place(
+    client: &reqwest::Client,
+    base_url: &str,
+    order: &Generated,
+    deadline: Duration,
+    shared: &Shared,
+) -> Option<Uuid> {
+    let first = Instant::now();
+    let give_up_at = first + deadline;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let answer = client
+            .post(format!("{base_url}/api/orders"))
+            .header("Idempotency-Key", &order.key)
+            .json(&order.body)
+            .send()
+            .await;
+        let (label, verdict) = classify(answer).await;
+        record(shared, |s| *s.post_answers.entry(label).or_default() += 1);
+        match verdict {
+            Verdict::Success(status, body) => {
+                let order_id = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["order_id"].as_str().and_then(|id| id.parse().ok()));
+                let Some(order_id) = order_id else {
+                    record(shared, |s| {
+                        s.unexpected(format!(
+                            "POST {}: {status} without an order id: {body}",
+                            order.key
+                        ))
+                    });
+                    return None;
+                };
+                let took = first.elapsed().as_secs_f64();
+                record(shared, |s| {
+                    s.accepted += 1;
+                    s.longest_accept_seconds = s.longest_accept_seconds.max(took);
+                    s.placed.push(PlacedOrder {
+                        order_id,
+                        customer_id: order.customer_id.clone(),
+                        amount: order.amount,
+                        kind: order.kind,
+                    });
+                });
+                return Some(order_id);
+            }
+            Verdict::Other(status, body) => {
+                record(shared, |s| {
+                    s.unexpected(format!("POST {}: {status} {}", order.key, snippet(&body)))
+                });
+                return None;
+            }
+            Verdict::Retry(retry_after) => {
+                let wait = backoff(attempt, retry_after);
+                if Instant::now() + wait > give_up_at {
+                    record(shared, |s| s.gave_up += 1);
+                    return None;
+                }
+                record(shared, |s| {
+                    s.retried_requests += 1;
+                    if attempt == 1 {
+                        s.retried_orders += 1;
+                    }
+                });
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Cancels an accepted order: 200 and 409 are both answers a client takes; 5xx, 429 and transport
+/// errors are retried up to the deadline.
+async fn cancel(
+    client: &reqwest::Client,
+    base_url: &str,
+    order_id: Uuid,
+    deadline: Duration,
+    shared: &Shared,
+) {
+    record(shared, |s| s.cancels.requested += 1);
+    let give_up_at = Instant::now() + deadline;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let answer = client
+            .post(format!("{base_url}/api/orders/{order_id}/cancel"))
+            .json(&json!({"reason": "chaos: changed my mind"}))
+            .send()
+            .await;
+        let (label, verdict) = classify(answer).await;
+        record(shared, |s| {
+            *s.cancels.answers.entry(label).or_default() += 1
+        });
+        match verdict {
+            Verdict::Success(..) => {
+                record(shared, |s| s.cancels.cancelled += 1);
+                return;
+            }
+            Verdict::Other(409, _) => {
+                record(shared, |s| s.cancels.too_late += 1);
+                return;
+            }
+            Verdict::Other(status, body) => {
+                record(shared, |s| {
+                    s.unexpected(format!("cancel {order_id}: {status} {}", snippet(&body)))
+                });
+                return;
+            }
+            Verdict::Retry(retry_after) => {
+                let wait = backoff(attempt, retry_after);
+                if Instant::now() + wait > give_up_at {
+                    record(shared, |s| s.cancels.gave_up += 1);
+                    return;
+                }
+                record(shared, |s| s.cancels.retried_requests += 1);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn snippet(body: &str) -> String {
+    body.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(seed: u64) -> LoadConfig {
+        LoadConfig {
+            base_url: String::new(),
+            rate: 1.0,
+            customers: 50,
+            seed,
+            deadline: Duration::from_secs(1),
+            cancel_share: 0.1,
+        }
+    }
+
+    #[test]
+    fn the_same_seed_makes_the_same_orders() {
+        let mut a = StdRng::seed_from_u64(7);
+        let mut b = StdRng::seed_from_u64(7);
+        for n in 1..50 {
+            let (x, y) = (
+                generate(&mut a, &config(7), n),
+                generate(&mut b, &config(7), n),
+            );
+            assert_eq!(x.body, y.body, "order {n}");
+            assert_eq!(x.key, y.key, "order {n}");
+        }
+    }
+
+    #[test]
+    fn the_amount_is_the_exact_sum_of_the_lines_and_each_kind_stays_in_its_range() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for n in 1..500 {
+            let order = generate(&mut rng, &config(1), n);
+            let sum: Decimal = order.body["order_items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|item| {
+                    let price: Decimal = item["unit_price"]
+                        .as_str()
+                        .and_then(|p| p.parse().ok())
+                        .expect("a decimal price");
+                    price * Decimal::from(item["quantity"].as_u64().expect("a quantity"))
+                })
+                .sum();
+            assert_eq!(sum, order.amount, "{}", order.body);
+            let (low, high) = match order.kind {
+                Kind::Small => (Decimal::new(500, 2), Decimal::new(36_000, 2)),
+                Kind::OverReviewLimit => (Decimal::new(50_001, 2), Decimal::new(90_000, 2)),
+                Kind::OverCredit => (Decimal::new(100_001, 2), Decimal::new(150_000, 2)),
+            };
+            assert!(
+                (low..=high).contains(&order.amount),
+                "{:?} of {}",
+                order.kind,
+                order.amount
+            );
+        }
+    }
+
+    #[test]
+    fn the_backoff_grows_is_capped_and_respects_retry_after() {
+        assert!(backoff(1, None) <= Duration::from_millis(150));
+        assert!(backoff(30, None) <= Duration::from_millis(7_500));
+        assert!(backoff(30, None) >= Duration::from_millis(5_000));
+        assert!(backoff(1, Some(Duration::from_secs(1))) >= Duration::from_secs(1));
+    }
+}
