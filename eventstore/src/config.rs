@@ -151,7 +151,7 @@ impl Config {
                     "EVENTSTORE_TLS_CERT and EVENTSTORE_TLS_KEY ({}, {}) do not make a TLS identity: {}",
                     cert.display(),
                     key.display(),
-                    error_chain(&err)
+                    pipeline_runtime::eventstore::error_chain(&err)
                 )
             })?;
         Ok(Some(tls))
@@ -162,18 +162,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle)
-}
-
-/// An error and its sources on one line: tonic's transport error alone says only "transport error".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 // The database URL may carry a password: never print it.

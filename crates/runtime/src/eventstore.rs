@@ -157,7 +157,7 @@ impl ClientTls {
 }
 
 /// An error and its sources on one line: tonic's transport errors say little on their own.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

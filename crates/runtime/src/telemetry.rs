@@ -142,8 +142,10 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
     let tracer = provider.tracer(service_name.to_owned());
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or a journal gets plain text to search.
     let logs = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true)
         .with_filter(filter);
     // Spans are traced whatever RUST_LOG says, so the trace context keeps flowing when logs are

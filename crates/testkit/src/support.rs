@@ -19,13 +19,14 @@ pub(crate) const PORT_ATTEMPTS: usize = 3;
 
 const INSTALL_HINT: &str = "install them with `apt-get install -y postgresql nats-server`";
 
-/// Binds 127.0.0.1:0, reads the port the kernel picked and releases it again.
+/// A port of 127.0.0.1 that nothing is bound to now, chosen at random below the kernel's ephemeral
+/// range (see [`pick_port`]).
 ///
 /// Another process may take the port before the caller binds it; the servers retry with a new
 /// port when that happens.
 ///
 /// # Panics
-/// When the machine has no loopback port left, which no test can recover from.
+/// When no port of the range is free, which no test can recover from.
 pub fn free_port() -> u16 {
     match pick_port() {
         Ok(port) => port,
@@ -33,13 +34,37 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The dev stack's PostgreSQL (CockroachDB's port): never handed out, even when free.
+const RESERVED: &[u16] = &[26257];
+
+/// Picks a free port at random from 20000 up to the start of the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, 32768 by default). Outside that range on purpose: a
+/// server stopped and started again on its port (a test of a restart) must find the port still
+/// free, and ports the kernel gives to outgoing connections or to `bind(0)` would be taken by the
+/// many connections tests open meanwhile.
 pub(crate) fn pick_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("binding 127.0.0.1:0 to find a free port")?;
-    Ok(listener
-        .local_addr()
-        .context("reading the bound port")?
-        .port())
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 20000u16;
+    let high = ephemeral_start.clamp(low + 1000, 32768);
+    let span = u64::from(high - low);
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0..200u64 {
+        let draw = std::hash::BuildHasher::hash_one(
+            &random,
+            (attempt, std::process::id(), Instant::now()),
+        );
+        let port = low + u16::try_from(draw % span).unwrap_or(0);
+        if RESERVED.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 between {low} and {high} after 200 tries")
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.

@@ -500,29 +500,11 @@ fn consuming_lines(pipeline: &Pipeline, component: Component) -> usize {
     if !component.is_worker() {
         return 0;
     }
-    strip_colours(&pipeline.log(component.name(), 0))
+    pipeline
+        .log(component.name(), 0)
         .lines()
         .filter(|line| line.contains(" consuming consumer="))
         .count()
-}
-
-/// The text of a log without its ANSI colour sequences (`ESC [ ... m`).
-fn strip_colours(log: &str) -> String {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip to the end of the sequence: its first letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 fn is_running(pipeline: &mut Pipeline, component: Component) -> bool {
@@ -610,11 +592,11 @@ async fn check_up(pipeline: &mut Pipeline, when: &str, config: &Config, outcome:
 
 /// The end of a service's log, for a problem's description.
 fn log_tail(pipeline: &Pipeline, component: Component) -> String {
-    let log = strip_colours(&match component.service() {
+    let log = match component.service() {
         Some(service) => pipeline.log(service, 0),
         None if component == Component::NatsServer => pipeline.nats.log(),
         None => pipeline.postgres.log(),
-    });
+    };
     let lines: Vec<&str> = log.lines().collect();
     let tail = lines[lines.len().saturating_sub(8)..].join("\n      ");
     if tail.is_empty() {
@@ -649,12 +631,6 @@ mod tests {
                     .iter()
                     .any(|step| matches!(step, Step::Wait(wait) if *wait > Duration::from_secs(30)))
         })
-    }
-
-    #[test]
-    fn colours_are_stripped_from_a_log_line() {
-        let line = "\u{1b}[2mT\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m x: consuming \u{1b}[3mconsumer\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"w\"";
-        assert_eq!(strip_colours(line), "T  INFO x: consuming consumer=\"w\"");
     }
 
     #[test]

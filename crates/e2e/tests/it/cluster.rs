@@ -146,25 +146,6 @@ async fn stream_info(js: &jetstream::Context, name: &str) -> Option<stream::Info
     stream.info().await.ok().cloned()
 }
 
-/// Text without the terminal colour codes the services' logs may carry.
-fn strip_ansi(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte (a letter).
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 /// Seconds since midnight of a log line's leading RFC 3339 UTC timestamp.
 fn seconds_of_day(line: &str) -> Option<f64> {
     let time = line.split_whitespace().next()?.split_once('T')?.1;
@@ -181,7 +162,7 @@ fn seconds_of_day(line: &str) -> Option<f64> {
 fn reconnections(log: &str) -> Vec<Option<f64>> {
     let mut gaps = Vec::new();
     let mut down_since: Option<f64> = None;
-    for line in strip_ansi(log).lines() {
+    for line in log.lines() {
         if line.contains("disconnected from NATS") {
             if down_since.is_none() {
                 down_since = seconds_of_day(line);

@@ -14,6 +14,20 @@ fn free_port_gives_a_port_nobody_listens_on() {
     assert!(!port_accepts(port));
 }
 
+/// Below the kernel's ephemeral ports, so a server's port stays free while it is down for a restart
+/// (an outgoing connection of another test once took a stopped PostgreSQL's port).
+#[test]
+fn free_ports_are_below_the_ephemeral_range_and_spread_out() {
+    let ports: std::collections::BTreeSet<u16> = (0..50).map(|_| testkit::free_port()).collect();
+    assert!(
+        ports
+            .iter()
+            .all(|port| (20000..32768).contains(port) && *port != 26257),
+        "{ports:?}"
+    );
+    assert!(ports.len() > 40, "random, not one port again: {ports:?}");
+}
+
 #[test]
 fn init_tracing_can_be_called_twice() {
     testkit::init_tracing();
