@@ -191,6 +191,20 @@ impl Pipeline {
 
     /// The environment every process gets.
     pub fn env(&self) -> Vec<(String, String)> {
+        self.env_for(None)
+    }
+
+    /// The environment of `service`'s processes: [`Pipeline::env`], but ordersvc reads `ordersdb` as
+    /// the read-only role the bootstrapper made for it (only querymodelworker writes there);
+    /// [`Options::env`] still wins.
+    pub fn env_for(&self, service: Option<&str>) -> Vec<(String, String)> {
+        let own = match service {
+            Some("ordersvc") => vec![(
+                "ORDERS_DATABASE_URL".to_owned(),
+                self.role_url("ordersvc", "ordersdb"),
+            )],
+            _ => Vec::new(),
+        };
         [
             ("NATS_URL", self.default_nats_url()),
             (
@@ -210,6 +224,10 @@ impl Pipeline {
             ),
             ("ORDERS_DATABASE_URL", self.role_url("orders", "ordersdb")),
             (
+                "ORDERS_READER_DATABASE_URL",
+                self.role_url("ordersvc", "ordersdb"),
+            ),
+            (
                 "PAYMENTS_DATABASE_URL",
                 self.role_url("payments", "paymentsdb"),
             ),
@@ -218,6 +236,7 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(own)
         .chain(self.env_overrides.iter().cloned())
         .collect()
     }
@@ -232,7 +251,7 @@ impl Pipeline {
         let log = self.logs.path().join(format!("{service}-{index}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(binary(service))
-            .envs(self.env())
+            .envs(self.env_for(Some(service)))
             .envs(extra_env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
@@ -250,7 +269,7 @@ impl Pipeline {
     /// Starts process `index` of `service` again (after [`Pipeline::kill`] or a clean stop), with the
     /// same log file (appended to).
     pub fn restart(&mut self, service: &str, index: usize) {
-        let env = self.env();
+        let env = self.env_for(Some(service));
         let process = self.process(service, index);
         let _ = process.child.kill();
         let _ = process.child.wait();

@@ -53,6 +53,33 @@ async fn orders_reach_approved_payment_failed_and_rejected_with_a_refund() {
         money("1000.00"),
         "the refund restored the balance"
     );
+
+    // ordersvc served those reads as its read-only role: it cannot write the read model.
+    let admin = sqlx::PgPool::connect(&pipeline.database_url("postgres"))
+        .await
+        .expect("connecting as the administrator");
+    let users: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = 'ordersdb' ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("pg_stat_activity");
+    assert_eq!(
+        users,
+        ["orders", "ordersvc"],
+        "querymodelworker writes as orders, ordersvc reads as ordersvc"
+    );
+    let reader = sqlx::PgPool::connect(&pipeline.role_url("ordersvc", "ordersdb"))
+        .await
+        .expect("connecting as ordersvc");
+    let refused = sqlx::query("DELETE FROM orders")
+        .execute(&reader)
+        .await
+        .expect_err("the reader cannot write");
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
