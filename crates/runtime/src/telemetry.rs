@@ -141,7 +141,7 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
     let provider = provider.build();
     let tracer = provider.tracer(service_name.to_owned());
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     // Colours only on a terminal: a log file or a journal gets plain text to search.
     let logs = fmt::layer()
         .with_writer(std::io::stderr)
@@ -313,9 +313,44 @@ impl<E: SpanExporter> SpanExporter for QuietExporter<E> {
     }
 }
 
+/// `RUST_LOG` (default `info`), with PostgreSQL's notices lowered to errors unless it names sqlx:
+/// after a serialization failure on COMMIT (retried, see `db::retry`) sqlx rolls the connection
+/// back, and PostgreSQL answers each such rollback with the notice "there is no transaction in
+/// progress", a warning that says nothing about the service.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let directives = rust_log.filter(|value| !value.trim().is_empty());
+    let mut filter = directives
+        .and_then(|value| EnvFilter::try_new(value).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if !directives.is_some_and(|value| value.contains("sqlx"))
+        && let Ok(quiet) = "sqlx::postgres::notice=error".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
+    filter
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_notices_are_quiet_unless_rust_log_names_sqlx() {
+        for rust_log in [None, Some(""), Some("debug"), Some("warn,eventstore=trace")] {
+            let filter = log_filter(rust_log).to_string();
+            assert!(
+                filter.contains("sqlx::postgres::notice=error"),
+                "{rust_log:?} → {filter}"
+            );
+        }
+        let filter = log_filter(Some("info,sqlx=debug")).to_string();
+        assert!(!filter.contains("notice=error"), "{filter}");
+        assert!(
+            log_filter(Some("not a [valid filter"))
+                .to_string()
+                .contains("info")
+        );
+    }
 
     #[test]
     fn an_empty_endpoint_turns_export_off() {
