@@ -13,7 +13,8 @@ pub mod status {
     pub const DEBITED: &str = "debited";
     pub const FAILED: &str = "failed";
     pub const REFUNDED: &str = "refunded";
-    /// A debit the order never saw (the customer cancelled first): the amount went back to the wallet.
+    /// A decision the order never saw (the customer cancelled first): a debit's amount went back
+    /// to the wallet; a failure moved no money.
     pub const VOIDED: &str = "voided";
 }
 
@@ -159,32 +160,51 @@ pub async fn refund(
     .await?
 }
 
-/// Compensates a debit the order never saw (it was cancelled before the debit event could be
-/// appended): `debited` → `voided` and the amount back to the wallet. Returns whether it did.
+/// What [`void`] undid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Voided {
+    /// A debit: its amount went back to the wallet.
+    Debit,
+    /// A failed payment: no money had moved, only the row says now that the order never saw it.
+    Failure,
+    /// Nothing to undo (no row, already voided, or a decision the order saw).
+    Nothing,
+}
+
+/// Undoes a decision the order never saw (it was cancelled before the payment event could be
+/// appended): `debited` → `voided` with the amount back to the wallet, and, when `failure_too`
+/// (the caller knows the order holds no payment failure either), `failed` → `voided`.
 #[tracing::instrument(name = "paymentsdb void", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", order.id = %order_id))]
-pub async fn void(pool: &PgPool, order_id: Uuid) -> Result<bool, LedgerError> {
+pub async fn void(pool: &PgPool, order_id: Uuid, failure_too: bool) -> Result<Voided, LedgerError> {
     let voided = db::retry(|| async move {
         let mut tx = pool.begin().await?;
         let row = locked_payment(&mut tx, order_id).await?;
         let voided = match row {
             Some((recorded, customer_id, amount)) if recorded == status::DEBITED => {
-                sqlx::query(
-                    "UPDATE payments SET status = $2, updated_at = now() WHERE order_id = $1",
-                )
-                .bind(order_id)
-                .bind(status::VOIDED)
-                .execute(&mut *tx)
-                .await?;
+                mark_voided(&mut tx, order_id).await?;
                 credit(&mut tx, &customer_id, amount).await?;
-                true
+                Voided::Debit
             }
-            _ => false,
+            Some((recorded, _, _)) if failure_too && recorded == status::FAILED => {
+                mark_voided(&mut tx, order_id).await?;
+                Voided::Failure
+            }
+            _ => Voided::Nothing,
         };
         tx.commit().await?;
         Ok(voided)
     })
     .await?;
     Ok(voided)
+}
+
+async fn mark_voided(tx: &mut Transaction<'_, Postgres>, order_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE payments SET status = $2, updated_at = now() WHERE order_id = $1")
+        .bind(order_id)
+        .bind(status::VOIDED)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn recorded_status(

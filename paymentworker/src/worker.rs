@@ -114,21 +114,29 @@ impl Worker {
             .map_err(orders::store_failure)
     }
 
-    /// Undoes a debit the order's history does not hold: the order was cancelled before the
-    /// `paymentdebited` could be appended, and it never can be now (a debit follows `created`
-    /// directly, at version 1).
+    /// Undoes a payment decision the order's history does not hold: the order was cancelled before
+    /// the `paymentdebited` (or `paymentfailed`) could be appended, and it never can be now (either
+    /// follows `created` directly, at version 1). A debit's amount goes back to the wallet; a
+    /// failure's row is marked voided too, so paymentsdb agrees with the order.
     async fn void_unseen_debit(&self, history: &History) -> Result<(), Failure> {
         if history.order.payment_id.is_some() {
             return Ok(());
         }
-        let voided = ledger::void(&self.pool, history.order.order_id)
+        // Without a payment id the order is PaymentFailed (it saw our failure: keep it) or
+        // Cancelled from Pending (it saw no decision of ours).
+        let cancelled = history.order.status == OrderStatus::Cancelled;
+        let voided = ledger::void(&self.pool, history.order.order_id, cancelled)
             .await
             .map_err(ledger_failure)?;
-        if voided {
-            tracing::info!(
+        match voided {
+            ledger::Voided::Debit => tracing::info!(
                 amount = %history.order.amount,
                 "debit voided: the order never saw it, the amount went back to the wallet"
-            );
+            ),
+            ledger::Voided::Failure => {
+                tracing::info!("payment failure voided: the order was cancelled before it saw it");
+            }
+            ledger::Voided::Nothing => {}
         }
         Ok(())
     }

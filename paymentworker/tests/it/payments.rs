@@ -151,12 +151,26 @@ async fn a_cancel_that_wins_the_race_leaves_no_debit() {
     .await
     .expect("payment");
     stack.cancel(crashed).await;
+    // The same with a failure: a previous worker found the balance short, recorded it and stopped
+    // before appending the paymentfailed; then the customer cancelled.
+    let failed = stack.place("heidi", "70.00").await;
+    sqlx::query(
+        "INSERT INTO payments (order_id, payment_id, customer_id, amount, status, debit_event_id, \
+         created_at, updated_at) VALUES ($1, $2, 'heidi', 70.00, 'failed', NULL, now(), now())",
+    )
+    .bind(failed)
+    .bind(order_domain::payment_id(failed))
+    .execute(&stack.payments)
+    .await
+    .expect("payment");
+    stack.cancel(failed).await;
 
     let _worker = start_worker(&stack).await;
     stack.wait_idle(paymentworker::NAME).await;
 
-    // Expected: both orders stay Cancelled with no payment event; nobody's wallet is short.
-    for order_id in [raced, crashed] {
+    // Expected: the orders stay Cancelled with no payment event; nobody's wallet is short; the
+    // decisions the orders never saw are voided.
+    for order_id in [raced, crashed, failed] {
         let order = stack.order(order_id).await;
         assert_eq!(order.status, OrderStatus::Cancelled);
         assert_eq!(order.version, 2, "nothing was appended");
@@ -168,6 +182,13 @@ async fn a_cancel_that_wins_the_race_leaves_no_debit() {
         payment_status(&stack, crashed).await.as_deref(),
         Some("voided")
     );
+    assert_eq!(
+        payment_status(&stack, failed).await.as_deref(),
+        Some("voided"),
+        "a failure the order never saw is voided too"
+    );
+    let heidi = balance(&stack, "heidi").await;
+    assert!(heidi.is_none_or(|m| m == money("1000.00")), "{heidi:?}");
 }
 
 #[tokio::test]
