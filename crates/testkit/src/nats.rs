@@ -14,7 +14,8 @@ use crate::support::{
 };
 
 /// Where nats-server lives when PATH does not say (Debian installs it in /usr/sbin).
-const NATS_FOLDERS: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"];
+pub(crate) const NATS_FOLDERS: &[&str] =
+    &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"];
 
 /// A throwaway nats-server with JetStream: `nats-server -js -a 127.0.0.1 -p <free> -sd <tmp>/store`
 /// as a child process, logging to `<tmp>/nats.log`. Killed and its folder removed on `Drop`.
@@ -180,47 +181,27 @@ impl NatsServer {
         let deadline = Instant::now() + START_TIMEOUT;
         let log_path = self.log_path();
         let log_offset = self.log().len();
-        // The server writes its log with -l; stdout and stderr catch what comes before that.
-        let log_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
         let mut command = Command::new(&self.binary);
         if let Some(config) = &self.config {
             command.arg("-c").arg(config);
         }
-        let child = command
+        command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(self.store_dir())
-            .arg("-l")
-            .arg(&log_path)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(
-                log_file
-                    .try_clone()
-                    .context("sharing the nats-server log")?,
-            )
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("running {}", self.binary.display()))?;
-        self.child = Some(child);
+            .current_dir(self.dir.path());
+        self.child = Some(spawn_logged(command, &log_path)?);
 
-        let port = self.port;
-        let ready = wait_until(deadline, "nats-server to be ready", || {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait().context("checking on nats-server")?
-            {
-                bail!("nats-server exited early ({status})");
-            }
-            let log = read_lossy(&log_path);
-            let recent = log.get(log_offset..).unwrap_or_default();
-            Ok(recent.contains("Server is ready") && port_accepts(port))
-        });
+        let ready = wait_ready(
+            &mut self.child,
+            &log_path,
+            log_offset,
+            self.port,
+            deadline,
+            "nats-server",
+        );
         if let Err(error) = ready {
             let _ = self.stop();
             let log = self.log();
@@ -239,6 +220,50 @@ impl NatsServer {
             .get(log_offset..)
             .is_some_and(|log| log.contains("address already in use"))
     }
+}
+
+/// Spawns nats-server from `command` (its arguments but the log), logging to `log_path` with `-l`;
+/// stdout and stderr go to the same file, for what the server prints before it opens its log.
+pub(crate) fn spawn_logged(mut command: Command, log_path: &Path) -> anyhow::Result<Child> {
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    command
+        .arg("-l")
+        .arg(log_path)
+        .stdin(Stdio::null())
+        .stdout(
+            log_file
+                .try_clone()
+                .context("sharing the nats-server log")?,
+        )
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("running {}", command.get_program().to_string_lossy()))
+}
+
+/// Waits until the log after `log_offset` says "Server is ready" and `port` accepts TCP; fails at
+/// once when the server (`child`) exited, or at `deadline`. `what` names the server in errors.
+pub(crate) fn wait_ready(
+    child: &mut Option<Child>,
+    log_path: &Path,
+    log_offset: usize,
+    port: u16,
+    deadline: Instant,
+    what: &str,
+) -> anyhow::Result<()> {
+    wait_until(deadline, &format!("{what} to be ready"), || {
+        if let Some(child) = child.as_mut()
+            && let Some(status) = child.try_wait().context("checking on nats-server")?
+        {
+            bail!("{what} exited early ({status})");
+        }
+        let log = read_lossy(log_path);
+        let recent = log.get(log_offset..).unwrap_or_default();
+        Ok(recent.contains("Server is ready") && port_accepts(port))
+    })
 }
 
 impl Drop for NatsServer {

@@ -1,22 +1,19 @@
 //! A throwaway three-node nats-server cluster with clustered JetStream, run as child processes.
 
-use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
+use crate::nats::{NATS_FOLDERS, spawn_logged, wait_ready};
 use crate::support::{
-    PORT_ATTEMPTS, START_TIMEOUT, find_binary, pick_port, port_accepts, process_alive, read_lossy,
-    tail, temp_folder, wait_until,
+    PORT_ATTEMPTS, START_TIMEOUT, find_binary, pick_port, process_alive, read_lossy, tail,
+    temp_folder, wait_until,
 };
-
-/// Where nats-server lives when PATH does not say (Debian installs it in /usr/sbin).
-const NATS_FOLDERS: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"];
 
 /// Nodes in the cluster: the smallest that keeps a majority (two) when one node is down.
 const NODES: usize = 3;
@@ -321,12 +318,6 @@ impl NatsCluster {
         let log_path = self.log_path(i);
         let binary = self.binary.clone();
         let node = self.node_mut(i);
-        // The server writes its log with -l; stdout and stderr catch what comes before that.
-        let log_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
         let mut command = Command::new(&binary);
         match (&node.config, &node.name) {
             (Some(config), _) => {
@@ -339,7 +330,7 @@ impl NatsCluster {
             }
             (None, None) => bail!("nats node {i} has neither a configuration nor a name"),
         }
-        let child = command
+        command
             .args(["-a", "127.0.0.1", "-p"])
             .arg(node.port.to_string())
             .arg("-m")
@@ -348,18 +339,8 @@ impl NatsCluster {
             .arg(format!("nats://127.0.0.1:{}", node.cluster_port))
             .arg("--routes")
             .arg(routes)
-            .arg("-l")
-            .arg(&log_path)
-            .current_dir(&node.dir)
-            .stdin(Stdio::null())
-            .stdout(
-                log_file
-                    .try_clone()
-                    .context("sharing the nats-server log")?,
-            )
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("running {}", binary.display()))?;
+            .current_dir(&node.dir);
+        let child = spawn_logged(command, &log_path)?;
         node.child = Some(child);
         Ok(())
     }
@@ -369,16 +350,14 @@ impl NatsCluster {
         let log_path = self.log_path(i);
         let port = self.port(i);
         let node = self.node_mut(i);
-        wait_until(deadline, &format!("nats node {i} to be ready"), || {
-            if let Some(child) = node.child.as_mut()
-                && let Some(status) = child.try_wait().context("checking on nats-server")?
-            {
-                bail!("nats node {i} exited early ({status})");
-            }
-            let log = read_lossy(&log_path);
-            let recent = log.get(offset..).unwrap_or_default();
-            Ok(recent.contains("Server is ready") && port_accepts(port))
-        })
+        wait_ready(
+            &mut node.child,
+            &log_path,
+            offset,
+            port,
+            deadline,
+            &format!("nats node {i}"),
+        )
     }
 
     fn wait_healthy_until(&self, nodes: &[usize], deadline: Instant) -> anyhow::Result<()> {
