@@ -1,13 +1,13 @@
 //! The event store's configuration: environment variables or flags of the same meaning.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use pipeline_runtime::nats::NatsArgs;
+use pipeline_runtime::pem::{self, Pem};
 use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Configuration of the event store. Every field can be given as a flag or an environment variable.
@@ -125,22 +125,8 @@ impl Config {
                 )
             }
         };
-        let read = |variable: &str, path: &Path| {
-            std::fs::read(path)
-                .with_context(|| format!("{variable}: cannot read {}", path.display()))
-        };
-        let cert_pem = read("EVENTSTORE_TLS_CERT", &cert)?;
-        let key_pem = read("EVENTSTORE_TLS_KEY", &key)?;
-        anyhow::ensure!(
-            contains(&cert_pem, b"-----BEGIN CERTIFICATE-----"),
-            "EVENTSTORE_TLS_CERT: {} holds no PEM certificate",
-            cert.display()
-        );
-        anyhow::ensure!(
-            contains(&key_pem, b"PRIVATE KEY-----"),
-            "EVENTSTORE_TLS_KEY: {} holds no PEM private key",
-            key.display()
-        );
+        let cert_pem = pem::read("EVENTSTORE_TLS_CERT", &cert, Pem::Certificate)?;
+        let key_pem = pem::read("EVENTSTORE_TLS_KEY", &key, Pem::PrivateKey)?;
         let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
         // Builds the rustls configuration once, so that a key that does not match its certificate
         // stops the start rather than every handshake.
@@ -156,12 +142,6 @@ impl Config {
             })?;
         Ok(Some(tls))
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
 }
 
 // The database URL may carry a password: never print it.

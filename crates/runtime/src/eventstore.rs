@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use tracing::Instrument as _;
 
+use crate::pem::{self, Pem};
 use crate::stream::{EventEnvelope, STREAM};
 use crate::tracecontext;
 
@@ -136,13 +137,7 @@ impl ClientTls {
                  PEM file of the authority that signed the event store's certificate"
             ),
             (Some(ca), true) => {
-                let pem = std::fs::read(ca)
-                    .with_context(|| format!("{TLS_CA_VARIABLE}: cannot read {}", ca.display()))?;
-                anyhow::ensure!(
-                    pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"),
-                    "{TLS_CA_VARIABLE}: {} holds no PEM certificate",
-                    ca.display()
-                );
+                let pem = pem::read(TLS_CA_VARIABLE, ca, Pem::Certificate)?;
                 let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
                 endpoint.tls_config(config).map_err(|err| {
                     anyhow::anyhow!(

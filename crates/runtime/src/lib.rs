@@ -6,6 +6,7 @@ pub mod deadletter;
 pub mod eventstore;
 pub mod nats;
 pub mod orders;
+pub mod pem;
 pub mod service;
 pub mod shutdown;
 pub mod stream;

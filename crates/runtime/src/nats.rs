@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::pem::Pem;
+
 /// Default of `NATS_URL`.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
@@ -146,13 +148,7 @@ impl NatsArgs {
             _ => {}
         }
         if let Some(ca) = &self.tls_ca {
-            let pem = std::fs::read_to_string(ca)
-                .with_context(|| format!("NATS_TLS_CA: cannot read {}", ca.display()))?;
-            anyhow::ensure!(
-                pem.contains("-----BEGIN CERTIFICATE-----"),
-                "NATS_TLS_CA: {} holds no PEM certificate",
-                ca.display()
-            );
+            crate::pem::read("NATS_TLS_CA", ca, Pem::Certificate)?;
         }
         Ok(())
     }
