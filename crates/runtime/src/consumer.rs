@@ -472,9 +472,7 @@ async fn settle(
                 delivered,
                 "a dependency is unavailable; will retry until it is back"
             );
-            if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(error = %err, "nak failed; the message comes back after its ack wait");
-            }
+            nak(message, delay).await;
         }
         Err(Failure::Retry(err)) if delivered < options.max_deliveries => {
             tracecontext::mark_error(&span, format!("{err:#}"));
@@ -484,9 +482,7 @@ async fn settle(
                 ?delay,
                 "handling failed; will retry"
             );
-            if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(error = %err, "nak failed; the message comes back after its ack wait");
-            }
+            nak(message, delay).await;
         }
         Err(Failure::Retry(err)) => {
             tracecontext::mark_error(&span, format!("{err:#}"));
@@ -497,6 +493,13 @@ async fn settle(
             tracecontext::mark_error(&span, format!("{err:#}"));
             give_up(js, worker, message, delivered, &format!("{err:#}")).await;
         }
+    }
+}
+
+/// Hands the message back for redelivery after `delay`.
+async fn nak(message: &jetstream::Message, delay: Duration) {
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::warn!(error = %err, "nak failed; the message comes back after its ack wait");
     }
 }
 
