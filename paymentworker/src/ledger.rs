@@ -2,11 +2,17 @@
 //! transaction run through [`db::retry`], so a serialization failure (SQLSTATE 40001) runs it again,
 //! and the wallet change commits together with the row that makes it idempotent.
 
+use std::collections::{BTreeMap, HashMap};
+
 use order_domain::{Money, Order};
 use pipeline_runtime::db;
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
+
+/// How many times a batch is decided again after another instance recorded one of its payments
+/// between our read and our insert.
+const MAX_ROUNDS: u32 = 5;
 
 /// `payments.status` values.
 pub mod status {
@@ -120,6 +126,215 @@ pub async fn settle(
         }))
     })
     .await?
+}
+
+/// One Pending order of a batch to pay: the order and the id its `paymentdebited` event gets.
+#[derive(Debug, Clone)]
+pub struct ToSettle {
+    pub order: Order,
+    pub debit_event_id: Uuid,
+}
+
+/// [`settle`] for a batch of orders in one transaction: one decision per order, in order. Orders
+/// of one customer are paid in batch order from the same wallet; an order that appears twice gets
+/// the same decision twice.
+///
+/// Guards (the transaction runs at READ COMMITTED, see [`db::begin_guarded`]):
+/// - the wallets of the batch are locked `FOR UPDATE` in `customer_id` order, so their balances
+///   are read and written by one batch at a time and two batches cannot deadlock;
+/// - `payments.order_id` is the primary key and the insert is `ON CONFLICT DO NOTHING`: a payment
+///   another instance recorded after our read makes the insert count short, and the batch is rolled
+///   back and decided again (the recorded decision is then read, not made twice).
+#[tracing::instrument(name = "paymentsdb settle_batch", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", batch.size = batch.len()))]
+pub async fn settle_batch(
+    pool: &PgPool,
+    batch: &[ToSettle],
+    initial_credit: Money,
+) -> Result<Vec<Result<Decision, LedgerError>>, LedgerError> {
+    for round in 1..=MAX_ROUNDS {
+        if let Some(decisions) = db::retry(|| try_settle_batch(pool, batch, initial_credit)).await?
+        {
+            return Ok(decisions);
+        }
+        tracing::debug!(
+            round,
+            "another instance recorded a payment of this batch; deciding again"
+        );
+    }
+    Err(LedgerError::Sql(sqlx::Error::Protocol(
+        "payments of this batch kept being recorded by another instance".into(),
+    )))
+}
+
+/// One attempt at [`settle_batch`]; `None` when another instance won a race for one of its rows.
+async fn try_settle_batch(
+    pool: &PgPool,
+    batch: &[ToSettle],
+    initial_credit: Money,
+) -> Result<Option<Vec<Result<Decision, LedgerError>>>, sqlx::Error> {
+    let mut tx = db::begin_guarded(pool).await?;
+    let ids: Vec<Uuid> = batch.iter().map(|s| s.order.order_id).collect();
+    let mut decided: HashMap<Uuid, Result<Decision, LedgerError>> = HashMap::new();
+    let recorded: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT order_id, status FROM payments WHERE order_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    for (order_id, recorded) in recorded {
+        decided.insert(order_id, recorded_decision(order_id, &recorded));
+    }
+    // The orders to decide now, each once, in batch order.
+    let mut new: Vec<&ToSettle> = Vec::new();
+    for settle in batch {
+        if !decided.contains_key(&settle.order.order_id)
+            && !new
+                .iter()
+                .any(|n| n.order.order_id == settle.order.order_id)
+        {
+            new.push(settle);
+        }
+    }
+    if !new.is_empty() {
+        let mut customers: Vec<&str> = new.iter().map(|s| s.order.customer_id.as_str()).collect();
+        customers.sort_unstable();
+        customers.dedup();
+        sqlx::query(
+            "INSERT INTO wallets (customer_id, balance, created_at, updated_at) \
+             SELECT c, $2, now(), now() FROM UNNEST($1::TEXT[]) AS t(c) \
+             ON CONFLICT (customer_id) DO NOTHING",
+        )
+        .bind(&customers)
+        .bind(initial_credit.as_decimal())
+        .execute(&mut *tx)
+        .await?;
+        let mut balances: BTreeMap<String, Decimal> = sqlx::query_as::<_, (String, Decimal)>(
+            "SELECT customer_id, balance FROM wallets WHERE customer_id = ANY($1) \
+             ORDER BY customer_id FOR UPDATE",
+        )
+        .bind(&customers)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut changed: BTreeMap<String, Decimal> = BTreeMap::new();
+        let mut rows = PaymentRows::default();
+        for settle in &new {
+            let order = &settle.order;
+            let balance = balances.get(&order.customer_id).copied();
+            // A balance that is not Money (negative) covers nothing.
+            let funds = balance.and_then(|b| Money::from_decimal(b).ok());
+            let debited = funds.is_some_and(|funds| funds >= order.amount);
+            if let (true, Some(balance)) = (debited, balance) {
+                let after = balance - order.amount.as_decimal();
+                balances.insert(order.customer_id.clone(), after);
+                changed.insert(order.customer_id.clone(), after);
+            }
+            rows.push(settle, debited);
+            decided.insert(
+                order.order_id,
+                Ok(if debited {
+                    Decision::Debited
+                } else {
+                    Decision::Failed
+                }),
+            );
+        }
+        if !changed.is_empty() {
+            let (customers, balances): (Vec<String>, Vec<Decimal>) = changed.into_iter().unzip();
+            sqlx::query(
+                "UPDATE wallets SET balance = t.balance, updated_at = now() \
+                 FROM UNNEST($1::TEXT[], $2::DECIMAL[]) AS t(customer_id, balance) \
+                 WHERE wallets.customer_id = t.customer_id",
+            )
+            .bind(&customers)
+            .bind(&balances)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let inserted = rows.insert(&mut tx).await?;
+        if inserted < new.len() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+    }
+    tx.commit().await?;
+    Ok(Some(
+        batch
+            .iter()
+            .map(|settle| match decided.get(&settle.order.order_id) {
+                Some(Ok(decision)) => Ok(*decision),
+                Some(Err(err)) => Err(LedgerError::Inconsistent(err.to_string())),
+                None => Err(LedgerError::Inconsistent(format!(
+                    "no decision for order {}",
+                    settle.order.order_id
+                ))),
+            })
+            .collect(),
+    ))
+}
+
+/// The decision a recorded payment status stands for.
+fn recorded_decision(order_id: Uuid, recorded: &str) -> Result<Decision, LedgerError> {
+    match recorded {
+        status::DEBITED | status::REFUNDED => Ok(Decision::Debited),
+        status::FAILED => Ok(Decision::Failed),
+        status::VOIDED => Ok(Decision::Voided),
+        other => Err(LedgerError::Inconsistent(format!(
+            "payment of order {order_id} has unknown status {other:?}"
+        ))),
+    }
+}
+
+/// New `payments` rows, column by column, for one multi-row insert.
+#[derive(Default)]
+struct PaymentRows {
+    order_ids: Vec<Uuid>,
+    payment_ids: Vec<Uuid>,
+    customers: Vec<String>,
+    amounts: Vec<Decimal>,
+    statuses: Vec<&'static str>,
+    debit_event_ids: Vec<Option<Uuid>>,
+}
+
+impl PaymentRows {
+    fn push(&mut self, settle: &ToSettle, debited: bool) {
+        let order = &settle.order;
+        self.order_ids.push(order.order_id);
+        self.payment_ids
+            .push(order_domain::payment_id(order.order_id));
+        self.customers.push(order.customer_id.clone());
+        self.amounts.push(order.amount.as_decimal());
+        self.statuses.push(if debited {
+            status::DEBITED
+        } else {
+            status::FAILED
+        });
+        self.debit_event_ids
+            .push(debited.then_some(settle.debit_event_id));
+    }
+
+    /// Inserts the rows that are not there yet; returns how many were new.
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<usize, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO payments (order_id, payment_id, customer_id, amount, status, \
+                                   debit_event_id, created_at, updated_at) \
+             SELECT t.order_id, t.payment_id, t.customer_id, t.amount, t.status, t.debit_event_id, \
+                    now(), now() \
+             FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::DECIMAL[], $5::TEXT[], $6::UUID[]) \
+                  AS t(order_id, payment_id, customer_id, amount, status, debit_event_id) \
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(&self.order_ids)
+        .bind(&self.payment_ids)
+        .bind(&self.customers)
+        .bind(&self.amounts)
+        .bind(&self.statuses)
+        .bind(&self.debit_event_ids)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
+    }
 }
 
 /// Gives back the debit of an order the event store saw debited, once: `debited` → `refunded`.

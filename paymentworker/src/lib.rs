@@ -56,12 +56,16 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let worker = self.worker;
-        let handler = move |delivery| {
+        let handler = move |deliveries| {
             let worker = Arc::clone(&worker);
-            async move { worker.handle(delivery).await }
+            async move { worker.handle_batch(deliveries).await }
         };
-        let options = self.config.worker.options();
-        let result = consumer::run_until_stopped(self.nats, NAME, options, handler, shutdown).await;
+        let options = consumer::Options {
+            handles: Some(worker::HANDLES),
+            ..self.config.worker.options()
+        };
+        let result =
+            consumer::run_batches_until_stopped(self.nats, NAME, options, handler, shutdown).await;
         self.pool.close().await;
         result
     }

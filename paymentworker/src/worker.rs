@@ -1,15 +1,32 @@
 //! The message handler: what the payment worker does with each event of the `ORDERS` stream.
+//!
+//! The `created` messages of a batch are paid from the messages alone (a `created` carries the whole
+//! order, and at its version the order is Pending): one paymentsdb transaction records every
+//! decision of the batch, then one `CreateEvents` call appends them, each expecting the `created`'s
+//! version. Only an append that conflicts (the customer cancelled first) reads the order's history,
+//! to undo the debit the order never saw. Rejections and cancellations (the compensation) are rarer
+//! and go one at a time on the order's history.
 
 use anyhow::anyhow;
-use order_domain::{Money, OrderEvent, OrderStatus, caused_event_id, event_type, payment_id};
+use order_domain::{
+    Money, Order, OrderEvent, OrderStatus, caused_event_id, event_type, payment_id,
+};
 use pipeline_runtime::consumer::{Delivery, Failure};
-use pipeline_runtime::eventstore::{ClientError, EventStoreClient};
+use pipeline_runtime::eventstore::{BatchAppend, ClientError, EventStoreClient};
 use pipeline_runtime::stream::EventEnvelope;
 use sqlx::PgPool;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::ledger::{self, Decision, LedgerError, Refund};
+use crate::ledger::{self, Decision, LedgerError, Refund, ToSettle};
 use pipeline_runtime::orders::{self, History};
+
+/// The event types the payment worker acts on; the consumer acks the others unseen.
+pub const HANDLES: &[&str] = &[
+    event_type::CREATED,
+    event_type::REJECTED,
+    event_type::CANCELLED,
+];
 
 /// Everything a message needs; shared by the messages in hand.
 pub struct Worker {
@@ -19,65 +36,145 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn handle(&self, delivery: Delivery) -> Result<(), Failure> {
-        let envelope = &delivery.envelope;
-        match envelope.event_type.as_str() {
-            event_type::CREATED => {
-                orders::decode_message(envelope)?;
-                self.on_created(envelope).await
+    /// Handles a batch: one outcome per delivery, in order. The `created` messages are paid
+    /// together first, then the rejections and cancellations one at a time: a cancel that follows
+    /// its order's `created` in the same batch finds the payment recorded.
+    pub async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Result<(), Failure>> {
+        let mut outcomes: Vec<Option<Result<(), Failure>>> =
+            deliveries.iter().map(|_| None).collect();
+        let mut created = Vec::new();
+        let mut compensations = Vec::new();
+        for (index, delivery) in deliveries.iter().enumerate() {
+            match orders::decode_message(&delivery.envelope) {
+                Ok(OrderEvent::Created(event)) => {
+                    created.push((index, Order::from_created(&event)))
+                }
+                Ok(OrderEvent::Rejected(_) | OrderEvent::Cancelled(_)) => compensations.push(index),
+                Ok(_) => outcomes[index] = Some(Ok(())),
+                Err(failure) => outcomes[index] = Some(Err(failure)),
             }
-            event_type::REJECTED | event_type::CANCELLED => {
-                orders::decode_message(envelope)?;
-                self.on_rejected_or_cancelled(envelope).await
-            }
-            _ => Ok(()),
         }
+        if !created.is_empty() {
+            for (index, outcome) in self.pay(&deliveries, created).await {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        for index in compensations {
+            let delivery = &deliveries[index];
+            let outcome = self
+                .on_rejected_or_cancelled(&delivery.envelope)
+                .instrument(delivery.span.clone())
+                .await;
+            outcomes[index] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Ok(())))
+            .collect()
     }
 
-    /// Pays a Pending order: the debit (or the failure) is recorded in the payments database first,
-    /// then appended; a redelivery reuses the record, so the wallet changes once.
-    #[tracing::instrument(skip_all, fields(order.id = %envelope.aggregate_id))]
-    async fn on_created(&self, envelope: &EventEnvelope) -> Result<(), Failure> {
-        let history = History::load(&self.store, &envelope.aggregate_id).await?;
-        let order = &history.order;
-        if order.status != OrderStatus::Pending {
-            // Decided already, or cancelled before we got to it.
-            return self.void_unseen_debit(&history).await;
-        }
-        let created_id = history
-            .last_of(&[event_type::CREATED])
-            .ok_or_else(|| Failure::dead_letter(anyhow!("order without a created event")))?;
-        let debit_event_id = caused_event_id(created_id, event_type::PAYMENT_DEBITED);
-        let decision = ledger::settle(&self.pool, order, self.initial_credit, debit_event_id)
-            .await
-            .map_err(ledger_failure)?;
-        let payment = payment_id(order.order_id);
-        let event = match decision {
-            Decision::Voided => return Ok(()),
-            Decision::Debited => order.settle_payment(payment, Some(order.amount)),
-            Decision::Failed => order.settle_payment(payment, None),
-        }
-        .map_err(Failure::retry)?;
-        let event_id = caused_event_id(created_id, event.event_type());
-        match self.append(envelope, event_id, &event, order.version).await {
-            Ok(()) => Ok(()),
-            Err(ClientError::Conflict(message)) => {
-                // The order moved on while we decided (the customer cancelled): if it never saw our
-                // debit, the debit is undone here; there is no event to append.
-                let history = History::load(&self.store, &envelope.aggregate_id).await?;
-                if history.order.status == OrderStatus::Pending {
-                    return Err(Failure::retry(anyhow!(
-                        "version conflict on a Pending order: {message}"
-                    )));
-                }
-                tracing::info!(
-                    status = %history.order.status,
-                    "the order moved on before the payment was appended"
-                );
-                self.void_unseen_debit(&history).await
+    /// Pays the Pending orders of `created` (index in the batch, the order its `created` makes):
+    /// every decision is recorded in one paymentsdb transaction first, then appended in one call; a
+    /// redelivery finds its record, so a wallet changes once per order.
+    async fn pay(
+        &self,
+        deliveries: &[Delivery],
+        created: Vec<(usize, Order)>,
+    ) -> Vec<(usize, Result<(), Failure>)> {
+        let batch: Vec<ToSettle> = created
+            .iter()
+            .map(|(index, order)| ToSettle {
+                order: order.clone(),
+                debit_event_id: caused_event_id(
+                    deliveries[*index].envelope.event_id,
+                    event_type::PAYMENT_DEBITED,
+                ),
+            })
+            .collect();
+        let decisions = match ledger::settle_batch(&self.pool, &batch, self.initial_credit).await {
+            Ok(decisions) => decisions,
+            Err(err) => {
+                let failures = ledger_failure(err).for_each(created.len());
+                return created
+                    .into_iter()
+                    .zip(failures)
+                    .map(|((index, _), failure)| (index, Err(failure)))
+                    .collect();
             }
-            Err(err) => Err(orders::store_failure(err)),
+        };
+        let mut results = Vec::with_capacity(created.len());
+        let mut appends = Vec::new();
+        let mut appended_for = Vec::new();
+        for ((index, order), decision) in created.into_iter().zip(decisions) {
+            let delivery = &deliveries[index];
+            let payment = payment_id(order.order_id);
+            let event = match decision {
+                Err(err) => {
+                    results.push((index, Err(ledger_failure(err))));
+                    continue;
+                }
+                // An earlier delivery's debit was voided: the order moved on without it.
+                Ok(Decision::Voided) => {
+                    results.push((index, Ok(())));
+                    continue;
+                }
+                Ok(Decision::Debited) => order.settle_payment(payment, Some(order.amount)),
+                Ok(Decision::Failed) => order.settle_payment(payment, None),
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(refusal) => {
+                    results.push((index, Err(Failure::retry(refusal))));
+                    continue;
+                }
+            };
+            let event_id = caused_event_id(delivery.envelope.event_id, event.event_type());
+            appends.push(BatchAppend {
+                event: orders::caused_event(&delivery.envelope, event_id, &event),
+                expected_version: delivery.envelope.aggregate_version,
+                parent: delivery.span.clone(),
+            });
+            appended_for.push(index);
         }
+        if appends.is_empty() {
+            return results;
+        }
+        let appended = self.store.append_batch(appends).await;
+        for (position, index) in appended_for.into_iter().enumerate() {
+            let delivery = &deliveries[index];
+            let outcome = match &appended {
+                Err(err) => Err(orders::store_failure(err.clone())),
+                Ok(outcomes) => match outcomes.get(position) {
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(ClientError::Conflict(message))) => {
+                        self.after_conflict(&delivery.envelope, message)
+                            .instrument(delivery.span.clone())
+                            .await
+                    }
+                    Some(Err(err)) => Err(orders::store_failure(err.clone())),
+                    None => Err(Failure::retry(anyhow!("no outcome for this append"))),
+                },
+            };
+            results.push((index, outcome));
+        }
+        results
+    }
+
+    /// The payment lost a race: the order is no longer at its `created` version (the customer
+    /// cancelled). If it never saw our decision, the decision is undone here; there is no event to
+    /// append.
+    async fn after_conflict(&self, envelope: &EventEnvelope, message: &str) -> Result<(), Failure> {
+        let history = History::load(&self.store, &envelope.aggregate_id).await?;
+        if history.order.status == OrderStatus::Pending {
+            return Err(Failure::retry(anyhow!(
+                "version conflict on a Pending order: {message}"
+            )));
+        }
+        tracing::info!(
+            status = %history.order.status,
+            "the order moved on before the payment was appended"
+        );
+        self.void_unseen_debit(&history).await
     }
 
     /// Refunds a debited order that was rejected or cancelled, once.

@@ -45,11 +45,11 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let worker = self.worker;
-        let handler = move |delivery| {
+        let handler = move |deliveries| {
             let worker = Arc::clone(&worker);
-            async move { worker.handle(delivery).await }
+            async move { worker.handle_batch(deliveries).await }
         };
         let options = self.config.worker.options();
-        consumer::run_until_stopped(self.nats, NAME, options, handler, shutdown).await
+        consumer::run_batches_until_stopped(self.nats, NAME, options, handler, shutdown).await
     }
 }

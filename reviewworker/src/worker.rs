@@ -1,11 +1,18 @@
 //! The message handler: reviews each paid order once.
+//!
+//! A batch of `paymentdebited` messages is decided from the messages alone (each debit carries the
+//! amount the review needs) and appended in one `CreateEvents` call, each decision expecting the
+//! debit's version: the event store refuses a decision about an order that moved on since (the
+//! customer cancelled). Only such a conflict reads the order's history, to tell a lost race (handled)
+//! from something to retry.
 
 use anyhow::anyhow;
-use order_domain::{Money, OrderStatus, caused_event_id, event_type};
+use order_domain::{Money, OrderEvent, OrderStatus, caused_event_id, review_debit};
 use pipeline_runtime::consumer::{Delivery, Failure};
-use pipeline_runtime::eventstore::{ClientError, EventStoreClient};
+use pipeline_runtime::eventstore::{BatchAppend, ClientError, EventStoreClient};
 use pipeline_runtime::stream::EventEnvelope;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use pipeline_runtime::orders::{self, History};
 
@@ -17,63 +24,85 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn handle(&self, delivery: Delivery) -> Result<(), Failure> {
-        let envelope = &delivery.envelope;
-        if envelope.event_type != event_type::PAYMENT_DEBITED {
-            return Ok(());
-        }
+    /// Reviews a batch: one outcome per delivery, in order.
+    pub async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Result<(), Failure>> {
         if let Some(hold) = &self.hold {
             // Test seam: a closed channel releases the hold too.
             let _ = hold.clone().wait_for(|held| !*held).await;
         }
-        orders::decode_message(envelope)?;
-        self.on_payment_debited(envelope).await
+        let mut outcomes: Vec<Option<Result<(), Failure>>> = Vec::with_capacity(deliveries.len());
+        // (index in the batch, the decision) of every delivery that has one to append.
+        let mut decided = Vec::new();
+        let mut appends = Vec::new();
+        for (index, delivery) in deliveries.iter().enumerate() {
+            let envelope = &delivery.envelope;
+            let debit = match orders::decode_message(envelope) {
+                Ok(OrderEvent::PaymentDebited(debit)) => debit,
+                // Only debits are reviewed (the consumer's filter lets nothing else through).
+                Ok(_) => {
+                    outcomes.push(Some(Ok(())));
+                    continue;
+                }
+                Err(failure) => {
+                    outcomes.push(Some(Err(failure)));
+                    continue;
+                }
+            };
+            let event = review_debit(&debit, self.max_amount);
+            let event_id = caused_event_id(envelope.event_id, event.event_type());
+            appends.push(BatchAppend {
+                event: orders::caused_event(envelope, event_id, &event),
+                expected_version: envelope.aggregate_version,
+                parent: delivery.span.clone(),
+            });
+            decided.push((index, event));
+            outcomes.push(None);
+        }
+        if !appends.is_empty() {
+            let appended = self.store.append_batch(appends).await;
+            for (position, (index, event)) in decided.into_iter().enumerate() {
+                let delivery = &deliveries[index];
+                let result = match &appended {
+                    Err(err) => Err(orders::store_failure(err.clone())),
+                    Ok(results) => match results.get(position) {
+                        Some(Ok(appended)) => {
+                            tracing::debug!(
+                                parent: &delivery.span,
+                                event.type = event.event_type(),
+                                version = appended.version,
+                                duplicate = appended.duplicate,
+                                "reviewed"
+                            );
+                            Ok(())
+                        }
+                        Some(Err(ClientError::Conflict(message))) => {
+                            self.after_conflict(&delivery.envelope, message)
+                                .instrument(delivery.span.clone())
+                                .await
+                        }
+                        Some(Err(err)) => Err(orders::store_failure(err.clone())),
+                        None => Err(Failure::retry(anyhow!("no outcome for this append"))),
+                    },
+                };
+                outcomes[index] = Some(result);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Ok(())))
+            .collect()
     }
 
-    #[tracing::instrument(skip_all, fields(order.id = %envelope.aggregate_id))]
-    async fn on_payment_debited(&self, envelope: &EventEnvelope) -> Result<(), Failure> {
+    /// The decision lost a race: the order is no longer at the debit's version. Cancelled or
+    /// reviewed already is a handled outcome; still Paid is something to retry on the fresh state.
+    async fn after_conflict(&self, envelope: &EventEnvelope, message: &str) -> Result<(), Failure> {
         let history = History::load(&self.store, &envelope.aggregate_id).await?;
-        let order = &history.order;
-        if order.status != OrderStatus::Paid {
-            // Reviewed already, or cancelled before the review: nothing to decide.
-            tracing::debug!(status = %order.status, "not Paid, left alone");
-            return Ok(());
+        if history.order.status == OrderStatus::Paid {
+            return Err(Failure::retry(anyhow!(
+                "version conflict on a Paid order: {message}"
+            )));
         }
-        let cause = history
-            .last_of(&[event_type::PAYMENT_DEBITED])
-            .ok_or_else(|| Failure::dead_letter(anyhow!("a Paid order without its debit")))?;
-        let event = order.review(self.max_amount).map_err(Failure::retry)?;
-        let event_id = caused_event_id(cause, event.event_type());
-        let appended = self
-            .store
-            .append(
-                orders::caused_event(envelope, event_id, &event),
-                order.version,
-            )
-            .await;
-        match appended {
-            Ok(appended) => {
-                tracing::info!(
-                    event.type = event.event_type(),
-                    version = appended.version,
-                    duplicate = appended.duplicate,
-                    "reviewed"
-                );
-                Ok(())
-            }
-            Err(ClientError::Conflict(message)) => {
-                // Lost a race: the customer cancelled first (handled), or something we cannot
-                // explain yet (retry on the fresh state).
-                let history = History::load(&self.store, &envelope.aggregate_id).await?;
-                if history.order.status == OrderStatus::Paid {
-                    return Err(Failure::retry(anyhow!(
-                        "version conflict on a Paid order: {message}"
-                    )));
-                }
-                tracing::info!(status = %history.order.status, "the order moved on before the review");
-                Ok(())
-            }
-            Err(err) => Err(orders::store_failure(err)),
-        }
+        tracing::info!(status = %history.order.status, "the order moved on before the review");
+        Ok(())
     }
 }

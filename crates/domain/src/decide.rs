@@ -30,6 +30,27 @@ pub enum Refusal {
     AlreadyRefunded,
 }
 
+/// Reviews the order that `debited` left Paid, from the event alone (it carries the amount): the
+/// rule of [`Order::review`]. Valid only while the debit is the order's last event, which the caller
+/// makes sure of by appending the decision with the debit's version as the expected version: if the
+/// order moved on (the customer cancelled), that append conflicts and nothing is decided.
+pub fn review_debit(debited: &PaymentDebited, max_amount: Money) -> OrderEvent {
+    review_rule(debited.order_id, debited.amount, max_amount)
+}
+
+/// Approved up to `max_amount` inclusive, rejected above it.
+fn review_rule(order_id: Uuid, amount: Money, max_amount: Money) -> OrderEvent {
+    if amount <= max_amount {
+        Approved { order_id }.into()
+    } else {
+        Rejected {
+            order_id,
+            reason: format!("amount {amount} exceeds the review limit of {max_amount}"),
+        }
+        .into()
+    }
+}
+
 impl Order {
     /// Pays a Pending order from the customer's available balance (`None`: no wallet, so no
     /// funds). Debits when the balance covers the amount, otherwise fails the payment.
@@ -68,21 +89,7 @@ impl Order {
                 status: self.status,
             });
         }
-        Ok(if self.amount <= max_amount {
-            Approved {
-                order_id: self.order_id,
-            }
-            .into()
-        } else {
-            Rejected {
-                order_id: self.order_id,
-                reason: format!(
-                    "amount {} exceeds the review limit of {max_amount}",
-                    self.amount
-                ),
-            }
-            .into()
-        })
+        Ok(review_rule(self.order_id, self.amount, max_amount))
     }
 
     /// Cancels a Pending or Paid order; later it is too late.

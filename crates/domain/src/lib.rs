@@ -10,7 +10,7 @@ mod request;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{INSUFFICIENT_FUNDS, Refusal};
+pub use decide::{INSUFFICIENT_FUNDS, Refusal, review_debit};
 pub use events::{
     AGGREGATE_TYPE, Approved, Cancelled, DecodeError, OrderCreated, OrderEvent, OrderItem,
     PaymentDebited, PaymentFailed, PaymentRefunded, Rejected, event_type,

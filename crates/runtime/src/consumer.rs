@@ -1,7 +1,15 @@
 //! The workers' JetStream consumer loop: ack after the effect committed, nak with a growing delay,
 //! dead letters after too many deliveries, graceful stop.
 //!
-//! A handler gets each message decoded as an [`EventEnvelope`] and answers:
+//! Messages are taken in batches: the loop waits for one message, then takes every message that is
+//! already there, up to [`Options::concurrency`], and hands the whole batch to the handler
+//! ([`run_batches`]), which can commit it in one transaction and append its events in one call. At
+//! low load a batch is one message (no waiting for company); under load batches grow by themselves
+//! while the previous one is handled. One batch is in hand at a time per instance, so the messages of
+//! one aggregate are handled in stream order within an instance. [`run`] keeps the one-message
+//! handler shape, handling a batch's messages concurrently.
+//!
+//! A handler gets each message decoded as an [`EventEnvelope`] and answers, per message:
 //! - `Ok(())`: its effect is committed (or was already there): the message is acked;
 //! - `Err(Failure::Retry)`: a transient failure: `nak` with a delay that grows with the delivery count,
 //!   and after `max_deliveries` deliveries the message goes to the dead letters — unless the failure
@@ -23,8 +31,6 @@ use anyhow::Context as _;
 use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::stream::{ConsumerSpec, EventEnvelope, STREAM};
@@ -58,6 +64,9 @@ pub fn is_outage(err: &anyhow::Error) -> bool {
     })
 }
 
+/// Default of `WORKER_CONCURRENCY`: the largest batch a worker takes.
+pub const DEFAULT_CONCURRENCY: usize = 256;
+
 /// What a handler reports when it could not handle a message.
 #[derive(Debug)]
 pub enum Failure {
@@ -75,6 +84,43 @@ impl Failure {
     pub fn dead_letter(err: impl Into<anyhow::Error>) -> Self {
         Failure::DeadLetter(err.into())
     }
+
+    /// This failure once for each of `count` messages: a batch that failed as a whole. Each copy
+    /// keeps the cause as its source, so [`is_outage`] still sees what failed.
+    pub fn for_each(self, count: usize) -> Vec<Failure> {
+        let (dead, err) = match self {
+            Failure::Retry(err) => (false, err),
+            Failure::DeadLetter(err) => (true, err),
+        };
+        let shared = Arc::new(err);
+        (0..count)
+            .map(|_| {
+                let err = anyhow::Error::new(BatchFailed(Arc::clone(&shared)));
+                if dead {
+                    Failure::DeadLetter(err)
+                } else {
+                    Failure::Retry(err)
+                }
+            })
+            .collect()
+    }
+}
+
+/// The failure of a whole batch, shared by each of its messages.
+#[derive(Debug)]
+struct BatchFailed(Arc<anyhow::Error>);
+
+impl std::fmt::Display for BatchFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the batch failed")
+    }
+}
+
+impl std::error::Error for BatchFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause: &(dyn std::error::Error + Send + Sync + 'static) = &**self.0;
+        Some(cause)
+    }
 }
 
 /// One delivered message.
@@ -85,6 +131,9 @@ pub struct Delivery {
     /// 1 on the first delivery.
     pub delivered: i64,
     pub headers: async_nats::HeaderMap,
+    /// The CONSUMER span of this message (a child of its publish): what the handler does for this
+    /// message, and the events it appends, belong under it. It closes after the ack.
+    pub span: tracing::Span,
 }
 
 /// How a worker consumes.
@@ -92,8 +141,11 @@ pub struct Delivery {
 pub struct Options {
     /// Deliveries before a message that keeps failing is dead-lettered.
     pub max_deliveries: i64,
-    /// Messages handled at the same time by this instance.
+    /// Messages in hand at once by this instance: the largest batch.
     pub concurrency: usize,
+    /// The event types this worker handles; other messages are acked at once, without a span or a
+    /// call of the handler. `None`: every message.
+    pub handles: Option<&'static [&'static str]>,
     /// Delay of the first `nak`; doubled on each delivery, up to `max_delay`.
     pub base_delay: Duration,
     pub max_delay: Duration,
@@ -105,7 +157,8 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             max_deliveries: 5,
-            concurrency: 16,
+            concurrency: DEFAULT_CONCURRENCY,
+            handles: None,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
             grace: Duration::from_secs(10),
@@ -129,8 +182,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_deliveries: i64,
 
-    /// Messages handled at the same time by this instance (`WORKER_CONCURRENCY`).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Messages in hand at once by this instance, taken and committed as one batch
+    /// (`WORKER_CONCURRENCY`).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// Time limit of an event store call (and of getting a database connection, for a worker that
@@ -146,7 +200,7 @@ impl WorkerArgs {
             nats: crate::nats::NatsArgs::new(nats_url),
             eventstore_url: eventstore_url.into(),
             max_deliveries: 5,
-            concurrency: 16,
+            concurrency: DEFAULT_CONCURRENCY as u16,
             timeout_ms: 5000,
         }
     }
@@ -188,8 +242,9 @@ impl Options {
     }
 }
 
-/// A worker's whole run: consumes the durable consumer `name` (see [`run`]) until `shutdown`
-/// resolves, finishes the messages in hand, then flushes what NATS still holds to send.
+/// A worker's whole run with a one-message handler: consumes the durable consumer `name` (see
+/// [`run`]) until `shutdown` resolves, finishes the messages in hand, then flushes what NATS still
+/// holds to send.
 pub async fn run_until_stopped<H, Fut>(
     client: async_nats::Client,
     name: &str,
@@ -201,6 +256,21 @@ where
     H: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Failure>> + Send + 'static,
 {
+    run_batches_until_stopped(client, name, options, one_at_a_time(handler), shutdown).await
+}
+
+/// [`run_until_stopped`] with a batch handler (see [`run_batches`]).
+pub async fn run_batches_until_stopped<H, Fut>(
+    client: async_nats::Client,
+    name: &str,
+    options: Options,
+    handler: H,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    H: Fn(Vec<Delivery>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Result<(), Failure>>> + Send,
+{
     let spec = crate::stream::consumer(name)
         .with_context(|| format!("no consumer is defined for {name}"))?;
     let stop = CancellationToken::new();
@@ -209,7 +279,7 @@ where
         shutdown.await;
         trigger.cancel();
     });
-    let result = run(client.clone(), spec, options, handler, stop).await;
+    let result = run_batches(client.clone(), spec, options, handler, stop).await;
     watcher.abort();
     if let Err(err) = client.flush().await {
         tracing::debug!(error = %err, "NATS flush on stop");
@@ -217,10 +287,26 @@ where
     result
 }
 
-/// Consumes `spec`'s durable consumer until `stop` is cancelled, then finishes the messages in hand.
-///
-/// Waits (retrying) for the stream and the consumer to exist, so a worker may start before NATS or
-/// the bootstrapper; the consumer is created with the shared definition if it is missing.
+/// A batch handler that runs a one-message handler on every message of the batch concurrently.
+fn one_at_a_time<H, Fut>(
+    handler: H,
+) -> impl Fn(Vec<Delivery>) -> futures::future::JoinAll<tracing::instrument::Instrumented<Fut>>
++ Send
++ Sync
++ 'static
+where
+    H: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send + 'static,
+{
+    move |deliveries: Vec<Delivery>| {
+        futures::future::join_all(deliveries.into_iter().map(|delivery| {
+            let span = delivery.span.clone();
+            tracing::Instrument::instrument(handler(delivery), span)
+        }))
+    }
+}
+
+/// [`run_batches`] with a one-message handler.
 pub async fn run<H, Fut>(
     client: async_nats::Client,
     spec: &ConsumerSpec,
@@ -232,9 +318,31 @@ where
     H: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Failure>> + Send + 'static,
 {
+    run_batches(client, spec, options, one_at_a_time(handler), stop).await
+}
+
+/// Consumes `spec`'s durable consumer until `stop` is cancelled, one batch at a time, then finishes
+/// the batch in hand.
+///
+/// `handler` gets the batch's decoded messages (those of the types the worker handles) and answers
+/// one outcome per message, in the same order. Each message is then settled on its own: acked,
+/// `nak`ed or dead-lettered.
+///
+/// Waits (retrying) for the stream and the consumer to exist, so a worker may start before NATS or
+/// the bootstrapper; the consumer is created with the shared definition if it is missing.
+pub async fn run_batches<H, Fut>(
+    client: async_nats::Client,
+    spec: &ConsumerSpec,
+    options: Options,
+    handler: H,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    H: Fn(Vec<Delivery>) -> Fut,
+    Fut: Future<Output = Vec<Result<(), Failure>>>,
+{
     let js = jetstream::new(client.clone());
-    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let mut in_hand = JoinSet::new();
+    let max_batch = options.concurrency.max(1);
     let mut attempt = 0u32;
     'outer: while !stop.is_cancelled() {
         let consumer = tokio::select! {
@@ -252,7 +360,7 @@ where
         // Pull requests lost in a row; the first is a warning, the rest of an outage are not.
         let mut lost = 0u32;
         'pulling: loop {
-            let mut messages = match pull(&consumer).await {
+            let mut messages = match pull(&consumer, max_batch).await {
                 Ok(messages) => messages,
                 Err(err) => {
                     attempt += 1;
@@ -270,27 +378,12 @@ where
                 tracing::info!(consumer = spec.durable, "consuming");
             }
             loop {
-                // Take a permit before pulling the next message, so at most `concurrency` are in hand.
-                let permit = tokio::select! {
-                    () = stop.cancelled() => break 'outer,
-                    permit = Arc::clone(&permits).acquire_owned() => permit.context("semaphore closed")?,
-                };
                 let next = tokio::select! {
                     () = stop.cancelled() => break 'outer,
                     next = messages.next() => next,
                 };
-                match next {
-                    Some(Ok(message)) => {
-                        lost = 0;
-                        let handler = handler.clone();
-                        let options = options.clone();
-                        let js = js.clone();
-                        let worker = spec.durable;
-                        in_hand.spawn(async move {
-                            process(&js, worker, &options, message, handler).await;
-                            drop(permit);
-                        });
-                    }
+                let first = match next {
+                    Some(Ok(message)) => message,
                     Some(Err(err)) if pull_lost(&err) => {
                         // The request died with the consumer's leader, or found none (an election).
                         // The client alone would wait for the request to expire, or after a
@@ -316,6 +409,7 @@ where
                     Some(Err(err)) => {
                         // A failed pull request or the like: the stream sends another by itself.
                         tracing::debug!(error = %err, "pull consumer hiccup");
+                        continue;
                     }
                     None => {
                         tracing::warn!(
@@ -324,31 +418,54 @@ where
                         );
                         continue 'outer;
                     }
+                };
+                lost = 0;
+                // Whatever else is already here joins the batch; nothing waits for more. A message
+                // stream item that is not a message ends the batch and is seen on the next turn.
+                let mut batch = vec![first];
+                while batch.len() < max_batch {
+                    match futures::FutureExt::now_or_never(messages.next()) {
+                        Some(Some(Ok(message))) => batch.push(message),
+                        Some(Some(Err(err))) => {
+                            tracing::debug!(error = %err, "pull consumer hiccup");
+                            break;
+                        }
+                        Some(None) | None => break,
+                    }
                 }
-                while in_hand.try_join_next().is_some() {}
+                // Not raced with `stop`: a batch taken is finished (committed, then acked), within
+                // the grace period.
+                let handled = handle_batch(&js, spec.durable, &options, batch, &handler);
+                let grace_over = async {
+                    stop.cancelled().await;
+                    tokio::time::sleep(options.grace).await;
+                };
+                tokio::select! {
+                    () = handled => {}
+                    () = grace_over => {
+                        tracing::warn!(
+                            consumer = spec.durable,
+                            "grace period over with messages in hand; they will be redelivered"
+                        );
+                        break 'outer;
+                    }
+                }
             }
         }
-    }
-    // Finish what is in hand: its effects commit and its acks go out before we stop.
-    let finished = tokio::time::timeout(options.grace, async {
-        while in_hand.join_next().await.is_some() {}
-    })
-    .await;
-    if finished.is_err() {
-        tracing::warn!(
-            consumer = spec.durable,
-            "grace period over with messages in hand; they will be redelivered"
-        );
     }
     Ok(())
 }
 
-/// A stream of the consumer's messages, whose pull requests ask for an idle heartbeat. Subscribes
-/// and pulls; no JetStream API request, so it works while the consumer is between leaders.
 async fn pull(
     consumer: &PullConsumer,
+    max_batch: usize,
 ) -> Result<jetstream::consumer::pull::Stream, jetstream::consumer::StreamError> {
-    consumer.stream().heartbeat(PULL_HEARTBEAT).messages().await
+    consumer
+        .stream()
+        .max_messages_per_batch(max_batch)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
 }
 
 /// Waits `delay`, then until `client` is connected.
@@ -390,32 +507,117 @@ async fn warn_and_wait(attempt: u32, message: &str, stop: &CancellationToken) {
     }
 }
 
-async fn process<H, Fut>(
+/// Decodes a batch, hands the messages the worker handles to `handler` under their CONSUMER spans,
+/// and settles every message with its outcome.
+async fn handle_batch<H, Fut>(
     js: &jetstream::Context,
     worker: &str,
     options: &Options,
-    message: jetstream::Message,
-    handler: H,
+    batch: Vec<jetstream::Message>,
+    handler: &H,
 ) where
-    H: Fn(Delivery) -> Fut,
-    Fut: Future<Output = Result<(), Failure>>,
+    H: Fn(Vec<Delivery>) -> Fut,
+    Fut: Future<Output = Vec<Result<(), Failure>>>,
 {
-    let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-    let subject = message.subject.to_string();
-    let envelope = match serde_json::from_slice::<EventEnvelope>(&message.payload) {
-        Ok(envelope) => envelope,
-        Err(err) => {
-            let reason = format!("undecodable message: {err}");
-            give_up(js, worker, &message, delivered, &reason).await;
-            return;
+    let mut handled = Vec::with_capacity(batch.len());
+    let mut deliveries = Vec::with_capacity(batch.len());
+    let mut settled = Vec::new();
+    for message in batch {
+        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+        let envelope = match serde_json::from_slice::<EventEnvelope>(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                let reason = format!("undecodable message: {err}");
+                settled.push(Settle::GiveUp(message, delivered, reason));
+                continue;
+            }
+        };
+        if options
+            .handles
+            .is_some_and(|types| !types.contains(&envelope.event_type.as_str()))
+        {
+            settled.push(Settle::Skip(message));
+            continue;
         }
+        let subject = message.subject.to_string();
+        let span = consume_span(worker, &subject, &envelope, delivered);
+        let headers = message.headers.clone().unwrap_or_default();
+        // The CONSUMER span continues the trace of the publish (the relay's PRODUCER span, whose
+        // context is in the headers); a message without headers falls back to the stored context.
+        if !tracecontext::set_parent(&span, &tracecontext::NatsExtractor(&headers)) {
+            tracecontext::set_parent(&span, &tracecontext::MapExtractor(&envelope.metadata));
+        }
+        deliveries.push(Delivery {
+            envelope,
+            subject,
+            delivered,
+            headers,
+            span,
+        });
+        handled.push((message, delivered));
+    }
+    let spans: Vec<tracing::Span> = deliveries.iter().map(|d| d.span.clone()).collect();
+    let outcomes = if deliveries.is_empty() {
+        Vec::new()
+    } else {
+        handler(deliveries).await
     };
-    // The CONSUMER span continues the trace of the publish (the relay's PRODUCER span, whose
-    // context is in the headers); a message without headers falls back to the stored context.
-    let span = tracing::info_span!(
+    let mut outcomes = outcomes.into_iter();
+    let settles = handled
+        .into_iter()
+        .zip(spans)
+        .map(|((message, delivered), span)| {
+            let outcome = outcomes.next().unwrap_or_else(|| {
+                Err(Failure::retry(anyhow::anyhow!(
+                    "the handler gave no outcome for this message"
+                )))
+            });
+            let settle = settle(
+                js,
+                worker,
+                options,
+                message,
+                delivered,
+                outcome,
+                span.clone(),
+            );
+            tracing::Instrument::instrument(settle, span)
+        });
+    let others = settled.into_iter().map(|settle| async move {
+        match settle {
+            Settle::Skip(message) => ack(&message).await,
+            Settle::GiveUp(message, delivered, reason) => {
+                give_up(js, worker, &message, delivered, &reason).await;
+            }
+        }
+    });
+    futures::future::join(
+        futures::future::join_all(settles),
+        futures::future::join_all(others),
+    )
+    .await;
+}
+
+/// A message settled without the handler.
+enum Settle {
+    /// Of a type the worker does not handle: acked.
+    Skip(jetstream::Message),
+    /// Undecodable: dead-lettered.
+    GiveUp(jetstream::Message, i64, String),
+}
+
+/// The CONSUMER span of one message.
+fn consume_span(
+    worker: &str,
+    subject: &str,
+    envelope: &EventEnvelope,
+    delivered: i64,
+) -> tracing::Span {
+    tracing::info_span!(
         "consume",
         otel.name = format!("process {subject}"),
         otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
         messaging.system = "nats",
         messaging.operation.type = "process",
         messaging.destination.name = %subject,
@@ -425,43 +627,29 @@ async fn process<H, Fut>(
         aggregate.id = %envelope.aggregate_id,
         aggregate.version = envelope.aggregate_version,
         delivered,
-    );
-    let headers = message.headers.clone().unwrap_or_default();
-    if !tracecontext::set_parent(&span, &tracecontext::NatsExtractor(&headers)) {
-        tracecontext::set_parent(&span, &tracecontext::MapExtractor(&envelope.metadata));
+    )
+}
+
+/// Acks a message whose effect is committed. A plain ack (no confirmation round trip): an ack that
+/// is lost brings the message back after its ack wait, and the idempotent handler absorbs it.
+async fn ack(message: &jetstream::Message) {
+    if let Err(err) = message.ack().await {
+        tracing::warn!(error = %err, "ack failed; the message will be delivered again");
     }
-    let delivery = Delivery {
-        envelope,
-        subject,
-        delivered,
-        headers,
-    };
-    // The span stays open through the ack, and is entered only while this task runs (a guard held
-    // across an await would make other tasks on this thread its children).
-    let handled = async {
-        let outcome = handler(delivery).await;
-        settle(js, worker, options, &message, delivered, outcome).await;
-    };
-    tracing::Instrument::instrument(handled, span).await;
 }
 
 async fn settle(
     js: &jetstream::Context,
     worker: &str,
     options: &Options,
-    message: &jetstream::Message,
+    message: jetstream::Message,
     delivered: i64,
     outcome: Result<(), Failure>,
+    span: tracing::Span,
 ) {
-    let span = tracing::Span::current();
+    let message = &message;
     match outcome {
-        Ok(()) => {
-            // Double ack: wait until the server took the ack, so a lost ack shows up here as a
-            // redelivery later, which the idempotent handler absorbs.
-            if let Err(err) = message.double_ack().await {
-                tracing::warn!(error = %err, "ack not confirmed; the message may be delivered again");
-            }
-        }
+        Ok(()) => ack(message).await,
         Err(Failure::Retry(err)) if is_outage(&err) => {
             // Not the message's fault: no delivery counts toward its dead letter while this lasts.
             tracecontext::mark_error(&span, format!("{err:#}"));
@@ -556,6 +744,18 @@ mod tests {
         let db_down: Result<(), sqlx::Error> = Err(sqlx::Error::PoolTimedOut);
         let db_down = db_down.context("paymentsdb").expect_err("an error");
         assert!(is_outage(&db_down));
+
+        let copies = Failure::retry(anyhow::Error::from(sqlx::Error::PoolTimedOut)).for_each(3);
+        assert_eq!(copies.len(), 3);
+        for copy in copies {
+            let Failure::Retry(err) = copy else {
+                panic!("a retry stays a retry")
+            };
+            assert!(
+                is_outage(&err),
+                "a batch's outage is each message's: {err:#}"
+            );
+        }
 
         for not_outage in [
             anyhow::Error::from(ClientError::Conflict("at version 3".into())),

@@ -31,6 +31,10 @@ pub fn lazy_pool(
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
+        // No ping before every checkout: it is a round trip per transaction. A connection the
+        // server dropped fails its first statement instead, and that failure is an outage the
+        // caller already retries (an HTTP 503, a `nak`, a batch planned again).
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 
@@ -87,6 +91,22 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Starts a transaction at READ COMMITTED, for a transaction whose races are caught by guards of
+/// its own: row locks taken in a fixed order (`FOR UPDATE … ORDER BY` the key), unique keys with
+/// `ON CONFLICT DO NOTHING` and a check of the rows it changed, version predicates in `WHERE`. Each
+/// caller names its guards where it calls this.
+///
+/// On PostgreSQL this skips the serialization failures (and their retries) that SERIALIZABLE
+/// raises when concurrent batches merely touch the same index pages. CockroachDB runs such a
+/// transaction at SERIALIZABLE unless its cluster enables READ COMMITTED; both are correct here,
+/// and the caller still runs it through [`retry`] for SQLSTATE 40001.
+pub async fn begin_guarded(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await
 }
 
 /// Runs `attempt` until it succeeds, fails with an error that is not a serialization failure, or has

@@ -36,7 +36,7 @@ pub struct Appended {
 }
 
 /// Why the event store refused or could not answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// Optimistic concurrency: the aggregate moved on since it was read.
     #[error("version conflict: {0}")]
@@ -219,16 +219,7 @@ impl EventStoreClient {
         span.record("expected_version", expected_version);
         tracecontext::fill_metadata(&span, &mut event.metadata);
         let request = pb::CreateEventRequest {
-            event: Some(pb::Event {
-                event_id: event.event_id.to_string(),
-                event_type: event.event_type,
-                aggregate_id: event.aggregate_id,
-                aggregate_type: event.aggregate_type,
-                event_data: event.data.to_string(),
-                stream: STREAM.to_owned(),
-                metadata: event.metadata.into_iter().collect(),
-                ..Default::default()
-            }),
+            event: Some(proto_event(event)),
             expected_version,
         };
         let call = async {
@@ -246,6 +237,59 @@ impl EventStoreClient {
             })
         };
         call.instrument(span.clone()).await
+    }
+
+    /// Appends several events in one call (`CreateEvents`), each expecting its own version, each with
+    /// its own outcome, in order. The outer error is a failure of the whole call: nothing was
+    /// decided (safe to retry with the same event ids).
+    ///
+    /// Each event continues the trace of its own `parent` span (the delivery that caused it) unless
+    /// it carries a `traceparent` already: a batch serves many orders, so the call's own span is a
+    /// debug span that belongs to none of their traces.
+    pub async fn append_batch(
+        &self,
+        appends: Vec<BatchAppend>,
+    ) -> Result<Vec<Result<Appended, ClientError>>, ClientError> {
+        let count = appends.len();
+        let span = tracing::debug_span!(
+            "eventstore.call",
+            rpc.method = "CreateEvents",
+            batch.size = count
+        );
+        let events = appends
+            .into_iter()
+            .map(|append| {
+                let BatchAppend {
+                    mut event,
+                    expected_version,
+                    parent,
+                } = append;
+                tracecontext::fill_metadata(&parent, &mut event.metadata);
+                pb::CreateEventRequest {
+                    event: Some(proto_event(event)),
+                    expected_version,
+                }
+            })
+            .collect();
+        let request = pb::CreateEventsRequest { events };
+        let call = async {
+            let outcomes = self
+                .grpc
+                .clone()
+                .create_events(request)
+                .await
+                .map_err(ClientError::from)?
+                .into_inner()
+                .outcomes;
+            if outcomes.len() != count {
+                return Err(ClientError::Other(format!(
+                    "the event store answered {} outcomes for {count} events",
+                    outcomes.len()
+                )));
+            }
+            Ok(outcomes.into_iter().map(outcome).collect())
+        };
+        call.instrument(span).await
     }
 
     /// Every event of one aggregate, in version order (empty when it has none).
@@ -298,6 +342,41 @@ impl EventStoreClient {
             Ok(response.into_inner().events)
         };
         call.instrument(span.clone()).await
+    }
+}
+
+/// One event of [`EventStoreClient::append_batch`].
+#[derive(Debug, Clone)]
+pub struct BatchAppend {
+    pub event: NewEvent,
+    /// The version the aggregate must be at.
+    pub expected_version: i64,
+    /// The span whose trace the event continues.
+    pub parent: tracing::Span,
+}
+
+/// An event to append, as the contract has it.
+fn proto_event(event: NewEvent) -> pb::Event {
+    pb::Event {
+        event_id: event.event_id.to_string(),
+        event_type: event.event_type,
+        aggregate_id: event.aggregate_id,
+        aggregate_type: event.aggregate_type,
+        event_data: event.data.to_string(),
+        stream: STREAM.to_owned(),
+        metadata: event.metadata.into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// One event's outcome of a `CreateEvents` call, as the same errors `CreateEvent` gives.
+fn outcome(outcome: pb::AppendOutcome) -> Result<Appended, ClientError> {
+    match tonic::Code::from_i32(outcome.code) {
+        tonic::Code::Ok => Ok(Appended {
+            version: outcome.aggregate_version,
+            duplicate: outcome.duplicate,
+        }),
+        code => Err(ClientError::from(tonic::Status::new(code, outcome.message))),
     }
 }
 

@@ -134,6 +134,23 @@ fn a_paid_order_above_the_limit_is_rejected_naming_the_limit() {
 }
 
 #[test]
+fn the_review_decided_from_the_debit_alone_is_the_review_of_the_paid_order() {
+    let OrderEvent::PaymentDebited(debit) = debited() else {
+        panic!("debited() is a debit");
+    };
+    for limit in ["100.00", "25.00", "24.99", "0.00"] {
+        let paid = crate::Order::fold(&[created(), debited()])
+            .expect("folds")
+            .expect("has an order");
+        assert_eq!(
+            crate::review_debit(&debit, money(limit)),
+            paid.review(money(limit)).expect("a Paid order is reviewed"),
+            "limit {limit}"
+        );
+    }
+}
+
+#[test]
 fn only_a_paid_order_is_reviewed() {
     for (status, history) in histories() {
         if status == OrderStatus::Paid {
