@@ -53,81 +53,6 @@ pub enum LedgerError {
     Inconsistent(String),
 }
 
-/// Decides the payment of a Pending order, once: the first call debits the wallet (creating it with
-/// `initial_credit` if missing) or records a failure; later calls return the recorded decision.
-#[tracing::instrument(name = "paymentsdb settle", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", order.id = %order.order_id))]
-pub async fn settle(
-    pool: &PgPool,
-    order: &Order,
-    initial_credit: Money,
-    debit_event_id: Uuid,
-) -> Result<Decision, LedgerError> {
-    db::retry(|| async move {
-        let mut tx = pool.begin().await?;
-        if let Some(recorded) = recorded_status(&mut tx, order.order_id).await? {
-            tx.rollback().await?;
-            return Ok(match recorded.as_str() {
-                status::DEBITED | status::REFUNDED => Ok(Decision::Debited),
-                status::FAILED => Ok(Decision::Failed),
-                status::VOIDED => Ok(Decision::Voided),
-                other => Err(LedgerError::Inconsistent(format!(
-                    "payment of order {} has unknown status {other:?}",
-                    order.order_id
-                ))),
-            });
-        }
-        sqlx::query(
-            "INSERT INTO wallets (customer_id, balance, created_at, updated_at) \
-             VALUES ($1, $2, now(), now()) ON CONFLICT (customer_id) DO NOTHING",
-        )
-        .bind(&order.customer_id)
-        .bind(initial_credit.as_decimal())
-        .execute(&mut *tx)
-        .await?;
-        let (balance,): (Decimal,) =
-            sqlx::query_as("SELECT balance FROM wallets WHERE customer_id = $1 FOR UPDATE")
-                .bind(&order.customer_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        // A balance that is not Money (negative) covers nothing.
-        let funds = Money::from_decimal(balance).ok();
-        let debited = funds.is_some_and(|funds| funds >= order.amount);
-        if debited {
-            sqlx::query(
-                "UPDATE wallets SET balance = balance - $2, updated_at = now() \
-                 WHERE customer_id = $1",
-            )
-            .bind(&order.customer_id)
-            .bind(order.amount.as_decimal())
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query(
-            "INSERT INTO payments (order_id, payment_id, customer_id, amount, status, \
-             debit_event_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, now(), now())",
-        )
-        .bind(order.order_id)
-        .bind(order_domain::payment_id(order.order_id))
-        .bind(&order.customer_id)
-        .bind(order.amount.as_decimal())
-        .bind(if debited {
-            status::DEBITED
-        } else {
-            status::FAILED
-        })
-        .bind(debited.then_some(debit_event_id))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(if debited {
-            Decision::Debited
-        } else {
-            Decision::Failed
-        }))
-    })
-    .await?
-}
-
 /// One Pending order of a batch to pay: the order and the id its `paymentdebited` event gets.
 #[derive(Debug, Clone)]
 pub struct ToSettle {
@@ -135,9 +60,11 @@ pub struct ToSettle {
     pub debit_event_id: Uuid,
 }
 
-/// [`settle`] for a batch of orders in one transaction: one decision per order, in order. Orders
-/// of one customer are paid in batch order from the same wallet; an order that appears twice gets
-/// the same decision twice.
+/// Decides the payments of a batch of Pending orders in one transaction, once each: the first
+/// decision debits the wallet (created with `initial_credit` if missing) or records a failure;
+/// later ones return the recorded decision. One decision per order, in order; orders of one
+/// customer are paid in batch order from the same wallet; an order that appears twice gets the same
+/// decision twice.
 ///
 /// Guards (the transaction runs at READ COMMITTED, see [`db::begin_guarded`]):
 /// - the wallets of the batch are locked `FOR UPDATE` in `customer_id` order, so their balances
@@ -420,17 +347,6 @@ async fn mark_voided(tx: &mut Transaction<'_, Postgres>, order_id: Uuid) -> sqlx
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-async fn recorded_status(
-    tx: &mut Transaction<'_, Postgres>,
-    order_id: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM payments WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(row.map(|(status,)| status))
 }
 
 /// The order's payment (status, customer, amount), locked until the transaction ends.

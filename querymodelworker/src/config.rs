@@ -38,8 +38,9 @@ pub struct Config {
           value_parser = clap::value_parser!(i64).range(1..=1000), global = true)]
     pub max_deliveries: i64,
 
-    /// Messages handled at the same time by this instance (`WORKER_CONCURRENCY`).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16,
+    /// Messages in hand at once by this instance, taken and committed as one batch
+    /// (`WORKER_CONCURRENCY`).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = consumer::DEFAULT_CONCURRENCY as u16,
           value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub worker_concurrency: u16,
 
@@ -61,7 +62,7 @@ impl Config {
             eventstore_url: eventstore_url.into(),
             orders_database_url: orders_database_url.into(),
             max_deliveries: 5,
-            worker_concurrency: 16,
+            worker_concurrency: consumer::DEFAULT_CONCURRENCY as u16,
         }
     }
 

@@ -26,6 +26,21 @@ pub fn dead_letter_subject(worker: &str) -> String {
     format!("{DEAD_LETTER_STREAM}.{worker}")
 }
 
+/// Core NATS subject (no stream: nothing is stored) on which querymodelworker says, after each
+/// commit, which orders of the read model moved and to which version. Readers that wait for the
+/// read model (ordersvc's `min_version`, `orderctl load`) listen here instead of re-reading it; a
+/// lost notice only delays them until their slow re-read.
+pub const READ_MODEL_SUBJECT: &str = "READMODEL.orders";
+
+/// One order of a [`READ_MODEL_SUBJECT`] notice: the read model holds `order_id` at `version`, the
+/// last event applied being of `event_type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadModelChange {
+    pub order_id: uuid::Uuid,
+    pub version: i64,
+    pub event_type: String,
+}
+
 /// Message headers set by the event store's outbox relay on every published event.
 pub mod headers {
     /// JetStream's de-duplication header; always the event id.

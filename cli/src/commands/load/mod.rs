@@ -90,6 +90,9 @@ pub struct Options {
     pub trackers: usize,
     pub settle: Duration,
     pub retries: u32,
+    /// A NATS client to learn final statuses from querymodelworker's notices
+    /// ([`pipeline_runtime::stream::READ_MODEL_SUBJECT`]) instead of re-reading the API.
+    pub notices: Option<async_nats::Client>,
 }
 
 impl Load {
@@ -107,12 +110,28 @@ impl Load {
             trackers: self.trackers as usize,
             settle: self.settle,
             retries: self.retries,
+            notices: None,
         }
     }
 
     pub async fn run(&self, endpoints: &Endpoints, out: &mut impl Write) -> anyhow::Result<()> {
         let api = endpoints.api()?;
-        let options = self.options();
+        let mut options = self.options();
+        // The final status comes from querymodelworker's notices when NATS answers: following an
+        // order then costs the pipeline nothing. Without NATS, from re-reading the API.
+        options.notices = match pipeline_runtime::nats::connect(
+            &endpoints.nats,
+            "orderctl",
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(client) => Some(client),
+            Err(err) => {
+                eprintln!("no read-model notices ({err:#}): following orders through the API");
+                None
+            }
+        };
         let progress = progress_bar(&options);
         // The first Ctrl-C stops sending (orders placed are still followed, for at most `settle`),
         // the second stops waiting; the report comes either way.
@@ -204,6 +223,19 @@ pub async fn run(
     let run_id = Uuid::new_v4().simple().to_string();
     let prefix = format!("load-{}", &run_id[..8]);
 
+    let watcher = match &options.notices {
+        Some(client) => match Finals::watch(client).await {
+            Ok(finals) => Some(finals),
+            Err(err) => {
+                eprintln!(
+                    "cannot subscribe to read-model notices ({err:#}): following orders through the API"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    record(&samples, |s| s.followed_by_notices = watcher.is_some());
     let ticker = tokio::spawn(show_progress(progress.clone(), Arc::clone(&counters)));
     let deadline = match options.stop {
         Stop::After(duration) => Some(start + duration),
@@ -253,6 +285,7 @@ pub async fn run(
             samples: Arc::clone(&samples),
             counters: Arc::clone(&counters),
             start,
+            finals: watcher.clone(),
         };
         let trackers_allowed = Arc::clone(&trackers_allowed);
         let trackers = Arc::clone(&trackers);
@@ -332,6 +365,108 @@ struct Order {
     samples: Shared,
     counters: Arc<Counters>,
     start: Instant,
+    finals: Option<Finals>,
+}
+
+/// Event types after which an order is final in the read model.
+const FINAL_EVENTS: &[&str] = &[
+    "approved",
+    "paymentfailed",
+    "rejected",
+    "cancelled",
+    "paymentrefunded",
+];
+
+/// When each order became final in the read model, from querymodelworker's notices: one
+/// subscription for the whole run, so following an order costs the pipeline nothing.
+#[derive(Clone)]
+struct Finals {
+    seen: Arc<Mutex<std::collections::HashMap<Uuid, (String, Instant)>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Finals {
+    async fn watch(client: &async_nats::Client) -> anyhow::Result<Finals> {
+        use futures::StreamExt as _;
+        let mut subscription = client
+            .subscribe(pipeline_runtime::stream::READ_MODEL_SUBJECT)
+            .await?;
+        // The subscription is live once the server has it.
+        client.flush().await?;
+        let finals = Finals {
+            seen: Arc::default(),
+            changed: Arc::default(),
+        };
+        let writer = finals.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                let now = Instant::now();
+                let Ok(changes) = serde_json::from_slice::<
+                    Vec<pipeline_runtime::stream::ReadModelChange>,
+                >(&message.payload) else {
+                    continue;
+                };
+                let mut seen = writer.seen.lock().unwrap_or_else(PoisonError::into_inner);
+                for change in changes {
+                    if FINAL_EVENTS.contains(&change.event_type.as_str()) {
+                        seen.entry(change.order_id)
+                            .or_insert((status_after(&change.event_type), now));
+                    }
+                }
+                drop(seen);
+                writer.changed.notify_waiters();
+            }
+        });
+        Ok(finals)
+    }
+
+    fn get(&self, order_id: Uuid) -> Option<(String, Instant)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&order_id)
+            .cloned()
+    }
+
+    /// Waits for the order's final notice; after `patience` without it, asks the API once (a lost
+    /// notice), then waits again.
+    async fn wait(&self, api: &ApiClient, order_id: Uuid, patience: Duration) -> (String, Instant) {
+        loop {
+            let deadline = Instant::now() + patience;
+            loop {
+                let changed = self.changed.notified();
+                if let Some(found) = self.get(order_id) {
+                    return found;
+                }
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            if let Ok(order) = api.get(order_id, None).await {
+                let status = order
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if is_final(status) {
+                    return (status.to_owned(), Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// The status an order has after its final event.
+fn status_after(event_type: &str) -> String {
+    match event_type {
+        "approved" => "Approved",
+        "paymentfailed" => "PaymentFailed",
+        "rejected" => "Rejected",
+        "cancelled" => "Cancelled",
+        // A refund follows a rejection or a cancellation; the status stays what it was.
+        _ => "Refunded",
+    }
+    .to_owned()
 }
 
 impl Order {
@@ -386,6 +521,14 @@ impl Order {
         give_up: CancellationToken,
     ) {
         let followed = async {
+            if let Some(finals) = &self.finals {
+                // A notice that was lost is made up for by one read after this long.
+                return Some(
+                    finals
+                        .wait(&self.api, order_id, Duration::from_secs(10))
+                        .await,
+                );
+            }
             let _permit = allowed.acquire_owned().await.ok()?;
             // Version 1 is the created order (Pending); any final status comes later.
             let mut next = 2;

@@ -25,6 +25,8 @@ pub struct Samples {
     pub post_window: Duration,
     /// Run start → last order seen final.
     pub final_window: Duration,
+    /// Final statuses came from querymodelworker's notices (true) or from re-reading the API.
+    pub followed_by_notices: bool,
 }
 
 impl Samples {
@@ -116,6 +118,9 @@ pub struct Report {
     pub final_by_status: BTreeMap<String, u64>,
     pub not_final: u64,
     pub retries: u64,
+    /// How the final statuses were learnt: `notices` (querymodelworker's, costing the pipeline
+    /// nothing) or `api` (re-reading the order with `min_version`, which loads what it measures).
+    pub followed_by: String,
     /// POST: accepted orders, accepted per second, time to the 201.
     pub post: Phase,
     /// POST → final: orders seen final, per second, time from the POST to the final status.
@@ -141,6 +146,12 @@ impl Report {
                 .collect(),
             not_final: samples.not_final,
             retries: samples.retries,
+            followed_by: if samples.followed_by_notices {
+                "notices"
+            } else {
+                "api"
+            }
+            .to_owned(),
             post: Phase::new(&samples.post_latencies, samples.post_window),
             post_to_final: Phase::new(&all_final, samples.final_window),
         }
@@ -222,6 +233,7 @@ impl Report {
         );
         let _ = writeln!(out, "not final     {}", self.not_final);
         let _ = writeln!(out, "retries       {}", self.retries);
+        let _ = writeln!(out, "final seen by {}", self.followed_by);
         let _ = writeln!(
             out,
             "\n{:<14}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}",
