@@ -978,8 +978,11 @@ async fn plans(url: &str) -> anyhow::Result<Vec<String>> {
         "PREPARE current_versions(TEXT[]) AS SELECT aggregate_id, MAX(aggregate_version) FROM events \
          WHERE aggregate_id = ANY($1) GROUP BY aggregate_id; \
          PREPARE by_ids(UUID[]) AS SELECT event_id FROM events WHERE event_id = ANY($1); \
-         PREPARE claim(INT8) AS SELECT event_id, aggregate_id, aggregate_version FROM outbox \
-         ORDER BY created_at, aggregate_id, aggregate_version LIMIT $1 FOR UPDATE SKIP LOCKED",
+         PREPARE claim(INT8, UUID[], INT8) AS UPDATE outbox SET created_at = now() WHERE event_id IN ( \
+         SELECT event_id FROM outbox \
+         WHERE created_at <= now() - $1 * INTERVAL '1 millisecond' OR event_id = ANY($2) \
+         ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         RETURNING event_id, aggregate_id, aggregate_version",
     )
     .await
     .context("prepare the statements to explain")?;
@@ -998,7 +1001,8 @@ async fn plans(url: &str) -> anyhow::Result<Vec<String>> {
         for (name, args) in [
             ("current_versions", aggregates.as_str()),
             ("by_ids", ids.as_str()),
-            ("claim", "512"),
+            // EXPLAIN without ANALYZE does not run the UPDATE.
+            ("claim", "6000, '{}', 512"),
         ] {
             let plan: Vec<String> =
                 sqlx::query_scalar(&format!("EXPLAIN (COSTS OFF) EXECUTE {name}({args})"))

@@ -43,7 +43,8 @@ pub struct Config {
     #[arg(long, env = "EVENTSTORE_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
 
-    /// Appends committed together in one transaction, at most (group commit).
+    /// Events committed together in one transaction, at most (group commit). A `CreateEvents` call
+    /// is never split: one with more events commits alone.
     #[arg(long, env = "EVENTSTORE_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub batch_size: u16,
 
@@ -53,7 +54,9 @@ pub struct Config {
     #[arg(long, env = "EVENTSTORE_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     pub batch_workers: u8,
 
-    /// How often the outbox relay sweeps for events not yet published, in milliseconds.
+    /// How often the outbox relay sweeps for events its memory path did not publish, in
+    /// milliseconds. Rows older than twice this (or twice `EVENTSTORE_TIMEOUT_MS`, if longer) are
+    /// taken by any instance's sweep.
     #[arg(long, env = "EVENTSTORE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
 

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::appender::Appender;
 use crate::error::StoreError;
-use crate::model::{Limits, NewEvent, StoredEvent};
+use crate::model::{Appended, Limits, MAX_BATCH_EVENTS, NewEvent, StoredEvent};
 use crate::store;
 
 /// Rows read per query by streaming reads.
@@ -58,7 +58,7 @@ impl EventStoreService {
 
 #[tonic::async_trait]
 impl pb::event_store_server::EventStore for EventStoreService {
-    #[tracing::instrument(skip_all, fields(event.id, event.type, aggregate.id, aggregate.version))]
+    // No span of its own: the server span (`server_span`) carries the event's fields.
     async fn create_event(
         &self,
         request: Request<pb::CreateEventRequest>,
@@ -71,32 +71,85 @@ impl pb::event_store_server::EventStore for EventStoreService {
         // A client that did not put its trace context into the event gets this request's, so the
         // outbox relay still continues the trace.
         tracecontext::fill_metadata(&span, &mut event.metadata);
-        // The group commit runs elsewhere; this span is this event's wait for its transaction.
-        let commit = tracing::info_span!(
-            "append",
-            otel.name = "INSERT eventstoredb.events",
-            otel.kind = "client",
-            db.system = "postgresql",
-            db.operation.name = "INSERT",
-            db.collection.name = "events",
-        );
+        let commit = append_span(1);
         let appended = self
             .appender
             .append(event)
             .instrument(commit.clone())
             .await
-            .inspect_err(|err| {
-                if matches!(err, StoreError::Unavailable(_) | StoreError::Internal(_)) {
-                    tracecontext::mark_error(&commit, err.to_string());
-                }
-            })?;
+            .inspect_err(|err| mark_append_error(&commit, err))?;
         span.record("aggregate.version", appended.version);
+        tracing::debug!(
+            aggregate.version = appended.version,
+            duplicate = appended.duplicate,
+            "appended"
+        );
         Ok(Response::new(pb::CreateEventResponse {
             is_success: true,
             error: String::new(),
             aggregate_version: appended.version,
             duplicate: appended.duplicate,
         }))
+    }
+
+    async fn create_events(
+        &self,
+        request: Request<pb::CreateEventsRequest>,
+    ) -> Result<Response<pb::CreateEventsResponse>, Status> {
+        let requests = request.into_inner().events;
+        if requests.is_empty() {
+            return Err(Status::invalid_argument(
+                "events is empty: send at least one event",
+            ));
+        }
+        if requests.len() > MAX_BATCH_EVENTS {
+            return Err(Status::invalid_argument(format!(
+                "{} events in one call, more than the limit of {MAX_BATCH_EVENTS}",
+                requests.len()
+            )));
+        }
+        let span = tracing::Span::current();
+        span.record("batch.size", requests.len());
+        let mut outcomes: Vec<Option<pb::AppendOutcome>> = vec![None; requests.len()];
+        let mut positions = Vec::with_capacity(requests.len());
+        let mut valid = Vec::with_capacity(requests.len());
+        for (position, request) in requests.into_iter().enumerate() {
+            match NewEvent::from_request(request, self.limits) {
+                Ok(mut event) => {
+                    tracecontext::fill_metadata(&span, &mut event.metadata);
+                    positions.push(position);
+                    valid.push(event);
+                }
+                Err(err) => outcomes[position] = Some(outcome(Err(err))),
+            }
+        }
+        if !valid.is_empty() {
+            let commit = append_span(valid.len());
+            // Only a refusal of the whole job (queue full, stopping) fails the call: then nothing
+            // was appended.
+            let appended = self
+                .appender
+                .append_all(valid)
+                .instrument(commit.clone())
+                .await
+                .inspect_err(|err| mark_append_error(&commit, err))?;
+            if let Some(err) = appended.iter().find_map(|o| o.as_ref().err()) {
+                mark_append_error(&commit, err);
+            }
+            for (position, appended) in positions.into_iter().zip(appended) {
+                outcomes[position] = Some(outcome(appended));
+            }
+        }
+        let outcomes: Vec<pb::AppendOutcome> = outcomes.into_iter().flatten().collect();
+        tracing::debug!(
+            appended = outcomes
+                .iter()
+                .filter(|o| o.code == 0 && !o.duplicate)
+                .count(),
+            refused = outcomes.iter().filter(|o| o.code != 0).count(),
+            "appended a batch"
+        );
+        Ok(Response::new(pb::CreateEventsResponse { outcomes }))
     }
 
     #[tracing::instrument(skip_all, fields(event.id, aggregate.id))]
@@ -191,8 +244,67 @@ impl pb::event_store_server::EventStore for EventStoreService {
     }
 }
 
+/// The CLIENT span of one request's wait for its group commit (which runs elsewhere, for many
+/// requests at once).
+fn append_span(events: usize) -> tracing::Span {
+    tracing::info_span!(
+        "append",
+        otel.name = "INSERT eventstoredb.events",
+        otel.kind = "client",
+        db.system = "postgresql",
+        db.operation.name = "INSERT",
+        db.collection.name = "events",
+        db.operation.batch.size = events,
+    )
+}
+
+/// Marks the append span failed when the database failed it (not for a conflict or a duplicate,
+/// which are answers).
+fn mark_append_error(span: &tracing::Span, err: &StoreError) {
+    if matches!(err, StoreError::Unavailable(_) | StoreError::Internal(_)) {
+        tracecontext::mark_error(span, err.to_string());
+    }
+}
+
+/// The outcome of one event of a `CreateEvents` call (google.rpc.Code values).
+fn outcome(result: Result<Appended, StoreError>) -> pb::AppendOutcome {
+    let refused = |code: tonic::Code, message: String| pb::AppendOutcome {
+        code: code as i32,
+        message,
+        ..Default::default()
+    };
+    match result {
+        Ok(appended) => pb::AppendOutcome {
+            code: tonic::Code::Ok as i32,
+            message: String::new(),
+            aggregate_version: appended.version,
+            duplicate: appended.duplicate,
+        },
+        Err(err @ StoreError::InvalidArgument(_)) => {
+            refused(tonic::Code::InvalidArgument, err.to_string())
+        }
+        Err(err @ StoreError::VersionConflict { .. }) => {
+            refused(tonic::Code::FailedPrecondition, err.to_string())
+        }
+        Err(err @ StoreError::AlreadyExists(_)) => {
+            refused(tonic::Code::AlreadyExists, err.to_string())
+        }
+        Err(
+            err @ (StoreError::Unavailable(_)
+            | StoreError::Overloaded(_)
+            | StoreError::ShuttingDown),
+        ) => refused(tonic::Code::Unavailable, err.to_string()),
+        // Logged where it happened (`StoreError::from_sql`); the client learns only that it may retry.
+        Err(StoreError::Internal(_)) => refused(
+            tonic::Code::Unavailable,
+            "internal error in the event store; retry with the same event_id".into(),
+        ),
+    }
+}
+
 /// The SERVER span of one gRPC request (OpenTelemetry RPC conventions), a child of the caller's
-/// trace context when the request's metadata carries one.
+/// trace context when the request's metadata carries one. Appends record their event on it (and
+/// have no handler span of their own).
 pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
     let (service, method) = path
@@ -206,6 +318,11 @@ pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span
         rpc.system = "grpc",
         rpc.service = service,
         rpc.method = method,
+        event.id = tracing::field::Empty,
+        event.type = tracing::field::Empty,
+        aggregate.id = tracing::field::Empty,
+        aggregate.version = tracing::field::Empty,
+        batch.size = tracing::field::Empty,
     );
     tracecontext::set_parent(&span, &tracecontext::HeaderExtractor(request.headers()));
     span

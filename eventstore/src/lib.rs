@@ -10,14 +10,13 @@ mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use eventstore_proto::event_store_server::EventStoreServer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 
@@ -33,6 +32,8 @@ use crate::relay::Relay;
 /// Largest gRPC message accepted: the event size limit plus room for the envelope, so an oversized
 /// event is refused by our validation with a clear message rather than by the transport.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Committed batches waiting for the relay's memory path; when it is full, the sweep publishes.
+const RELAY_QUEUE: usize = 1024;
 /// How long the whole stop may take once the shutdown signal arrived.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -101,15 +102,19 @@ impl App {
                 .tls_config(tls)
                 .context("EVENTSTORE_TLS_CERT / EVENTSTORE_TLS_KEY")?;
         }
-        let signals = CommitSignals {
-            outbox: Arc::new(Notify::new()),
-            commits: watch::channel(0).0,
-        };
+        let commits = watch::channel(0).0;
+        let followers = commits.subscribe();
+        // Only the appender's workers hold the sender: the relay sees the channel close once they
+        // committed everything queued.
+        let (committed_sender, committed) = mpsc::channel(RELAY_QUEUE);
         let (appender, mut workers) = Appender::start(
             pool.clone(),
             usize::from(config.batch_workers),
             usize::from(config.batch_size),
-            signals.clone(),
+            CommitSignals {
+                relay: committed_sender,
+                commits,
+            },
         );
 
         let stop_relay = CancellationToken::new();
@@ -119,7 +124,7 @@ impl App {
             pool: pool.clone(),
             nats: nats.clone(),
             jetstream,
-            wake: Arc::clone(&signals.outbox),
+            committed,
             sweep_interval: config.sweep_interval(),
             publish_timeout: config.timeout(),
         };
@@ -136,7 +141,7 @@ impl App {
             Limits {
                 max_event_bytes: config.max_event_bytes,
             },
-            signals.commits.subscribe(),
+            followers,
             stop_streams.clone(),
         );
         let server = builder

@@ -11,6 +11,9 @@ use crate::error::StoreError;
 /// Streams the store accepts events for. An event of type `t` in stream `S` is published on `S.t`.
 pub const KNOWN_STREAMS: &[&str] = &[pipeline_runtime::stream::STREAM];
 
+/// Most events one `CreateEvents` call may carry.
+pub const MAX_BATCH_EVENTS: usize = 1024;
+
 /// Bounds on what one append may carry.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -149,6 +152,21 @@ impl NewEvent {
 type Content<'a> = (&'a str, &'a str, &'a str, &'a str, &'a serde_json::Value);
 
 impl StoredEvent {
+    /// The event as the append transaction stored it at `version`, committed at `created_at`.
+    pub fn from_new(event: NewEvent, version: i64, created_at: OffsetDateTime) -> Self {
+        StoredEvent {
+            event_id: event.event_id,
+            event_type: event.event_type,
+            aggregate_id: event.aggregate_id,
+            aggregate_type: event.aggregate_type,
+            aggregate_version: version,
+            stream: event.stream,
+            event_data: event.event_data,
+            metadata: event.metadata,
+            created_at,
+        }
+    }
+
     fn content(&self) -> Content<'_> {
         (
             &self.event_type,

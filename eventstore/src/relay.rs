@@ -2,15 +2,38 @@
 //!
 //! Every append writes an outbox row in the same transaction as the event, so an event is never
 //! committed without being (eventually) published, even if the process dies right after the commit.
-//! The relay claims rows with `FOR UPDATE SKIP LOCKED` (several event store instances share the outbox),
-//! publishes them with `Nats-Msg-Id = event_id` (JetStream drops a republished event within its
-//! duplicate window), and deletes a row only after JetStream acknowledged it.
+//! Events go out with `Nats-Msg-Id = event_id` (JetStream drops a republished event within its
+//! duplicate window), and a row is deleted only after JetStream acknowledged its event.
 //!
-//! Aggregate order: a row is published only when every lower version of its aggregate has left the
-//! outbox or is claimed by this same pass, and one aggregate's events are published one after another.
+//! Two paths publish:
+//!
+//! - **Memory.** The appender hands over what each transaction inserted. The relay takes everything
+//!   queued and publishes it pipelined: every aggregate's first event of the batch in one round (all
+//!   sent, then all acks awaited), the second ones in the next round, and so on. Acked rows are
+//!   deleted in batches by one statement, off the publishing loop. No transaction spans a publish.
+//! - **Sweep**, on start, every `sweep_interval`, soon after the memory path deferred something, and
+//!   once more on stop. It claims, in one `UPDATE … WHERE event_id IN (SELECT … FOR UPDATE SKIP
+//!   LOCKED) RETURNING`, the rows this relay holds (deferred or claimed before) and the *ripe* rows,
+//!   older than twice the publish timeout (or sweep interval, if longer), which the memory path of
+//!   whatever instance wrote them evidently missed (on start: every row). The claim sets the row's
+//!   `created_at` to now, which makes `created_at` the time the row was last claimed: for the next
+//!   ripe period no other instance's sweep takes it (its holder renews the claim every sweep), and
+//!   an instance that dies leaves it ripe again. The sweep then publishes the claimed rows in rounds
+//!   like the memory path.
+//!
+//! **Aggregate order, with any number of instances and both paths:** version `v > 1` of an aggregate
+//! is published only after its publisher has seen version `v - 1` acknowledged by JetStream: its own
+//! ack (the memory path keeps a bounded map aggregate → highest version it saw acked, and a round
+//! follows its chain's previous round), or `v - 1`'s outbox row being gone, since rows are deleted
+//! only after an ack (the memory path asks `MIN(aggregate_version)` of the outbox for aggregates its
+//! map does not know; the sweep publishes a row only in the run of versions starting at the lowest
+//! one left, see [`publishable`]). So when `v` is sent, `v - 1` is already in the stream. Two
+//! publishers of the same row (a claim that overlapped, a start-up sweep) only send a copy that
+//! JetStream drops by its `Nats-Msg-Id`. An event that cannot go out now (a lower version still in
+//! the outbox, a failed publish and the rest of its aggregate's chain) stays in the outbox, held by
+//! this relay for its next sweep.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -18,30 +41,56 @@ use futures::future::join_all;
 use pipeline_runtime::stream::headers;
 use pipeline_runtime::tracecontext;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::model::StoredEvent;
 
-/// Outbox rows claimed per pass.
+/// Outbox rows claimed per sweep pass.
 const CLAIM_LIMIT: i64 = 512;
+/// Sweep passes in a row before the memory path gets a turn.
+const PASSES_PER_SWEEP: usize = 8;
+/// Events the memory path takes from its queue per batch (more when one handed-over batch is bigger).
+const MEMORY_BATCH: usize = 4096;
+/// Publishes awaiting their ack at once (async-nats allows 5000 before `publish` itself waits).
+const MAX_IN_FLIGHT: usize = 1024;
+/// Aggregates whose last acked version the relay remembers; the map is cleared when full (an
+/// aggregate it forgot costs one outbox lookup).
+const ACKED_CAPACITY: usize = 100_000;
+/// Outbox rows the relay holds for its sweep at most; beyond, rows wait until they are ripe.
+const HELD_CAPACITY: usize = 16_384;
+/// First delay before a sweep retries held rows; doubles up to the sweep interval.
+const HELD_RETRY: Duration = Duration::from_millis(20);
+/// Wait before retrying a failed delete of acked rows.
+const DELETE_RETRY: Duration = Duration::from_millis(500);
 
 pub struct Relay {
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub jetstream: jetstream::Context,
-    pub wake: Arc<Notify>,
+    /// What the appender committed; closed when the appender stops.
+    pub committed: mpsc::Receiver<Vec<StoredEvent>>,
     pub sweep_interval: Duration,
     pub publish_timeout: Duration,
 }
 
-/// What one pass did.
+/// What one sweep pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
     pub claimed: usize,
     pub published: usize,
+}
+
+/// Which outbox rows a sweep claims besides those the relay holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Rows older than [`Relay::ripe`]: missed by the memory path that should have published them.
+    Ripe,
+    /// Every row: on start, when rows of a crashed predecessor wait.
+    Everything,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,181 +101,330 @@ enum RelayError {
     Sql(#[from] sqlx::Error),
 }
 
+/// The relay's memory between batches.
+struct State {
+    /// Aggregate → highest version this relay saw acked.
+    acked: HashMap<String, i64>,
+    /// Outbox rows this relay owes a publish: deferred by the memory path or claimed by a sweep.
+    held: HashSet<Uuid>,
+    /// Acked event ids, to the task that deletes their rows.
+    deletes: mpsc::UnboundedSender<Vec<Uuid>>,
+    /// When the next sweep runs.
+    next_sweep: Instant,
+    /// Delay of the next retry of held rows.
+    held_retry: Duration,
+    /// False during an outage, so that it is logged once.
+    healthy: bool,
+}
+
+/// What publishing some chains did.
+#[derive(Default)]
+struct Published {
+    acked: Vec<(Uuid, String, i64)>,
+    /// Failed, or behind a failure in their aggregate's chain.
+    failed: Vec<Uuid>,
+}
+
+impl State {
+    fn record(&mut self, published: Published) {
+        let mut ids = Vec::with_capacity(published.acked.len());
+        for (id, aggregate, version) in published.acked {
+            self.held.remove(&id);
+            if self.acked.len() >= ACKED_CAPACITY && !self.acked.contains_key(&aggregate) {
+                self.acked.clear();
+            }
+            let last = self.acked.entry(aggregate).or_insert(version);
+            *last = (*last).max(version);
+            ids.push(id);
+        }
+        if !ids.is_empty() {
+            // Only fails when the delete task is gone (stopping): the sweep removes the rows later.
+            let _ = self.deletes.send(ids);
+        }
+        self.hold(published.failed);
+    }
+
+    /// Keeps rows for the next sweep, and brings that sweep forward.
+    fn hold(&mut self, ids: impl IntoIterator<Item = Uuid>) {
+        let before = self.held.len();
+        for id in ids {
+            if self.held.len() >= HELD_CAPACITY {
+                tracing::debug!("too many held outbox rows; the rest is swept when ripe");
+                break;
+            }
+            self.held.insert(id);
+        }
+        if self.held.len() > before {
+            self.held_retry = HELD_RETRY;
+            self.next_sweep = self.next_sweep.min(Instant::now() + HELD_RETRY);
+        }
+    }
+}
+
 impl Relay {
-    /// Publishes after every commit (woken by the appender) and sweeps every `sweep_interval`, until
-    /// `stop` is cancelled; then makes one last pass, so events committed before the stop go out.
-    pub async fn run(self, stop: CancellationToken) {
-        let mut sweep = tokio::time::interval(self.sweep_interval);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut healthy = true;
+    /// Outbox rows older than this were missed by the memory path of the instance that wrote them
+    /// (it publishes within a publish timeout of the commit, or holds the row): any sweep takes them.
+    fn ripe(&self) -> Duration {
+        self.publish_timeout.max(self.sweep_interval) * 2
+    }
+
+    /// Publishes what the appender hands over and sweeps, until `stop` is cancelled or the appender
+    /// is gone; then publishes what is still queued and sweeps once more, so events committed before
+    /// the stop go out.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let (deletes, acked) = mpsc::unbounded_channel();
+        let deleter = tokio::spawn(delete_acked(self.pool.clone(), acked));
+        let mut state = State {
+            acked: HashMap::new(),
+            held: HashSet::new(),
+            deletes,
+            next_sweep: Instant::now(),
+            held_retry: HELD_RETRY,
+            healthy: true,
+        };
+        // On start, every row: a predecessor may have died between commit and publish.
+        self.sweep(&mut state, Scope::Everything).await;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
-                () = self.wake.notified() => {}
-                _ = sweep.tick() => {}
+                batch = self.committed.recv() => match batch {
+                    Some(batch) => self.publish_from_memory(batch, &mut state).await,
+                    None => break,
+                },
+                () = tokio::time::sleep_until(state.next_sweep) => {
+                    self.sweep(&mut state, Scope::Ripe).await;
+                }
             }
-            self.drain(&mut healthy).await;
         }
-        let _ = tokio::time::timeout(self.publish_timeout * 2, self.drain(&mut healthy)).await;
+        while let Ok(batch) = self.committed.try_recv() {
+            self.publish_from_memory(batch, &mut state).await;
+        }
+        self.sweep(&mut state, Scope::Ripe).await;
+        // The delete task finishes the acked rows, then stops.
+        drop(state);
+        let _ = deleter.await;
     }
 
-    /// Runs passes while they make progress. Logs a failure once per outage, not once per pass.
-    async fn drain(&self, healthy: &mut bool) {
-        loop {
-            match self.pass().await {
+    fn connected(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Publishes `first` and whatever else the appender queued.
+    #[tracing::instrument(name = "outbox_memory", level = "debug", skip_all, fields(events))]
+    async fn publish_from_memory(&mut self, first: Vec<StoredEvent>, state: &mut State) {
+        let mut events = first;
+        while events.len() < MEMORY_BATCH {
+            match self.committed.try_recv() {
+                Ok(more) => events.extend(more),
+                Err(_) => break,
+            }
+        }
+        tracing::Span::current().record("events", events.len());
+        if !self.connected() {
+            state.hold(events.iter().map(|e| e.event_id));
+            return;
+        }
+        let chains = chains(events, &state.acked);
+        let unknown: Vec<&str> = chains
+            .iter()
+            .filter(|(aggregate, chain)| needs_outbox_check(aggregate, chain, &state.acked))
+            .map(|(aggregate, _)| aggregate.as_str())
+            .collect();
+        let lowest = if unknown.is_empty() {
+            Some(HashMap::new())
+        } else {
+            match pipeline_runtime::db::retry(|| lowest_versions(&self.pool, &unknown)).await {
+                Ok(lowest) => Some(lowest),
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot read the outbox; the sweep publishes these events");
+                    None
+                }
+            }
+        };
+        let plan = plan_memory(chains, &state.acked, lowest.as_ref());
+        state.hold(plan.deferred);
+        let published = self.publish_chains(plan.chains).await;
+        state.record(published);
+    }
+
+    /// Runs sweep passes while they make progress, a few at most. Logs a failure once per outage.
+    async fn sweep(&self, state: &mut State, scope: Scope) {
+        let mut more = false;
+        for _ in 0..PASSES_PER_SWEEP {
+            match self.sweep_pass(state, scope).await {
                 Ok(pass) => {
-                    if !*healthy {
+                    if !state.healthy {
                         tracing::info!("outbox relay publishing again");
-                        *healthy = true;
+                        state.healthy = true;
                     }
-                    // A pass that claimed less than its limit saw the whole outbox: stop, rather
-                    // than pay a transaction for an empty pass. A commit during the pass left a
-                    // wake-up behind, so nothing committed since waits for the sweep.
-                    if pass.published == 0
-                        || pass.claimed < usize::try_from(CLAIM_LIMIT).unwrap_or(usize::MAX)
-                    {
-                        return;
+                    // A pass that claimed less than its limit saw every row it may take.
+                    more = pass.published > 0
+                        && pass.claimed >= usize::try_from(CLAIM_LIMIT).unwrap_or(usize::MAX);
+                    if !more {
+                        break;
                     }
                 }
                 Err(err) => {
-                    if *healthy {
+                    if state.healthy {
                         tracing::warn!(error = %err, "outbox relay cannot publish; events wait in the outbox");
-                        *healthy = false;
+                        state.healthy = false;
                     }
-                    return;
+                    break;
                 }
             }
         }
+        let now = Instant::now();
+        state.next_sweep = if more {
+            now
+        } else if state.held.is_empty() {
+            state.held_retry = HELD_RETRY;
+            now + self.sweep_interval
+        } else {
+            // Held rows mostly wait for a lower version another instance is publishing right now.
+            let delay = state.held_retry;
+            state.held_retry = (delay * 2).min(self.sweep_interval);
+            now + delay
+        };
     }
 
     /// Claims, publishes and deletes one batch of outbox rows.
     // Debug level: a pass runs every sweep interval whether or not there is anything to publish; each
     // publish has its own span in the trace of the event it publishes.
     #[tracing::instrument(
-        name = "outbox_pass",
+        name = "outbox_sweep",
         level = "debug",
         skip_all,
         fields(claimed, published)
     )]
-    async fn pass(&self) -> Result<Pass, RelayError> {
-        if self.nats.connection_state() != async_nats::connection::State::Connected {
+    async fn sweep_pass(&self, state: &mut State, scope: Scope) -> Result<Pass, RelayError> {
+        if !self.connected() {
             return Err(RelayError::Disconnected);
         }
-        let pass = pipeline_runtime::db::retry(|| self.claim_and_publish()).await?;
+        let ripe = match scope {
+            Scope::Ripe => self.ripe(),
+            Scope::Everything => Duration::ZERO,
+        };
+        let limit = usize::try_from(CLAIM_LIMIT).unwrap_or(usize::MAX);
+        // A few held ids per claim keep `= ANY($2)` cheap; the rest wait for the next pass.
+        let asked: Vec<Uuid> = state.held.iter().take(limit).copied().collect();
+        let claimed =
+            pipeline_runtime::db::retry(|| claim(&self.pool, ripe, &asked, CLAIM_LIMIT)).await?;
+        if claimed.len() < limit {
+            // The claim took every asked row still there; the others left the outbox (published by
+            // someone) or were being claimed by another instance, which now holds them. The rows
+            // claimed and not published are held again below.
+            for id in &asked {
+                state.held.remove(id);
+            }
+        }
+        if claimed.is_empty() {
+            return Ok(Pass::default());
+        }
+        let aggregates: Vec<&str> = claimed.iter().map(|(_, a, _)| a.as_str()).collect();
+        // Rows held by other instances are visible here: a lower version waiting elsewhere holds
+        // back this aggregate's later events.
+        let lowest =
+            pipeline_runtime::db::retry(|| lowest_versions(&self.pool, &aggregates)).await?;
+        let ready = publishable(&claimed, &lowest);
+        let events = if ready.is_empty() {
+            Vec::new()
+        } else {
+            pipeline_runtime::db::retry(|| crate::store::events_by_ids(&self.pool, &ready)).await?
+        };
+        let ready_chains = chains(events, &HashMap::new()).into_values().collect();
+        let published = self.publish_chains(ready_chains).await;
+        let acked: HashSet<Uuid> = published.acked.iter().map(|(id, _, _)| *id).collect();
+        let pass = Pass {
+            claimed: claimed.len(),
+            published: acked.len(),
+        };
+        state.record(published);
+        // This relay claimed the rest: it owes their publish (and renews the claim each pass).
+        state.hold(
+            claimed
+                .into_iter()
+                .map(|(id, _, _)| id)
+                .filter(|id| !acked.contains(id)),
+        );
         tracing::Span::current()
             .record("claimed", pass.claimed)
             .record("published", pass.published);
         Ok(pass)
     }
 
-    async fn claim_and_publish(&self) -> Result<Pass, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let claimed: Vec<(Uuid, String, i64)> = sqlx::query_as(
-            "SELECT event_id, aggregate_id, aggregate_version FROM outbox \
-             ORDER BY created_at, aggregate_id, aggregate_version LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(CLAIM_LIMIT)
-        .fetch_all(&mut *tx)
-        .await?;
-        if claimed.is_empty() {
-            tx.commit().await?;
-            return Ok(Pass::default());
-        }
-        let aggregates: Vec<&str> = claimed.iter().map(|(_, a, _)| a.as_str()).collect();
-        // Rows locked by another instance are still visible here: a lower version waiting elsewhere
-        // holds back this aggregate's later events.
-        let lowest: HashMap<String, i64> = sqlx::query_as(
-            "SELECT aggregate_id, MIN(aggregate_version) FROM outbox \
-             WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
-        )
-        .bind(&aggregates)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        let ready = publishable(&claimed, &lowest);
-        let events = if ready.is_empty() {
-            Vec::new()
-        } else {
-            crate::store::events_by_ids(&mut *tx, &ready).await?
-        };
-        let published = self.publish_in_order(events).await;
-        if !published.is_empty() {
-            sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
-                .bind(&published)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // A failed commit leaves the rows for the next pass; JetStream drops the republished events.
-        tx.commit().await?;
-        Ok(Pass {
-            claimed: claimed.len(),
-            published: published.len(),
-        })
-    }
-
-    /// Publishes each aggregate's events one after another (awaiting each acknowledgement), different
-    /// aggregates concurrently. Returns the ids JetStream acknowledged; an aggregate stops at its
-    /// first failure so a later version never overtakes an earlier one.
-    async fn publish_in_order(&self, events: Vec<StoredEvent>) -> Vec<Uuid> {
-        let mut by_aggregate: BTreeMap<String, Vec<StoredEvent>> = BTreeMap::new();
-        for event in events {
-            by_aggregate
-                .entry(event.aggregate_id.clone())
-                .or_default()
-                .push(event);
-        }
-        let chains = by_aggregate.into_values().map(|mut chain| async move {
-            chain.sort_by_key(|e| e.aggregate_version);
-            let mut acked = Vec::with_capacity(chain.len());
-            for event in chain {
-                let event_id = event.event_id;
-                match self.publish(event).await {
-                    Ok(()) => acked.push(event_id),
-                    Err(err) => {
-                        tracing::debug!(%event_id, error = %err, "publish failed, will retry");
-                        break;
+    /// Publishes chains (each one aggregate's consecutive versions, in order) in rounds: the first
+    /// event of every chain, all acks awaited, then the second ones, and so on. A chain stops at its
+    /// first failure, so a later version never overtakes an earlier one.
+    async fn publish_chains(&self, chains: Vec<Vec<StoredEvent>>) -> Published {
+        let mut chains: Vec<VecDeque<StoredEvent>> =
+            chains.into_iter().map(VecDeque::from).collect();
+        let mut published = Published::default();
+        loop {
+            let round: Vec<(usize, StoredEvent)> = chains
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(index, chain)| chain.pop_front().map(|event| (index, event)))
+                .collect();
+            if round.is_empty() {
+                return published;
+            }
+            let mut round = round.into_iter().peekable();
+            while round.peek().is_some() {
+                let part: Vec<(usize, StoredEvent)> = round.by_ref().take(MAX_IN_FLIGHT).collect();
+                for (index, key, ok) in self.publish_round(part).await {
+                    if ok {
+                        published.acked.push(key);
+                    } else {
+                        published.failed.push(key.0);
+                        published
+                            .failed
+                            .extend(chains[index].drain(..).map(|e| e.event_id));
                     }
                 }
             }
-            acked
-        });
-        join_all(chains).await.into_iter().flatten().collect()
-    }
-
-    /// Publishes one event under a PRODUCER span that continues the trace stored with the event and
-    /// whose own context goes into the message's `traceparent`, so consumers are its children.
-    async fn publish(&self, event: StoredEvent) -> anyhow::Result<()> {
-        let subject = event.subject();
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = format!("publish {subject}"),
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.type = "publish",
-            messaging.destination.name = %subject,
-            messaging.message.id = %event.event_id,
-            event.type = %event.event_type,
-            order.id = %event.aggregate_id,
-            aggregate.version = event.aggregate_version,
-        );
-        tracecontext::set_parent(&span, &tracecontext::MapExtractor(&event.metadata));
-        let result = self
-            .publish_message(subject, event, &span)
-            .instrument(span.clone())
-            .await;
-        if let Err(err) = &result {
-            tracecontext::mark_error(&span, format!("{err:#}"));
         }
-        result
     }
 
-    async fn publish_message(
+    /// Sends every event, then awaits every ack. Answers (chain index, (id, aggregate, version), acked).
+    async fn publish_round(
         &self,
-        subject: String,
+        events: Vec<(usize, StoredEvent)>,
+    ) -> Vec<(usize, (Uuid, String, i64), bool)> {
+        let mut pending = Vec::with_capacity(events.len());
+        for (index, event) in events {
+            let key = (
+                event.event_id,
+                event.aggregate_id.clone(),
+                event.aggregate_version,
+            );
+            let span = publish_span(&event);
+            let sent = self.send(event, &span).instrument(span.clone()).await;
+            pending.push((index, key, span, sent));
+        }
+        join_all(pending.into_iter().map(|(index, key, span, sent)| {
+            async move {
+                let result = match sent {
+                    Ok(ack) => self.await_ack(ack).instrument(span.clone()).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = &result {
+                    tracing::debug!(event_id = %key.0, error = %format!("{err:#}"), "publish failed, will retry");
+                    tracecontext::mark_error(&span, format!("{err:#}"));
+                }
+                (index, key, result.is_ok())
+            }
+        }))
+        .await
+    }
+
+    /// Sends one event; the answer is the future of its ack. The stored trace context is replaced
+    /// in the headers by the publish span's, so consumers are children of the publish.
+    async fn send(
+        &self,
         event: StoredEvent,
         span: &tracing::Span,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<jetstream::context::PublishAckFuture> {
+        let subject = event.subject();
         let mut message_headers = async_nats::HeaderMap::new();
         message_headers.insert(headers::MSG_ID, event.event_id.to_string().as_str());
         message_headers.insert(headers::EVENT_TYPE, event.event_type.as_str());
@@ -239,17 +437,19 @@ impl Relay {
         for (key, value) in &event.metadata {
             message_headers.insert(key.as_str(), value.as_str());
         }
-        // Replaces the stored context copied above by the publish's own.
         tracecontext::inject(span, &mut tracecontext::NatsInjector(&mut message_headers));
         let body = serde_json::to_vec(&event.into_envelope())?;
-        let ack = tokio::time::timeout(self.publish_timeout, async {
+        let ack = tokio::time::timeout(
+            self.publish_timeout,
             self.jetstream
-                .publish_with_headers(subject, message_headers, body.into())
-                .await?
-                .await
-                .map_err(anyhow::Error::from)
-        })
+                .publish_with_headers(subject, message_headers, body.into()),
+        )
         .await??;
+        Ok(ack)
+    }
+
+    async fn await_ack(&self, ack: jetstream::context::PublishAckFuture) -> anyhow::Result<()> {
+        let ack = tokio::time::timeout(self.publish_timeout, ack.into_future()).await??;
         anyhow::ensure!(
             ack.stream == pipeline_runtime::stream::STREAM,
             "published to stream {} instead of {}",
@@ -258,6 +458,206 @@ impl Relay {
         );
         Ok(())
     }
+}
+
+/// The PRODUCER span of one publish, a child of the trace stored with the event.
+fn publish_span(event: &StoredEvent) -> tracing::Span {
+    let subject = event.subject();
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {subject}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %event.event_id,
+        event.type = %event.event_type,
+        order.id = %event.aggregate_id,
+        aggregate.version = event.aggregate_version,
+    );
+    tracecontext::set_parent(&span, &tracecontext::MapExtractor(&event.metadata));
+    span
+}
+
+/// Deletes the rows of acked events, everything queued in one statement, outside any transaction
+/// that publishes. A row whose delete keeps failing is published again by a sweep (and dropped by
+/// JetStream as a duplicate).
+async fn delete_acked(pool: PgPool, mut acked: mpsc::UnboundedReceiver<Vec<Uuid>>) {
+    let mut pending: Vec<Uuid> = Vec::new();
+    let mut stopping = false;
+    let mut healthy = true;
+    loop {
+        if pending.is_empty() {
+            match acked.recv().await {
+                Some(ids) => pending = ids,
+                None => return,
+            }
+        }
+        loop {
+            match acked.try_recv() {
+                Ok(ids) => pending.extend(ids),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    stopping = true;
+                    break;
+                }
+            }
+        }
+        let deleted = pipeline_runtime::db::retry(|| {
+            sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
+                .bind(&pending)
+                .execute(&pool)
+        })
+        .await;
+        match deleted {
+            Ok(_) => {
+                pending.clear();
+                if !healthy {
+                    tracing::info!("outbox relay deleting acked rows again");
+                    healthy = true;
+                }
+            }
+            Err(err) => {
+                if healthy {
+                    tracing::warn!(error = %err, "cannot delete acked outbox rows; they will be published again");
+                    healthy = false;
+                }
+                if stopping {
+                    return;
+                }
+                pending.truncate(HELD_CAPACITY * 4);
+                tokio::time::sleep(DELETE_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Claims the rows of `held` and those older than `ripe` (at most `limit`), renewing their claim.
+async fn claim(
+    pool: &PgPool,
+    ripe: Duration,
+    held: &[Uuid],
+    limit: i64,
+) -> Result<Vec<(Uuid, String, i64)>, sqlx::Error> {
+    let ripe_ms = i64::try_from(ripe.as_millis()).unwrap_or(i64::MAX);
+    sqlx::query_as(
+        "UPDATE outbox SET created_at = now() WHERE event_id IN ( \
+             SELECT event_id FROM outbox \
+             WHERE created_at <= now() - $1 * INTERVAL '1 millisecond' OR event_id = ANY($2) \
+             ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         RETURNING event_id, aggregate_id, aggregate_version",
+    )
+    .bind(ripe_ms)
+    .bind(held)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The lowest version each of these aggregates has in the outbox (aggregates with no row are absent).
+async fn lowest_versions(
+    pool: &PgPool,
+    aggregates: &[&str],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    Ok(sqlx::query_as::<_, (String, i64)>(
+        "SELECT aggregate_id, MIN(aggregate_version) FROM outbox \
+         WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
+    )
+    .bind(aggregates)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect())
+}
+
+/// Events grouped by aggregate, each group in version order, without the versions `acked` says
+/// this relay already published.
+fn chains(
+    events: Vec<StoredEvent>,
+    acked: &HashMap<String, i64>,
+) -> BTreeMap<String, Vec<StoredEvent>> {
+    let mut by_aggregate: BTreeMap<String, Vec<StoredEvent>> = BTreeMap::new();
+    for event in events {
+        if acked
+            .get(&event.aggregate_id)
+            .is_some_and(|&last| event.aggregate_version <= last)
+        {
+            continue;
+        }
+        by_aggregate
+            .entry(event.aggregate_id.clone())
+            .or_default()
+            .push(event);
+    }
+    for chain in by_aggregate.values_mut() {
+        chain.sort_by_key(|e| e.aggregate_version);
+    }
+    by_aggregate
+}
+
+/// Whether the first event of an aggregate's chain may be published only after asking the outbox:
+/// it is not version 1 and this relay did not see the version before it acked.
+fn needs_outbox_check(
+    aggregate: &str,
+    chain: &[StoredEvent],
+    acked: &HashMap<String, i64>,
+) -> bool {
+    chain.first().is_some_and(|first| {
+        let version = first.aggregate_version;
+        version > 1 && acked.get(aggregate) != Some(&(version - 1))
+    })
+}
+
+/// What the memory path does with a batch.
+#[derive(Debug, Default)]
+pub struct MemoryPlan {
+    /// Per aggregate, consecutive versions that may go out in this order now.
+    pub chains: Vec<Vec<StoredEvent>>,
+    /// Left in the outbox for the sweep: a lower version is still there, or the outbox could not be
+    /// read, or a version is missing from the batch (another instance wrote it).
+    pub deferred: Vec<Uuid>,
+}
+
+/// Decides, for events of the memory path grouped by [`chains`], which may be published now.
+/// `lowest` is the outbox's lowest version of each aggregate that [`needs_outbox_check`], `None`
+/// when it could not be read. An aggregate with no row left, or whose lowest row is above an event,
+/// had that event published by someone else: it is skipped.
+pub fn plan_memory(
+    chains: BTreeMap<String, Vec<StoredEvent>>,
+    acked: &HashMap<String, i64>,
+    lowest: Option<&HashMap<String, i64>>,
+) -> MemoryPlan {
+    let mut plan = MemoryPlan::default();
+    for (aggregate, chain) in chains {
+        let Some(first) = chain.first() else {
+            continue;
+        };
+        // The version from which this aggregate may be published: every lower one is acked.
+        let start = if !needs_outbox_check(&aggregate, &chain, acked) {
+            Some(first.aggregate_version)
+        } else {
+            lowest.map(|lowest| lowest.get(&aggregate).copied().unwrap_or(i64::MAX))
+        };
+        let Some(start) = start else {
+            plan.deferred.extend(chain.iter().map(|e| e.event_id));
+            continue;
+        };
+        let mut ready = Vec::new();
+        let mut expected = start;
+        let mut rest = chain
+            .into_iter()
+            .filter(|e| e.aggregate_version >= start)
+            .peekable();
+        while let Some(event) = rest.next_if(|e| e.aggregate_version == expected) {
+            expected += 1;
+            ready.push(event);
+        }
+        plan.deferred.extend(rest.map(|e| e.event_id));
+        if !ready.is_empty() {
+            plan.chains.push(ready);
+        }
+    }
+    plan
 }
 
 /// The claimed rows that may be published now: per aggregate, the run of consecutive versions that
@@ -288,10 +688,39 @@ pub fn publishable(claimed: &[(Uuid, String, i64)], lowest: &HashMap<String, i64
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use time::OffsetDateTime;
+
     use super::*;
 
     fn row(aggregate: &str, version: i64) -> (Uuid, String, i64) {
         (Uuid::new_v4(), aggregate.to_owned(), version)
+    }
+
+    fn stored(aggregate: &str, version: i64) -> StoredEvent {
+        StoredEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "created".into(),
+            aggregate_id: aggregate.into(),
+            aggregate_type: "order".into(),
+            aggregate_version: version,
+            stream: "ORDERS".into(),
+            event_data: serde_json::json!({}),
+            metadata: BTreeMap::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn versions(plan: &MemoryPlan) -> Vec<Vec<(String, i64)>> {
+        plan.chains
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|e| (e.aggregate_id.clone(), e.aggregate_version))
+                    .collect()
+            })
+            .collect()
     }
 
     #[test]
@@ -310,5 +739,92 @@ mod tests {
         let mut expected = vec![claimed[0].0, claimed[1].0, claimed[2].0];
         expected.sort();
         assert_eq!(ready, expected);
+    }
+
+    #[test]
+    fn new_aggregates_and_successors_of_acked_versions_go_out_without_asking_the_outbox() {
+        let acked = HashMap::from([("b".to_owned(), 4)]);
+        let batch = vec![
+            stored("a", 2),
+            stored("a", 1),
+            stored("b", 5),
+            stored("b", 6),
+        ];
+        let chains = chains(batch, &acked);
+        assert!(
+            chains
+                .iter()
+                .all(|(a, c)| !needs_outbox_check(a, c, &acked))
+        );
+        let plan = plan_memory(chains, &acked, None);
+        assert_eq!(
+            versions(&plan),
+            [
+                vec![("a".to_owned(), 1), ("a".to_owned(), 2)],
+                vec![("b".to_owned(), 5), ("b".to_owned(), 6)]
+            ]
+        );
+        assert!(plan.deferred.is_empty());
+    }
+
+    #[test]
+    fn a_version_whose_predecessor_is_still_in_the_outbox_is_deferred_with_its_successors() {
+        let acked = HashMap::new();
+        let batch = vec![stored("a", 3), stored("a", 4), stored("b", 2)];
+        let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+        let lowest = HashMap::from([("a".to_owned(), 2), ("b".to_owned(), 2)]);
+        let plan = plan_memory(chains(batch, &acked), &acked, Some(&lowest));
+        assert_eq!(versions(&plan), [vec![("b".to_owned(), 2)]]);
+        assert_eq!(plan.deferred, [ids[0], ids[1]]);
+    }
+
+    #[test]
+    fn without_an_answer_from_the_outbox_unknown_aggregates_are_deferred() {
+        let acked = HashMap::new();
+        let batch = vec![stored("a", 3), stored("c", 1)];
+        let deferred = batch[0].event_id;
+        let plan = plan_memory(chains(batch, &acked), &acked, None);
+        assert_eq!(versions(&plan), [vec![("c".to_owned(), 1)]]);
+        assert_eq!(plan.deferred, [deferred]);
+    }
+
+    #[test]
+    fn an_event_whose_row_is_gone_was_published_by_someone_else() {
+        let acked = HashMap::new();
+        // a: rows 3 and 4 gone (a sweep elsewhere published them), 5 is the lowest left.
+        let batch = vec![
+            stored("a", 3),
+            stored("a", 4),
+            stored("a", 5),
+            stored("b", 7),
+        ];
+        let lowest = HashMap::from([("a".to_owned(), 5)]);
+        let plan = plan_memory(chains(batch, &acked), &acked, Some(&lowest));
+        assert_eq!(versions(&plan), [vec![("a".to_owned(), 5)]]);
+        assert!(plan.deferred.is_empty());
+    }
+
+    #[test]
+    fn a_gap_in_a_chain_defers_the_rest() {
+        let acked = HashMap::new();
+        let batch = vec![stored("a", 1), stored("a", 2), stored("a", 4)];
+        let deferred = batch[2].event_id;
+        let plan = plan_memory(chains(batch, &acked), &acked, None);
+        assert_eq!(
+            versions(&plan),
+            [vec![("a".to_owned(), 1), ("a".to_owned(), 2)]]
+        );
+        assert_eq!(plan.deferred, [deferred]);
+    }
+
+    #[test]
+    fn versions_this_relay_saw_acked_are_not_published_again() {
+        let acked = HashMap::from([("a".to_owned(), 2)]);
+        let plan = plan_memory(
+            chains(vec![stored("a", 2), stored("a", 3)], &acked),
+            &acked,
+            None,
+        );
+        assert_eq!(versions(&plan), [vec![("a".to_owned(), 3)]]);
     }
 }

@@ -114,12 +114,20 @@ pub fn plan(
     decisions
 }
 
+/// What one committed append transaction decided.
+pub struct Committed {
+    /// One per event of the batch, in order. `Ok` and not `duplicate`: inserted by this transaction.
+    pub outcomes: Vec<Result<Appended, StoreError>>,
+    /// The `created_at` of the inserted events (the transaction's `now()`); `None` when none was.
+    pub created_at: Option<OffsetDateTime>,
+}
+
 /// One attempt at committing a batch. `Ok(None)` means a concurrent writer inserted a conflicting row
 /// between our reads and our insert: nothing was committed and the batch should be planned again.
 pub async fn try_append(
     pool: &PgPool,
     batch: &[NewEvent],
-) -> Result<Option<Vec<Result<Appended, StoreError>>>, sqlx::Error> {
+) -> Result<Option<Committed>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
     let mut aggregates: Vec<&str> = batch.iter().map(|e| e.aggregate_id.as_str()).collect();
@@ -150,13 +158,18 @@ pub async fn try_append(
             Decision::Done(_) => None,
         })
         .collect();
-    if !inserts.is_empty() && insert(&mut tx, &inserts).await? < inserts.len() {
-        tx.rollback().await?;
-        return Ok(None);
+    let mut created_at = None;
+    if !inserts.is_empty() {
+        let (inserted, at) = insert(&mut tx, &inserts).await?;
+        if inserted < inserts.len() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        created_at = at;
     }
     tx.commit().await?;
-    Ok(Some(
-        decisions
+    Ok(Some(Committed {
+        outcomes: decisions
             .into_iter()
             .map(|decision| match decision {
                 Decision::Insert { version } => Ok(Appended {
@@ -166,14 +179,16 @@ pub async fn try_append(
                 Decision::Done(outcome) => outcome,
             })
             .collect(),
-    ))
+        created_at,
+    }))
 }
 
-/// Inserts events and their outbox rows; returns how many events were new.
+/// Inserts events and their outbox rows; returns how many events were new and their `created_at`
+/// (one value: `now()` is the transaction's start time), which the relay publishes from memory.
 async fn insert(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(&NewEvent, i64)],
-) -> Result<usize, sqlx::Error> {
+) -> Result<(usize, Option<OffsetDateTime>), sqlx::Error> {
     let ids: Vec<Uuid> = rows.iter().map(|(e, _)| e.event_id).collect();
     let types: Vec<&str> = rows.iter().map(|(e, _)| e.event_type.as_str()).collect();
     let aggregate_ids: Vec<&str> = rows.iter().map(|(e, _)| e.aggregate_id.as_str()).collect();
@@ -190,13 +205,13 @@ async fn insert(
         .collect();
     // ON CONFLICT DO NOTHING covers both keys: the event id (a replay racing its original) and
     // (aggregate_id, aggregate_version) (a writer racing us). Fewer rows back means a race was lost.
-    let inserted = sqlx::query(
+    let inserted: Vec<OffsetDateTime> = sqlx::query_scalar(
         "INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
                              event_data, stream, metadata, created_at) \
          SELECT t.id, t.ty, t.agg, t.agg_ty, t.ver, t.data::JSONB, t.stream, t.meta::JSONB, now() \
          FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INT8[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) \
               AS t(id, ty, agg, agg_ty, ver, data, stream, meta) \
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING RETURNING created_at",
     )
     .bind(&ids)
     .bind(&types)
@@ -206,12 +221,12 @@ async fn insert(
     .bind(&data)
     .bind(&streams)
     .bind(&metadata)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    let inserted = usize::try_from(inserted).unwrap_or(usize::MAX);
+    .fetch_all(&mut **tx)
+    .await?;
+    let created_at = inserted.first().copied();
+    let inserted = inserted.len();
     if inserted < rows.len() {
-        return Ok(inserted);
+        return Ok((inserted, created_at));
     }
     sqlx::query(
         "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
@@ -222,7 +237,7 @@ async fn insert(
     .bind(&versions)
     .execute(&mut **tx)
     .await?;
-    Ok(inserted)
+    Ok((inserted, created_at))
 }
 
 /// The events with these ids (those that exist), in no particular order.

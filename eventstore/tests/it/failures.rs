@@ -24,6 +24,11 @@ async fn a_database_that_is_down_gives_unavailable_and_the_service_recovers_by_i
         .await
         .expect_err("database is down");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let outcomes = crate::harness::append_all(&mut client, vec![(pending.clone(), 1)])
+        .await
+        .expect("a batch answers per event");
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].code, Code::Unavailable as i32, "{outcomes:?}");
     let status = client
         .get_events(eventstore_proto::GetEventsRequest {
             aggregate_id: aggregate.clone(),

@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use eventstore::{App, Config};
 use eventstore_proto::event_store_client::EventStoreClient;
-use eventstore_proto::{CreateEventRequest, CreateEventResponse, Event};
+use eventstore_proto::{
+    AppendOutcome, CreateEventRequest, CreateEventResponse, CreateEventsRequest, Event,
+};
 use testkit::{NatsServer, Postgres};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -121,6 +123,22 @@ impl Stack {
         }
     }
 
+    /// Waits until every outbox row was published and deleted (or fails after `timeout`).
+    pub async fn wait_for_empty_outbox(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.outbox_len().await;
+            if left == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the outbox still holds {left} rows after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Rows still waiting in the outbox.
     pub async fn outbox_len(&self) -> i64 {
         let pool = self.pool().await;
@@ -218,6 +236,25 @@ pub async fn append(
         })
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// Appends events (each with its expected version) in one `CreateEvents` call.
+pub async fn append_all(
+    client: &mut Client,
+    events: Vec<(Event, i64)>,
+) -> Result<Vec<AppendOutcome>, tonic::Status> {
+    client
+        .create_events(CreateEventsRequest {
+            events: events
+                .into_iter()
+                .map(|(event, expected_version)| CreateEventRequest {
+                    event: Some(event),
+                    expected_version,
+                })
+                .collect(),
+        })
+        .await
+        .map(|response| response.into_inner().outcomes)
 }
 
 /// Appends `n` events to a new aggregate; returns the aggregate id.

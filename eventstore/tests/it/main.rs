@@ -1,6 +1,7 @@
 //! Integration tests of the event store against a real PostgreSQL and a real nats-server.
 
 mod append;
+mod batch;
 mod failures;
 mod harness;
 mod hostile;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::harness::{Stack, append, append_chain, event};
 
 /// Event ids on the stream, counted by `Nats-Msg-Id`.
-fn msg_id_counts(
+pub fn msg_id_counts(
     messages: &[async_nats::jetstream::message::StreamMessage],
 ) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -26,7 +26,7 @@ fn msg_id_counts(
 }
 
 /// Per aggregate, the versions in stream order must only go up.
-fn assert_aggregate_order(messages: &[async_nats::jetstream::message::StreamMessage]) {
+pub fn assert_aggregate_order(messages: &[async_nats::jetstream::message::StreamMessage]) {
     let mut last: HashMap<String, i64> = HashMap::new();
     for message in messages {
         let envelope: EventEnvelope = serde_json::from_slice(&message.payload).expect("envelope");
@@ -193,4 +193,121 @@ async fn two_instances_on_one_database_publish_every_event_once_in_aggregate_ord
     let ids: HashSet<_> = msg_id_counts(&messages).into_keys().collect();
     assert_eq!(ids.len(), 200);
     assert_aggregate_order(&messages);
+}
+
+/// Commits an event and its outbox row straight into the database, as an instance that died between
+/// commit and publish leaves them. Returns the event id.
+async fn insert_unpublished(pool: &sqlx::PgPool, aggregate: &str, version: i64) -> String {
+    let event_id = Uuid::new_v4();
+    let mut tx = pool.begin().await.expect("transaction");
+    sqlx::query(
+        "INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
+                             event_data, stream, metadata, created_at) \
+         VALUES ($1, 'paymentdebited', $2, 'order', $3, $4::TEXT::JSONB, 'ORDERS', '{}'::JSONB, now())",
+    )
+    .bind(event_id)
+    .bind(aggregate)
+    .bind(version)
+    .bind(json!({ "v": version }).to_string())
+    .execute(&mut *tx)
+    .await
+    .expect("event inserted");
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
+         VALUES ($1, $2, $3, now())",
+    )
+    .bind(event_id)
+    .bind(aggregate)
+    .bind(version)
+    .execute(&mut *tx)
+    .await
+    .expect("outbox row inserted");
+    tx.commit().await.expect("commit");
+    event_id.to_string()
+}
+
+#[tokio::test]
+async fn the_memory_path_and_the_sweep_each_publish_every_event_once_in_version_order() {
+    let stack = Stack::start().await;
+    let pool = stack.pool().await;
+    let [p, q, r, s] = std::array::from_fn(|_| Uuid::new_v4().to_string());
+
+    // Memory path: three versions of one aggregate and another aggregate in one call go out in
+    // rounds, straight from the appender.
+    let first = stack.instance().await;
+    let outcomes = crate::harness::append_all(
+        &mut first.client(),
+        vec![
+            (event(&p, "created", json!({"v": 1})), 0),
+            (event(&p, "paymentdebited", json!({"v": 2})), 1),
+            (event(&q, "created", json!({"v": 1})), 0),
+            (event(&p, "approved", json!({"v": 3})), 2),
+        ],
+    )
+    .await
+    .expect("appended");
+    assert!(outcomes.iter().all(|o| o.code == 0), "{outcomes:?}");
+    stack.wait_for_empty_outbox(Duration::from_secs(10)).await;
+    stack
+        .wait_for_stream_count(4, Duration::from_secs(10))
+        .await;
+    first.stop().await;
+
+    // Sweep on start: rows committed while no relay ran, one of them p's fourth version.
+    for (aggregate, version) in [(&r, 1), (&r, 2), (&p, 4)] {
+        insert_unpublished(&pool, aggregate, version).await;
+    }
+    let second = stack.instance().await;
+    stack.wait_for_empty_outbox(Duration::from_secs(10)).await;
+    stack
+        .wait_for_stream_count(7, Duration::from_secs(10))
+        .await;
+    // p's fifth version, from memory again: this relay saw the sweep publish the fourth.
+    append(
+        &mut second.client(),
+        event(&p, "cancelled", json!({"v": 5})),
+        4,
+    )
+    .await
+    .expect("appended");
+
+    // Across both paths while running: s's first version is a fresh row the memory path never saw,
+    // so the second (committed through the service) must wait for the sweep to take the first.
+    insert_unpublished(&pool, &s, 1).await;
+    append(
+        &mut second.client(),
+        event(&s, "paymentdebited", json!({"v": 2})),
+        1,
+    )
+    .await
+    .expect("appended");
+    stack.wait_for_empty_outbox(Duration::from_secs(20)).await;
+    stack
+        .wait_for_stream_count(10, Duration::from_secs(10))
+        .await;
+
+    // The outbox is empty: nothing is left that could be published again.
+    let messages = stack.stream_messages().await;
+    let counts = msg_id_counts(&messages);
+    let stored: HashSet<String> = sqlx::query_scalar("SELECT event_id::TEXT FROM events")
+        .fetch_all(&pool)
+        .await
+        .expect("event ids")
+        .into_iter()
+        .collect();
+    assert_eq!(stored.len(), 10);
+    assert_eq!(messages.len(), 10, "every event once: {counts:?}");
+    assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), stored);
+    assert_aggregate_order(&messages);
+    let versions_of = |aggregate: &str| -> Vec<i64> {
+        messages
+            .iter()
+            .map(|m| serde_json::from_slice::<EventEnvelope>(&m.payload).expect("envelope"))
+            .filter(|e| e.aggregate_id == aggregate)
+            .map(|e| e.aggregate_version)
+            .collect()
+    };
+    assert_eq!(versions_of(&p), [1, 2, 3, 4, 5]);
+    assert_eq!(versions_of(&s), [1, 2]);
+    second.stop().await;
 }
