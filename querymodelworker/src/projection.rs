@@ -9,7 +9,9 @@
 //! The row is computed by the domain (`Order::from_created`, `Order::apply`), so the read model can
 //! only hold states the order's state machine allows; an event it refuses is dead-lettered.
 
+use std::fmt;
 use std::str::FromStr as _;
+use std::sync::Arc;
 
 use order_domain::{AGGREGATE_TYPE, FoldError, Money, Order, OrderEvent, OrderStatus};
 use pipeline_runtime::db;
@@ -52,13 +54,44 @@ pub enum ProjectionError {
     /// Something that should pass on its own (a race lost repeatedly, an event store behind).
     #[error("{0}")]
     Transient(String),
+    /// The transaction of a batch failed with the database unavailable: every event that took part
+    /// gets this error. The `sqlx::Error` stays in the source chain, so the consumer sees an outage.
+    #[error(transparent)]
+    BatchDatabase(#[from] BatchDatabaseError),
+}
+
+/// One database error shared by the events of a batch (`sqlx::Error` is not `Clone`).
+#[derive(Debug, Clone)]
+pub struct BatchDatabaseError(Arc<sqlx::Error>);
+
+impl BatchDatabaseError {
+    pub fn new(err: sqlx::Error) -> Self {
+        Self(Arc::new(err))
+    }
+
+    pub fn error(&self) -> &sqlx::Error {
+        &self.0
+    }
+}
+
+impl fmt::Display for BatchDatabaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The error itself is the source: `{:#}` prints it once, after this.
+        f.write_str("read model database (batch transaction)")
+    }
+}
+
+impl std::error::Error for BatchDatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
 }
 
 /// An event decoded, with the envelope it came in.
 #[derive(Debug, Clone)]
-struct Decoded {
-    envelope: EventEnvelope,
-    event: OrderEvent,
+pub(crate) struct Decoded {
+    pub(crate) envelope: EventEnvelope,
+    pub(crate) event: OrderEvent,
 }
 
 impl Decoded {
@@ -68,8 +101,65 @@ impl Decoded {
         Ok(Decoded { envelope, event })
     }
 
-    fn version(&self) -> i64 {
+    pub(crate) fn version(&self) -> i64 {
         self.envelope.aggregate_version
+    }
+
+    /// The trace id of the event's `traceparent`, kept on the row its `created` inserts.
+    pub(crate) fn trace_id(&self) -> Option<String> {
+        self.envelope
+            .metadata
+            .get(headers::TRACEPARENT)
+            .and_then(|traceparent| trace::trace_id(traceparent))
+    }
+}
+
+/// The order the envelope belongs to and its event, or why it can never be projected.
+pub(crate) fn validate(envelope: EventEnvelope) -> Result<(Uuid, Decoded), ProjectionError> {
+    if envelope.aggregate_type != AGGREGATE_TYPE {
+        return Err(ProjectionError::Refused(format!(
+            "aggregate type `{}` is not `{AGGREGATE_TYPE}`",
+            envelope.aggregate_type
+        )));
+    }
+    let order_id = Uuid::parse_str(&envelope.aggregate_id).map_err(|_| {
+        ProjectionError::Refused(format!(
+            "aggregate id `{}` is not a UUID",
+            envelope.aggregate_id
+        ))
+    })?;
+    if envelope.aggregate_version < 1 {
+        return Err(ProjectionError::Refused(format!(
+            "aggregate version {} is not positive",
+            envelope.aggregate_version
+        )));
+    }
+    Ok((order_id, Decoded::new(envelope)?))
+}
+
+/// Applies the next event of order `order_id` to `order` (`None`: not created yet) by the domain's
+/// rules, or says why the state machine refuses it. On error `order` is unchanged.
+pub(crate) fn fold(
+    order: &mut Option<Order>,
+    order_id: Uuid,
+    event: &OrderEvent,
+) -> Result<(), String> {
+    match (order.as_mut(), event) {
+        (None, OrderEvent::Created(c)) => {
+            if c.order_id != order_id {
+                return Err(format!(
+                    "`created` of order {} was stored under aggregate {order_id}",
+                    c.order_id
+                ));
+            }
+            *order = Some(Order::from_created(c));
+            Ok(())
+        }
+        (None, other) => Err(FoldError::NotCreatedFirst {
+            event_type: other.event_type(),
+        }
+        .to_string()),
+        (Some(order), event) => order.apply(event).map_err(|err| err.to_string()),
     }
 }
 
@@ -108,25 +198,7 @@ impl Projector {
     /// Applies `envelope` (and any event missing before it) to the read model.
     #[tracing::instrument(skip_all, fields(order.id = %envelope.aggregate_id, event.type = %envelope.event_type, aggregate.version = envelope.aggregate_version))]
     pub async fn project(&self, envelope: EventEnvelope) -> Result<Outcome, ProjectionError> {
-        if envelope.aggregate_type != AGGREGATE_TYPE {
-            return Err(ProjectionError::Refused(format!(
-                "aggregate type `{}` is not `{AGGREGATE_TYPE}`",
-                envelope.aggregate_type
-            )));
-        }
-        let order_id = Uuid::parse_str(&envelope.aggregate_id).map_err(|_| {
-            ProjectionError::Refused(format!(
-                "aggregate id `{}` is not a UUID",
-                envelope.aggregate_id
-            ))
-        })?;
-        if envelope.aggregate_version < 1 {
-            return Err(ProjectionError::Refused(format!(
-                "aggregate version {} is not positive",
-                envelope.aggregate_version
-            )));
-        }
-        let delivered = Decoded::new(envelope)?;
+        let (order_id, delivered) = validate(envelope)?;
         // Events read from the event store to fill a gap, in version order.
         let mut fill: Vec<Decoded> = Vec::new();
         for _ in 0..MAX_ROUNDS {
@@ -212,33 +284,16 @@ async fn attempt(
         return Ok(Step::Gap { stored });
     }
 
+    // A new row is inserted with the `created` event (the fold refuses any other first event).
+    let created = if current.is_none() {
+        due.first().copied()
+    } else {
+        None
+    };
     let mut order = current;
-    let mut created = None;
     for event in &due {
-        match (&mut order, &event.event) {
-            (None, OrderEvent::Created(c)) => {
-                if c.order_id != order_id {
-                    return Ok(Step::Refused(format!(
-                        "`created` of order {} was stored under aggregate {order_id}",
-                        c.order_id
-                    )));
-                }
-                order = Some(Order::from_created(c));
-                created = Some(*event);
-            }
-            (None, other) => {
-                return Ok(Step::Refused(
-                    FoldError::NotCreatedFirst {
-                        event_type: other.event_type(),
-                    }
-                    .to_string(),
-                ));
-            }
-            (Some(order), event) => {
-                if let Err(err) = order.apply(event) {
-                    return Ok(Step::Refused(err.to_string()));
-                }
-            }
+        if let Err(reason) = fold(&mut order, order_id, &event.event) {
+            return Ok(Step::Refused(reason));
         }
     }
     let Some(order) = order else {
@@ -259,31 +314,30 @@ async fn attempt(
     }))
 }
 
-/// The stored order, locked until the transaction ends, without its items (no event changes them).
-async fn load(
-    tx: &mut Transaction<'static, Postgres>,
-    order_id: Uuid,
-) -> Result<Option<Order>, sqlx::Error> {
-    type Row = (
-        String,
-        String,
-        String,
-        Decimal,
-        bool,
-        i64,
-        Option<String>,
-        Option<Uuid>,
-        OffsetDateTime,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT customer_id, restaurant_id, status, amount, refunded, version, reason, payment_id,
-                created_on
-           FROM orders WHERE order_id = $1 FOR UPDATE",
-    )
-    .bind(order_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some((
+/// The columns of `orders` that [`stored_order`] reads, as a literal for `concat!`.
+macro_rules! stored_columns {
+    () => {
+        "customer_id, restaurant_id, status, amount, refunded, version, reason, payment_id, created_on"
+    };
+}
+pub(crate) use stored_columns;
+
+/// A row of `orders` as [`stored_columns`] lists it.
+pub(crate) type StoredRow = (
+    String,
+    String,
+    String,
+    Decimal,
+    bool,
+    i64,
+    Option<String>,
+    Option<Uuid>,
+    OffsetDateTime,
+);
+
+/// The order a stored row holds, without its items (no event changes them).
+pub(crate) fn stored_order(order_id: Uuid, row: StoredRow) -> Result<Order, sqlx::Error> {
+    let (
         customer_id,
         restaurant_id,
         status,
@@ -293,12 +347,9 @@ async fn load(
         reason,
         payment_id,
         created_on,
-    )) = row
-    else {
-        return Ok(None);
-    };
+    ) = row;
     let corrupt = |what: String| sqlx::Error::Decode(what.into());
-    Ok(Some(Order {
+    Ok(Order {
         order_id,
         customer_id,
         restaurant_id,
@@ -311,7 +362,23 @@ async fn load(
         refunded,
         created_on,
         reason,
-    }))
+    })
+}
+
+/// The stored order, locked until the transaction ends, without its items.
+async fn load(
+    tx: &mut Transaction<'static, Postgres>,
+    order_id: Uuid,
+) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<StoredRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        stored_columns!(),
+        " FROM orders WHERE order_id = $1 FOR UPDATE"
+    ))
+    .bind(order_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|row| stored_order(order_id, row)).transpose()
 }
 
 /// Inserts a new order and its items; false if another delivery inserted it first.
@@ -325,11 +392,7 @@ async fn insert(
     let OrderEvent::Created(event) = &created.event else {
         return Ok(false);
     };
-    let trace_id = created
-        .envelope
-        .metadata
-        .get(headers::TRACEPARENT)
-        .and_then(|traceparent| trace::trace_id(traceparent));
+    let trace_id = created.trace_id();
     let inserted = sqlx::query(
         "INSERT INTO orders (order_id, customer_id, restaurant_id, status, amount, refunded, version,
                              reason, trace_id, payment_id, created_on, updated_at)
