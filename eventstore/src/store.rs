@@ -128,7 +128,11 @@ pub async fn try_append(
     pool: &PgPool,
     batch: &[NewEvent],
 ) -> Result<Option<Committed>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    // READ COMMITTED: the reads only plan; the keys decide. `event_id` and (aggregate_id,
+    // aggregate_version) are unique and the insert is ON CONFLICT DO NOTHING, so a writer that
+    // slipped in between our reads and our insert makes the insert count short, and the batch is
+    // rolled back and planned again.
+    let mut tx = pipeline_runtime::db::begin_guarded(pool).await?;
     let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
     let mut aggregates: Vec<&str> = batch.iter().map(|e| e.aggregate_id.as_str()).collect();
     aggregates.sort_unstable();

@@ -272,7 +272,9 @@ pub async fn refund(
     refund_event_id: Uuid,
 ) -> Result<Refund, LedgerError> {
     db::retry(|| async move {
-        let mut tx = pool.begin().await?;
+        // READ COMMITTED: the payment row, locked first, serializes every change of this order's
+        // payment and its amount's way back to the wallet.
+        let mut tx = db::begin_guarded(pool).await?;
         let row = locked_payment(&mut tx, order_id).await?;
         let outcome = match row {
             Some((recorded, customer_id, amount)) if recorded == status::DEBITED => {
@@ -319,7 +321,9 @@ pub enum Voided {
 #[tracing::instrument(name = "paymentsdb void", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", order.id = %order_id))]
 pub async fn void(pool: &PgPool, order_id: Uuid, failure_too: bool) -> Result<Voided, LedgerError> {
     let voided = db::retry(|| async move {
-        let mut tx = pool.begin().await?;
+        // READ COMMITTED: the payment row, locked first, serializes every change of this order's
+        // payment and its amount's way back to the wallet.
+        let mut tx = db::begin_guarded(pool).await?;
         let row = locked_payment(&mut tx, order_id).await?;
         let voided = match row {
             Some((recorded, customer_id, amount)) if recorded == status::DEBITED => {
