@@ -72,7 +72,9 @@ pub struct ToSettle {
 /// - `payments.order_id` is the primary key and the insert is `ON CONFLICT DO NOTHING`: a payment
 ///   another instance recorded after our read makes the insert count short, and the batch is rolled
 ///   back and decided again (the recorded decision is then read, not made twice).
-#[tracing::instrument(name = "paymentsdb settle_batch", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", batch.size = batch.len()))]
+// Debug level: a batch serves many orders, so it belongs to none of their traces (each
+// message's CONSUMER span is in its order's trace).
+#[tracing::instrument(name = "paymentsdb settle_batch", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", batch.size = batch.len()))]
 pub async fn settle_batch(
     pool: &PgPool,
     batch: &[ToSettle],

@@ -252,7 +252,7 @@ impl Worker {
                 expected_version,
             )
             .await?;
-        tracing::info!(
+        tracing::debug!(
             event.type = event.event_type(),
             version = appended.version,
             duplicate = appended.duplicate,

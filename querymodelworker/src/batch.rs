@@ -153,7 +153,9 @@ impl Projector {
 }
 
 /// One transaction for the whole batch: lock, fold in memory, write with one statement per table.
-#[tracing::instrument(name = "ordersdb project_batch", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "ordersdb", db.collection.name = "orders", batch.size = size))]
+// Debug level: a batch serves many orders, so it belongs to none of their traces (each
+// message's CONSUMER span is in its order's trace).
+#[tracing::instrument(name = "ordersdb project_batch", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "ordersdb", db.collection.name = "orders", batch.size = size))]
 async fn transaction(
     pool: &PgPool,
     orders: &BTreeMap<Uuid, Vec<Event>>,

@@ -264,7 +264,9 @@ impl EventStoreClient {
                     expected_version,
                     parent,
                 } = append;
-                tracecontext::fill_metadata(&parent, &mut event.metadata);
+                // Entered (synchronously) so that the span is started the way every span is
+                // before its context is read.
+                parent.in_scope(|| tracecontext::fill_metadata(&parent, &mut event.metadata));
                 pb::CreateEventRequest {
                     event: Some(proto_event(event)),
                     expected_version,

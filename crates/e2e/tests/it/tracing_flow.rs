@@ -85,14 +85,14 @@ fn describe(spans: &[Value]) -> String {
 }
 
 /// Waits until the trace holds the spans of an approved order's whole saga: three publishes
-/// (created, paymentdebited, approved) and their seven consumptions (paymentworker and
-/// querymodelworker take every event, reviewworker the debit). Then lets stragglers arrive.
+/// (created, paymentdebited, approved) and their five consumptions (querymodelworker takes every
+/// event, paymentworker the `created`, reviewworker the debit). Then lets stragglers arrive.
 async fn approved_trace(zipkin: &Zipkin, trace_id: &str) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let spans = zipkin.trace(trace_id);
         let count = |k: &str| spans.iter().filter(|s| kind(s) == k).count();
-        if count("PRODUCER") >= 3 && count("CONSUMER") >= 7 {
+        if count("PRODUCER") >= 3 && count("CONSUMER") >= 5 {
             tokio::time::sleep(Duration::from_millis(500)).await;
             return zipkin.trace(trace_id);
         }
@@ -156,15 +156,14 @@ fn assert_one_connected_trace(spans: &[Value], caller: Option<&str>) {
             }
             "PRODUCER" => {
                 assert_eq!(service(span), "eventstore");
-                let append = parent(span);
-                assert_eq!(
-                    kind(append),
-                    "CLIENT",
-                    "a publish continues its append:\n{all}"
-                );
+                // The POST's append call, or the delivery a worker decided the event on: a
+                // worker's batch append serves many orders, so its call belongs to no order.
+                let cause = parent(span);
                 assert!(
-                    ["ordersvc", "paymentworker", "reviewworker"].contains(&service(append)),
-                    "{all}"
+                    (kind(cause) == "CLIENT" && service(cause) == "ordersvc")
+                        || (kind(cause) == "CONSUMER"
+                            && ["paymentworker", "reviewworker"].contains(&service(cause))),
+                    "a publish continues what appended its event:\n{all}"
                 );
                 assert_eq!(span["tags"]["messaging.system"], "nats");
             }
@@ -187,11 +186,15 @@ fn assert_one_connected_trace(spans: &[Value], caller: Option<&str>) {
         "{all}"
     );
     for worker in ["paymentworker", "reviewworker"] {
-        assert!(
-            kinds(worker).is_superset(&["CONSUMER", "CLIENT"].into()),
-            "{all}"
-        );
+        assert!(kinds(worker).contains("CONSUMER"), "{all}");
     }
+    // One span per step: a worker's span only for the events it acts on (paymentworker's
+    // consumer gets every event, but opens a span for `created` alone here).
+    assert!(
+        spans.len() <= 16,
+        "{} spans for one approved order:\n{all}",
+        spans.len()
+    );
     assert!(kinds("querymodelworker").contains("CONSUMER"), "{all}");
     assert!(
         spans.iter().any(|s| s["tags"]["db.system"] == "postgresql"),
