@@ -378,11 +378,18 @@ const FINAL_EVENTS: &[&str] = &[
 ];
 
 /// When each order became final in the read model, from querymodelworker's notices: one
-/// subscription for the whole run, so following an order costs the pipeline nothing.
-#[derive(Clone)]
+/// subscription for the whole run, so following an order costs the pipeline nothing. Each waiting
+/// order has its own channel, so a notice wakes only the orders it names.
+#[derive(Clone, Default)]
 struct Finals {
-    seen: Arc<Mutex<std::collections::HashMap<Uuid, (String, Instant)>>>,
-    changed: Arc<tokio::sync::Notify>,
+    state: Arc<Mutex<FinalsState>>,
+}
+
+#[derive(Default)]
+struct FinalsState {
+    /// Final notices of orders nobody waits for yet (the notice beat the POST's answer).
+    seen: std::collections::HashMap<Uuid, (String, Instant)>,
+    waiting: std::collections::HashMap<Uuid, tokio::sync::oneshot::Sender<(String, Instant)>>,
 }
 
 impl Finals {
@@ -393,10 +400,7 @@ impl Finals {
             .await?;
         // The subscription is live once the server has it.
         client.flush().await?;
-        let finals = Finals {
-            seen: Arc::default(),
-            changed: Arc::default(),
-        };
+        let finals = Finals::default();
         let writer = finals.clone();
         tokio::spawn(async move {
             while let Some(message) = subscription.next().await {
@@ -406,42 +410,41 @@ impl Finals {
                 >(&message.payload) else {
                     continue;
                 };
-                let mut seen = writer.seen.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut state = writer.state.lock().unwrap_or_else(PoisonError::into_inner);
                 for change in changes {
-                    if FINAL_EVENTS.contains(&change.event_type.as_str()) {
-                        seen.entry(change.order_id)
-                            .or_insert((status_after(&change.event_type), now));
+                    if !FINAL_EVENTS.contains(&change.event_type.as_str()) {
+                        continue;
+                    }
+                    let found = (status_after(&change.event_type), now);
+                    match state.waiting.remove(&change.order_id) {
+                        Some(waiter) => {
+                            let _ = waiter.send(found);
+                        }
+                        None => {
+                            state.seen.entry(change.order_id).or_insert(found);
+                        }
                     }
                 }
-                drop(seen);
-                writer.changed.notify_waiters();
             }
         });
         Ok(finals)
-    }
-
-    fn get(&self, order_id: Uuid) -> Option<(String, Instant)> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&order_id)
-            .cloned()
     }
 
     /// Waits for the order's final notice; after `patience` without it, asks the API once (a lost
     /// notice), then waits again.
     async fn wait(&self, api: &ApiClient, order_id: Uuid, patience: Duration) -> (String, Instant) {
         loop {
-            let deadline = Instant::now() + patience;
-            loop {
-                let changed = self.changed.notified();
-                if let Some(found) = self.get(order_id) {
+            let receiver = {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(found) = state.seen.remove(&order_id) {
                     return found;
                 }
-                tokio::select! {
-                    () = changed => {}
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                state.waiting.insert(order_id, sender);
+                receiver
+            };
+            if let Ok(Ok(found)) = tokio::time::timeout(patience, receiver).await {
+                return found;
             }
             if let Ok(order) = api.get(order_id, None).await {
                 let status = order
