@@ -142,18 +142,14 @@ impl Worker {
         let appended = self.store.append_batch(appends).await;
         for (position, index) in appended_for.into_iter().enumerate() {
             let delivery = &deliveries[index];
-            let outcome = match &appended {
-                Err(err) => Err(orders::store_failure(err.clone())),
-                Ok(outcomes) => match outcomes.get(position) {
-                    Some(Ok(_)) => Ok(()),
-                    Some(Err(ClientError::Conflict(message))) => {
-                        self.after_conflict(&delivery.envelope, message)
-                            .instrument(delivery.span.clone())
-                            .await
-                    }
-                    Some(Err(err)) => Err(orders::store_failure(err.clone())),
-                    None => Err(Failure::retry(anyhow!("no outcome for this append"))),
-                },
+            let outcome = match orders::batch_outcome(&appended, position) {
+                Ok(_) => Ok(()),
+                Err(ClientError::Conflict(message)) => {
+                    self.after_conflict(&delivery.envelope, &message)
+                        .instrument(delivery.span.clone())
+                        .await
+                }
+                Err(err) => Err(orders::store_failure(err)),
             };
             results.push((index, outcome));
         }

@@ -62,27 +62,23 @@ impl Worker {
             let appended = self.store.append_batch(appends).await;
             for (position, (index, event)) in decided.into_iter().enumerate() {
                 let delivery = &deliveries[index];
-                let result = match &appended {
-                    Err(err) => Err(orders::store_failure(err.clone())),
-                    Ok(results) => match results.get(position) {
-                        Some(Ok(appended)) => {
-                            tracing::debug!(
-                                parent: &delivery.span,
-                                event.type = event.event_type(),
-                                version = appended.version,
-                                duplicate = appended.duplicate,
-                                "reviewed"
-                            );
-                            Ok(())
-                        }
-                        Some(Err(ClientError::Conflict(message))) => {
-                            self.after_conflict(&delivery.envelope, message)
-                                .instrument(delivery.span.clone())
-                                .await
-                        }
-                        Some(Err(err)) => Err(orders::store_failure(err.clone())),
-                        None => Err(Failure::retry(anyhow!("no outcome for this append"))),
-                    },
+                let result = match orders::batch_outcome(&appended, position) {
+                    Ok(appended) => {
+                        tracing::debug!(
+                            parent: &delivery.span,
+                            event.type = event.event_type(),
+                            version = appended.version,
+                            duplicate = appended.duplicate,
+                            "reviewed"
+                        );
+                        Ok(())
+                    }
+                    Err(ClientError::Conflict(message)) => {
+                        self.after_conflict(&delivery.envelope, &message)
+                            .instrument(delivery.span.clone())
+                            .await
+                    }
+                    Err(err) => Err(orders::store_failure(err)),
                 };
                 outcomes[index] = Some(result);
             }

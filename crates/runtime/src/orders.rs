@@ -2,7 +2,7 @@
 //! the event a message carries, and what each failure means for the message.
 
 use crate::consumer::Failure;
-use crate::eventstore::{ClientError, EventStoreClient, NewEvent};
+use crate::eventstore::{Appended, ClientError, EventStoreClient, NewEvent};
 use crate::stream::EventEnvelope;
 use anyhow::anyhow;
 use order_domain::{AGGREGATE_TYPE, Order, OrderEvent};
@@ -86,6 +86,22 @@ pub fn decode_message(envelope: &EventEnvelope) -> Result<OrderEvent, Failure> {
         )));
     }
     Ok(event)
+}
+
+/// The outcome of the `position`-th event of an [`EventStoreClient::append_batch`] answer: the
+/// event's own outcome, or the failure of the whole call, which is each event's.
+pub fn batch_outcome(
+    appended: &Result<Vec<Result<Appended, ClientError>>, ClientError>,
+    position: usize,
+) -> Result<Appended, ClientError> {
+    match appended {
+        Err(err) => Err(err.clone()),
+        Ok(outcomes) => outcomes.get(position).cloned().unwrap_or_else(|| {
+            Err(ClientError::Other(format!(
+                "the event store gave no outcome for event {position} of the batch"
+            )))
+        }),
+    }
 }
 
 /// What an event store error means for the message: retry what may work later, dead-letter what
