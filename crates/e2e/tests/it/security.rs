@@ -13,8 +13,9 @@ use e2e_tests::pipeline::binary;
 use e2e_tests::{Options, Pipeline};
 
 /// The users of `nats-auth.conf`.
-const USERS: [&str; 6] = [
+const USERS: [&str; 7] = [
     "eventstore",
+    "ordersvc",
     "paymentworker",
     "reviewworker",
     "querymodelworker",
@@ -212,15 +213,9 @@ async fn every_service_on_its_own_user_runs_the_saga_and_no_log_holds_a_password
     })
     .await;
     for service in e2e_tests::pipeline::SERVICES {
-        if service == "ordersvc" {
-            // ordersvc does not use NATS: it gets no NATS user at all.
-            pipeline.spawn(service);
-        } else {
-            let env = passwords.client_env(service);
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            pipeline.spawn_with(service, &env);
-        }
+        let env = passwords.client_env(service);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pipeline.spawn_with(service, &env);
     }
     let operator =
         NatsArgs::new(&nats_url).with_user("orderctl", passwords.of("orderctl").to_owned());
@@ -471,6 +466,22 @@ async fn a_user_cannot_do_what_it_must_not() {
             "$JS.API.CONSUMER.MSG.NEXT.ORDERS.querymodelworker",
         )
         .await;
+
+    // Expected: ordersvc only listens to read-model notices: it can neither forge one nor publish
+    // an event.
+    let mut api = Probe::connect(&url, "ordersvc", passwords.of("ordersvc")).await;
+    let _notices = api
+        .client
+        .subscribe("READMODEL.orders")
+        .await
+        .expect("sent");
+    for subject in ["READMODEL.orders", "ORDERS.created"] {
+        api.client
+            .publish(subject, "forged".into())
+            .await
+            .expect("sent");
+        api.refused("a publish by ordersvc", subject).await;
+    }
 
     // Expected: the bootstrapper creates and updates, but cannot delete or purge.
     let mut admin = Probe::connect(&url, "bootstrapper", passwords.of("bootstrapper")).await;
