@@ -49,6 +49,12 @@ pub struct Config {
     #[arg(long, env = "ORDERS_READER_DATABASE_URL", hide_env_values = true)]
     pub orders_reader_database_url: Option<String>,
 
+    /// The URL deadlinewatcher reads ordersdb with (give it to deadlinewatcher as its
+    /// `ORDERS_DATABASE_URL`): its user gets a role that may only read the `orders` table
+    /// (`ORDERS_WATCHER_DATABASE_URL`). Default: none.
+    #[arg(long, env = "ORDERS_WATCHER_DATABASE_URL", hide_env_values = true)]
+    pub orders_watcher_database_url: Option<String>,
+
     /// NATS server(s) with JetStream and how to log in (`NATS_URL`, comma-separated for a cluster;
     /// `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
     #[command(flatten)]
@@ -80,6 +86,7 @@ impl Default for Config {
             payments_database_url: DEFAULT_PAYMENTS_DATABASE_URL.to_owned(),
             admin_database_url: None,
             orders_reader_database_url: None,
+            orders_watcher_database_url: None,
             nats: NatsArgs::default(),
             replicas: 1,
             connect_timeout_secs: 5,

@@ -16,7 +16,7 @@ pub use jetstream::{
     ensure_streams, orders_stream_config,
 };
 pub use roles::Role;
-pub use sql::{Context, Target, ensure_database, migrate};
+pub use sql::{Context, Reader, Target, ensure_database, migrate};
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub async fn run_with(config: &Config, mut on_step: impl FnMut(&Step)) -> anyhow
 
     if !config.skip_sql {
         let targets = sql::targets(config)?;
-        let reader = sql::orders_reader(config, &targets)?;
+        let readers = sql::orders_readers(config, &targets)?;
         for target in &targets {
             let outcome = sql::ensure_target_database(target, timeout).await?;
             record(format!("database {}", target.database), outcome);
@@ -134,8 +134,8 @@ pub async fn run_with(config: &Config, mut on_step: impl FnMut(&Step)) -> anyhow
             .iter()
             .find(|target| target.context == Context::Orders)
             .context("no orders database")?;
-        if let Some(reader) = &reader {
-            roles.push((orders, reader));
+        for reader in &readers {
+            roles.push((orders, &reader.role));
         }
         for (target, role) in roles {
             let outcome = sql::ensure_role(target, role, timeout).await?;
@@ -143,10 +143,12 @@ pub async fn run_with(config: &Config, mut on_step: impl FnMut(&Step)) -> anyhow
         }
         // Before the migrations, so that they run as the role on tables it owns.
         for target in &targets {
-            let reader = reader
-                .as_ref()
-                .filter(|_| target.context == Context::Orders);
-            let outcome = sql::ensure_access(target, reader, timeout).await?;
+            let names: Vec<&str> = readers
+                .iter()
+                .filter(|_| target.context == Context::Orders)
+                .map(|reader| reader.role.name.as_str())
+                .collect();
+            let outcome = sql::ensure_access(target, &names, timeout).await?;
             record(format!("access {}", target.database), outcome);
         }
         for target in &targets {
@@ -158,9 +160,9 @@ pub async fn run_with(config: &Config, mut on_step: impl FnMut(&Step)) -> anyhow
             record(format!("migrations {}", target.context), outcome?);
         }
         // After the migrations, so that tables they added are readable too.
-        if let Some(reader) = &reader {
+        for reader in &readers {
             let outcome = sql::ensure_reads(orders, reader, timeout).await?;
-            record(format!("grants {}", reader.name), outcome);
+            record(format!("grants {}", reader.role.name), outcome);
         }
     }
 

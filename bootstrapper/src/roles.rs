@@ -143,13 +143,13 @@ pub struct Access<'a> {
     pub database: &'a str,
     /// The context's role, or `None` when the context connects as the administrator.
     pub owner: Option<&'a str>,
-    /// A role that may connect and read (ordersvc on ordersdb), if any.
-    pub reader: Option<&'a str>,
+    /// Roles that may connect and read (ordersvc and deadlinewatcher on ordersdb).
+    pub readers: &'a [&'a str],
 }
 
 /// Brings `access.database` in line: the context's role owns the database and every table of its
 /// `public` schema (tables made before the role existed, by an administrator, change hands), PUBLIC
-/// may not connect (so one context's role is refused on another's database), and the reader may.
+/// may not connect (so one context's role is refused on another's database), and the readers may.
 ///
 /// `conn` is the administrator's, connected to `access.database`.
 pub async fn ensure_access(
@@ -198,7 +198,7 @@ pub async fn ensure_access(
         sqlx::raw_sql(&statement).execute(&mut *conn).await?;
         outcome = Outcome::Updated;
     }
-    if let Some(reader) = access.reader {
+    for &reader in access.readers {
         let reader_connects: bool =
             sqlx::query_scalar("SELECT has_database_privilege($1, $2, 'CONNECT')")
                 .bind(reader)
@@ -214,11 +214,16 @@ pub async fn ensure_access(
     Ok(outcome)
 }
 
-/// Lets `reader` read every table of the `public` schema (but `_sqlx_migrations`), and nothing
-/// more. Run after the migrations, so tables a new migration adds are granted on the next run.
+/// Lets `reader` read every table of the `public` schema (but `_sqlx_migrations`), or only those of
+/// `only`, and nothing more. Run after the migrations, so tables a new migration adds are granted
+/// on the next run.
 ///
 /// `conn` is the administrator's (or the owner's), connected to the reader's database.
-pub async fn ensure_reads(conn: &mut PgConnection, reader: &str) -> Result<Outcome, sqlx::Error> {
+pub async fn ensure_reads(
+    conn: &mut PgConnection,
+    reader: &str,
+    only: Option<&[&str]>,
+) -> Result<Outcome, sqlx::Error> {
     let mut outcome = Outcome::Unchanged;
     let uses_schema: bool =
         sqlx::query_scalar("SELECT has_schema_privilege($1, 'public', 'USAGE')")
@@ -236,6 +241,9 @@ pub async fn ensure_reads(conn: &mut PgConnection, reader: &str) -> Result<Outco
     )
     .fetch_all(&mut *conn)
     .await?;
+    let tables = tables
+        .into_iter()
+        .filter(|table| only.is_none_or(|only| only.contains(&table.as_str())));
     for table in tables {
         // One query per table: in a filter, the planner may call the function on other schemas' rows.
         let readable: bool = sqlx::query_scalar("SELECT has_table_privilege($1, $2, 'SELECT')")

@@ -263,24 +263,66 @@ pub fn targets(config: &Config) -> anyhow::Result<Vec<Target>> {
     .collect()
 }
 
-/// The read-only role of `ORDERS_READER_DATABASE_URL`, if given: a user of its own on the orders
-/// database.
-pub fn orders_reader(config: &Config, targets: &[Target]) -> anyhow::Result<Option<Role>> {
-    const VARIABLE: &str = "ORDERS_READER_DATABASE_URL";
-    let Some(url) = config
-        .orders_reader_database_url
-        .as_deref()
-        .filter(|url| !url.trim().is_empty())
-    else {
-        return Ok(None);
-    };
-    let database = database_name(url).with_context(|| format!("{VARIABLE} is invalid"))?;
-    let reader = Role::from_url(url).with_context(|| format!("{VARIABLE} is invalid"))?;
+/// A role that may only read the orders database.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub role: Role,
+    /// The variable that named it, for messages.
+    pub variable: &'static str,
+    /// The tables it may read; `None`: every table of the `public` schema.
+    pub tables: Option<&'static [&'static str]>,
+}
+
+/// What deadlinewatcher reads: the orders themselves, not their items.
+pub const WATCHER_TABLES: &[&str] = &["orders"];
+
+/// The read-only roles of the orders database: ordersvc's (`ORDERS_READER_DATABASE_URL`, every
+/// table) and deadlinewatcher's (`ORDERS_WATCHER_DATABASE_URL`, `orders` only), those that are given.
+/// Each must be a user of its own on the orders database.
+pub fn orders_readers(config: &Config, targets: &[Target]) -> anyhow::Result<Vec<Reader>> {
+    let mut readers: Vec<Reader> = Vec::new();
+    for (variable, url, tables) in [
+        (
+            "ORDERS_READER_DATABASE_URL",
+            config.orders_reader_database_url.as_deref(),
+            None,
+        ),
+        (
+            "ORDERS_WATCHER_DATABASE_URL",
+            config.orders_watcher_database_url.as_deref(),
+            Some(WATCHER_TABLES),
+        ),
+    ] {
+        let Some(url) = url.filter(|url| !url.trim().is_empty()) else {
+            continue;
+        };
+        let role = orders_reader(variable, url, targets)?;
+        for other in &readers {
+            anyhow::ensure!(
+                other.role.name != role.name,
+                "{variable} must name a user of its own: {} is the user of {}",
+                role.name,
+                other.variable
+            );
+        }
+        readers.push(Reader {
+            role,
+            variable,
+            tables,
+        });
+    }
+    Ok(readers)
+}
+
+/// The read-only role of `url` (from `variable`): a user of its own on the orders database.
+fn orders_reader(variable: &'static str, url: &str, targets: &[Target]) -> anyhow::Result<Role> {
+    let database = database_name(url).with_context(|| format!("{variable} is invalid"))?;
+    let reader = Role::from_url(url).with_context(|| format!("{variable} is invalid"))?;
     for target in targets {
         if target.context == Context::Orders {
             anyhow::ensure!(
                 database == target.database,
-                "{VARIABLE} names database {database}, not {}, the one of ORDERS_DATABASE_URL",
+                "{variable} names database {database}, not {}, the one of ORDERS_DATABASE_URL",
                 target.database
             );
         }
@@ -292,7 +334,7 @@ pub fn orders_reader(config: &Config, targets: &[Target]) -> anyhow::Result<Opti
         };
         anyhow::ensure!(
             reader.name != user,
-            "{VARIABLE} must name a user of its own: {user} is the user of {}{}",
+            "{variable} must name a user of its own: {user} is the user of {}{}",
             target.variable,
             if target.role.is_none() {
                 " and the administrator"
@@ -301,13 +343,13 @@ pub fn orders_reader(config: &Config, targets: &[Target]) -> anyhow::Result<Opti
             }
         );
     }
-    Ok(Some(reader))
+    Ok(reader)
 }
 
 /// Checks the SQL settings of `config` without contacting anything.
 pub fn check(config: &Config) -> anyhow::Result<()> {
     let targets = targets(config)?;
-    orders_reader(config, &targets)?;
+    orders_readers(config, &targets)?;
     Ok(())
 }
 
@@ -384,18 +426,18 @@ pub async fn ensure_role(
     outcome.with_context(|| format!("cannot create role {} at {}", role.name, target.shown()))
 }
 
-/// Hands `target`'s database to its role and closes it to everyone else but `reader`.
+/// Hands `target`'s database to its role and closes it to everyone else but `readers`.
 #[tracing::instrument(skip_all, fields(db.name = %target.database))]
 pub async fn ensure_access(
     target: &Target,
-    reader: Option<&Role>,
+    readers: &[&str],
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
     let mut conn = target.admin_connection_to_database(timeout).await?;
     let access = Access {
         database: &target.database,
         owner: target.role.as_ref().map(|role| role.name.as_str()),
-        reader: reader.map(|role| role.name.as_str()),
+        readers,
     };
     let outcome = roles::ensure_access(&mut conn, access).await;
     close(conn).await;
@@ -408,20 +450,20 @@ pub async fn ensure_access(
     })
 }
 
-/// Lets `reader` read `target`'s tables.
-#[tracing::instrument(skip_all, fields(db.name = %target.database, db.role = %reader.name))]
+/// Lets `reader` read `target`'s tables (those it may).
+#[tracing::instrument(skip_all, fields(db.name = %target.database, db.role = %reader.role.name))]
 pub async fn ensure_reads(
     target: &Target,
-    reader: &Role,
+    reader: &Reader,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
     let mut conn = target.admin_connection_to_database(timeout).await?;
-    let outcome = roles::ensure_reads(&mut conn, &reader.name).await;
+    let outcome = roles::ensure_reads(&mut conn, &reader.role.name, reader.tables).await;
     close(conn).await;
     outcome.with_context(|| {
         format!(
             "cannot let {} read database {} at {}",
-            reader.name,
+            reader.role.name,
             target.database,
             target.shown()
         )

@@ -94,6 +94,8 @@ pub enum Command {
     /// List and replay the messages workers gave up on.
     #[command(subcommand)]
     DeadLetters(commands::dead_letters::DeadLetters),
+    /// List the open orders past their payment or review deadline, or near it.
+    Deadlines(commands::deadlines::Deadlines),
 }
 
 impl Cli {
@@ -109,6 +111,7 @@ impl Cli {
             Command::Trace(command) => command.run(&self.endpoints, out).await,
             Command::Load(command) => command.run(&self.endpoints, out).await,
             Command::DeadLetters(command) => command.run(&self.endpoints, out).await,
+            Command::Deadlines(command) => command.run(out).await,
         }
     }
 }
@@ -140,6 +143,27 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn deadlines_take_a_window_and_the_watchers_deadlines() {
+        let cli = Cli::try_parse_from([
+            "orderctl",
+            "deadlines",
+            "--within",
+            "2m",
+            "--payment-deadline",
+            "5s",
+        ])
+        .expect("parses");
+        let Command::Deadlines(deadlines) = cli.command else {
+            panic!("deadlines")
+        };
+        assert_eq!(deadlines.within, Duration::from_secs(120));
+        assert_eq!(deadlines.deadlines.payment_deadline, Duration::from_secs(5));
+        let err = Cli::try_parse_from(["orderctl", "deadlines", "--review-deadline", "5"])
+            .expect_err("a bare number is refused");
+        assert!(err.to_string().contains("REVIEW_DEADLINE"), "{err}");
     }
 
     const ID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";

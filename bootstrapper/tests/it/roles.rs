@@ -335,6 +335,63 @@ async fn the_orders_reader_reads_the_read_model_and_cannot_write_it() {
     assert!(again.all_unchanged(), "{again:#?}");
 }
 
+#[tokio::test]
+async fn the_deadline_watcher_reads_the_orders_and_nothing_else() {
+    let servers = Servers::start();
+    let config = Config {
+        orders_reader_database_url: Some(url(&servers, "ordersvc", None, "ordersdb")),
+        orders_watcher_database_url: Some(url(&servers, "deadlinewatcher", None, "ordersdb")),
+        ..role_config(&servers)
+    };
+    let report = bootstrapper::run(&config)
+        .await
+        .expect("bootstrap succeeds");
+    assert_eq!(report.outcome("role deadlinewatcher"), Some(Outcome::Created));
+    assert_eq!(
+        report.outcome("grants deadlinewatcher"),
+        Some(Outcome::Updated),
+        "{report:#?}"
+    );
+
+    let mut watcher = connect(&url(&servers, "deadlinewatcher", None, "ordersdb"))
+        .await
+        .expect("the watcher connects to ordersdb");
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE status IN ('Pending', 'Paid') AND updated_at <= now()",
+    )
+    .fetch_one(&mut watcher)
+    .await
+    .expect("the watcher reads orders");
+    assert_eq!(open, 0);
+    for refused in [
+        "SELECT count(*) FROM order_items",
+        "UPDATE orders SET status = 'Cancelled'",
+        "CREATE TABLE mine (id INT8)",
+    ] {
+        let err = sqlx::raw_sql(refused)
+            .execute(&mut watcher)
+            .await
+            .expect_err(refused);
+        assert_eq!(
+            pipeline_runtime::db::sqlstate(&err).as_deref(),
+            Some(INSUFFICIENT_PRIVILEGE),
+            "{refused}: {err}"
+        );
+    }
+    watcher.close().await.expect("close");
+    let err = connect(&url(&servers, "deadlinewatcher", None, "eventstoredb"))
+        .await
+        .expect_err("the watcher must not open eventstoredb");
+    assert_eq!(
+        pipeline_runtime::db::sqlstate(&err).as_deref(),
+        Some(INSUFFICIENT_PRIVILEGE),
+        "{err}"
+    );
+
+    let again = bootstrapper::run(&config).await.expect("second run");
+    assert!(again.all_unchanged(), "{again:#?}");
+}
+
 #[test]
 fn settings_that_do_not_fit_together_are_refused_naming_the_variable() {
     let base = Config {
@@ -374,6 +431,18 @@ fn settings_that_do_not_fit_together_are_refused_naming_the_variable() {
                 ..base.clone()
             },
             "ORDERS_READER_DATABASE_URL",
+        ),
+        (
+            Config {
+                orders_reader_database_url: Some(
+                    "postgresql://ordersvc:hunter2@db:26257/ordersdb".to_owned(),
+                ),
+                orders_watcher_database_url: Some(
+                    "postgresql://ordersvc:hunter2@db:26257/ordersdb".to_owned(),
+                ),
+                ..base.clone()
+            },
+            "ORDERS_WATCHER_DATABASE_URL",
         ),
         (
             Config {

@@ -3,6 +3,7 @@
 pub mod cancel;
 pub mod create;
 pub mod dead_letters;
+pub mod deadlines;
 pub mod events;
 pub mod get;
 pub mod list;

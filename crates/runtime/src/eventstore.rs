@@ -316,6 +316,41 @@ impl EventStoreClient {
         events.into_iter().map(envelope).collect()
     }
 
+    /// Every event of one aggregate, like [`Self::events`], but the call belongs to no trace: a
+    /// debug span, no trace context sent. For a caller that reads an aggregate to learn whether it
+    /// has anything to do and which trace that work would join (the deadline watcher), so that each
+    /// look does not start a trace of its own.
+    pub async fn events_untraced(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope>, ClientError> {
+        let span = tracing::debug_span!(
+            "eventstore.call",
+            rpc.method = "GetEvents",
+            order.id = aggregate_id
+        );
+        let request = pb::GetEventsRequest {
+            aggregate_id: aggregate_id.to_owned(),
+            from_version: 1,
+            ..Default::default()
+        };
+        let call = async {
+            let response = self
+                .grpc
+                .clone()
+                .get_events(request)
+                .await
+                .map_err(ClientError::from)?;
+            response
+                .into_inner()
+                .events
+                .into_iter()
+                .map(envelope)
+                .collect()
+        };
+        call.instrument(span).await
+    }
+
     /// One event by id.
     pub async fn event(&self, event_id: Uuid) -> Result<Option<EventEnvelope>, ClientError> {
         let span = rpc_span("GetEvents");

@@ -1,5 +1,6 @@
 //! Given/when/then tests of the whole domain; one test binary with the library.
 
+mod deadlines;
 mod decisions;
 mod events;
 mod fold;

@@ -1,0 +1,28 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use deadlinewatcher::{App, Config};
+use pipeline_runtime::{service, shutdown};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    let _telemetry = match service::telemetry(deadlinewatcher::NAME, &config.telemetry) {
+        Ok(guard) => guard,
+        Err(code) => return code,
+    };
+    service::run(
+        App::build(config),
+        |app| {
+            let deadlines = app.deadlines();
+            tracing::info!(
+                payment_deadline = %order_domain::format_duration(deadlines.payment),
+                review_deadline = %order_domain::format_duration(deadlines.review),
+                scan_interval = %order_domain::format_duration(app.scan_interval()),
+                "deadlinewatcher watching"
+            );
+        },
+        |app| app.run_until_stopped(shutdown::signal()),
+    )
+    .await
+}
