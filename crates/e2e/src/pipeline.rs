@@ -46,12 +46,13 @@ pub struct Options {
 }
 
 /// The pipeline's services, in start order.
-pub const SERVICES: [&str; 5] = [
+pub const SERVICES: [&str; 6] = [
     "eventstore",
     "ordersvc",
     "paymentworker",
     "reviewworker",
     "querymodelworker",
+    "deadlinewatcher",
 ];
 
 struct Process {
@@ -194,14 +195,18 @@ impl Pipeline {
         self.env_for(None)
     }
 
-    /// The environment of `service`'s processes: [`Pipeline::env`], but ordersvc reads `ordersdb` as
-    /// the read-only role the bootstrapper made for it (only querymodelworker writes there);
-    /// [`Options::env`] still wins.
+    /// The environment of `service`'s processes: [`Pipeline::env`], but ordersvc and deadlinewatcher
+    /// read `ordersdb` as the read-only roles the bootstrapper made for them (only querymodelworker
+    /// writes there); [`Options::env`] still wins.
     pub fn env_for(&self, service: Option<&str>) -> Vec<(String, String)> {
         let own = match service {
             Some("ordersvc") => vec![(
                 "ORDERS_DATABASE_URL".to_owned(),
                 self.role_url("ordersvc", "ordersdb"),
+            )],
+            Some("deadlinewatcher") => vec![(
+                "ORDERS_DATABASE_URL".to_owned(),
+                self.role_url("deadlinewatcher", "ordersdb"),
             )],
             _ => Vec::new(),
         };
@@ -226,6 +231,10 @@ impl Pipeline {
             (
                 "ORDERS_READER_DATABASE_URL",
                 self.role_url("ordersvc", "ordersdb"),
+            ),
+            (
+                "ORDERS_WATCHER_DATABASE_URL",
+                self.role_url("deadlinewatcher", "ordersdb"),
             ),
             (
                 "PAYMENTS_DATABASE_URL",
@@ -338,8 +347,8 @@ impl Pipeline {
         format!("http://127.0.0.1:{}", self.ordersvc_port)
     }
 
-    /// Waits until the event store takes connections, ordersvc answers /healthz and every worker
-    /// consumer has a pull request waiting.
+    /// Waits until the event store takes connections, ordersvc answers /healthz, every worker
+    /// consumer has a pull request waiting and deadlinewatcher says it is watching.
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.eventstore_port)).is_err() {
@@ -373,6 +382,20 @@ impl Pipeline {
                     break;
                 }
                 self.check_deadline(deadline, &format!("{durable} to pull"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let watchers = self
+            .processes
+            .iter()
+            .filter(|p| p.name == "deadlinewatcher")
+            .count();
+        for index in 0..watchers {
+            while !self
+                .log("deadlinewatcher", index)
+                .contains("deadlinewatcher watching")
+            {
+                self.check_deadline(deadline, "deadlinewatcher to watch");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

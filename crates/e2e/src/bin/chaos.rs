@@ -23,8 +23,10 @@ struct Cli {
     #[arg(long, default_value_t = 10.0, value_parser = parse_rate)]
     rate: f64,
     /// `full`: every process killed alone, overlapping faults and a frozen worker, repeated while
-    /// the duration leaves room; `short`: a frozen worker and one kill of every process.
-    #[arg(long, default_value = "full", value_parser = ["full", "short"])]
+    /// the duration leaves room; `short`: a frozen worker and one kill of every process;
+    /// `deadlines`: 3 s saga deadlines, each worker frozen past them, the watcher and the event
+    /// store killed while they fall.
+    #[arg(long, default_value = "full", value_parser = ["full", "short", "deadlines"])]
     schedule: String,
     /// Multiplies how long each process stays down (1.5 to 5 s at 1).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
@@ -104,11 +106,12 @@ async fn main() -> ExitCode {
         cli.duration.as_secs_f64(),
         cli.rate
     );
-    let schedule = if cli.schedule == "short" {
-        Schedule::Short
-    } else {
-        Schedule::Full
+    let schedule = match cli.schedule.as_str() {
+        "short" => Schedule::Short,
+        "deadlines" => Schedule::Deadlines,
+        _ => Schedule::Full,
     };
+    let deadlines = (schedule == Schedule::Deadlines).then_some(chaos::SHORT_DEADLINES);
     let config = Config {
         schedule,
         down_scale: cli.down_scale,
@@ -119,6 +122,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("chaos-{seed}"))),
         ),
         keep_logs_always: cli.keep_logs,
+        deadlines,
         ..Config::new(cli.duration, cli.rate, seed)
     };
     let report = match chaos::run(config).await {

@@ -22,6 +22,7 @@ pub enum Component {
     Paymentworker,
     Reviewworker,
     Querymodelworker,
+    Deadlinewatcher,
     #[serde(rename = "nats-server")]
     NatsServer,
     #[serde(rename = "postgresql")]
@@ -42,12 +43,13 @@ impl Component {
             Component::Paymentworker => "paymentworker",
             Component::Reviewworker => "reviewworker",
             Component::Querymodelworker => "querymodelworker",
+            Component::Deadlinewatcher => "deadlinewatcher",
             Component::NatsServer => "nats-server",
             Component::Postgres => "postgresql",
         }
     }
 
-    /// The service's name in [`Pipeline`], for the five binaries of the workspace.
+    /// The service's name in [`Pipeline`], for the six binaries of the workspace.
     fn service(self) -> Option<&'static str> {
         match self {
             Component::NatsServer | Component::Postgres => None,
@@ -75,6 +77,10 @@ pub enum Schedule {
     Full,
     /// A worker frozen past its ack wait, then every process killed once.
     Short,
+    /// Short saga deadlines ([`super::Config::deadlines`]) with the faults that make them fall:
+    /// paymentworker, reviewworker and querymodelworker frozen past them, the watcher and the event
+    /// store killed while they fall, then every process killed once.
+    Deadlines,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,9 +155,14 @@ fn kill(component: Component, down: Duration) -> Fault {
 }
 
 fn freeze(component: Component, pause: Duration) -> Fault {
+    let past = if pause > Duration::from_secs(30) {
+        "past the 30 s ack wait"
+    } else {
+        "past the deadlines"
+    };
     Fault::new(
         format!(
-            "SIGSTOP {component} for {:.0} s (past the 30 s ack wait), then SIGCONT",
+            "SIGSTOP {component} for {:.0} s ({past}), then SIGCONT",
             pause.as_secs_f64()
         ),
         vec![
@@ -162,11 +173,12 @@ fn freeze(component: Component, pause: Duration) -> Fault {
     )
 }
 
-const SINGLES: [Component; 7] = [
+const SINGLES: [Component; 8] = [
     Component::Eventstore,
     Component::Paymentworker,
     Component::Reviewworker,
     Component::Querymodelworker,
+    Component::Deadlinewatcher,
     Component::Ordersvc,
     Component::NatsServer,
     Component::Postgres,
@@ -231,6 +243,21 @@ fn short_round(rng: &mut StdRng, config: &Config) -> Vec<Fault> {
     faults
 }
 
+/// Each step's deadline falling while what should meet it is away: the workers frozen (and so the
+/// read model behind), the watcher and the event store down, each for `pause` (which outlasts the
+/// deadlines); then paymentworker killed mid-flight. The other kills are the short schedule's.
+fn deadline_round(rng: &mut StdRng, config: &Config, pause: Duration) -> Vec<Fault> {
+    use Component::*;
+    vec![
+        freeze(Paymentworker, pause),
+        freeze(Reviewworker, pause),
+        freeze(Querymodelworker, pause),
+        kill(Deadlinewatcher, pause),
+        kill(Eventstore, pause),
+        kill(Paymentworker, down(rng, config, 1000, 2000)),
+    ]
+}
+
 /// The faults of a run, each with its planned start, spread over `config.duration`: a warm-up,
 /// then each fault followed by an equal share of the remaining time to recover (at least a few
 /// seconds). The full schedule is repeated as long as each pass leaves about eight seconds of
@@ -240,10 +267,17 @@ pub(crate) fn plan(config: &Config) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_fa17);
     let (warmup, min_recovery) = match config.schedule {
         Schedule::Full => (Duration::from_secs(5), Duration::from_secs(6)),
-        Schedule::Short => (Duration::from_secs(3), Duration::from_secs(4)),
+        Schedule::Short | Schedule::Deadlines => (Duration::from_secs(3), Duration::from_secs(4)),
     };
     let mut faults = match config.schedule {
         Schedule::Short => short_round(&mut rng, config),
+        Schedule::Deadlines => {
+            // Each fault outlasts the longer deadline by two seconds and a few sweeps.
+            let longest = config
+                .deadlines
+                .map_or(Duration::from_secs(60), |d| d.payment.max(d.review));
+            deadline_round(&mut rng, config, longest + Duration::from_secs(2))
+        }
         Schedule::Full => {
             let first = full_round(&mut rng, config);
             let pass: Duration = first.iter().map(Fault::nominal).sum::<Duration>()
@@ -495,15 +529,18 @@ fn eventstore_addr(pipeline: &Pipeline) -> Option<SocketAddr> {
         .and_then(|(_, addr)| addr.parse().ok())
 }
 
-/// Lines of a worker's log saying that it (re)started consuming.
+/// Lines of a worker's log saying that it (re)started consuming, or of the watcher's saying that
+/// it (re)started watching.
 fn consuming_lines(pipeline: &Pipeline, component: Component) -> usize {
-    if !component.is_worker() {
-        return 0;
-    }
+    let started = match component {
+        Component::Deadlinewatcher => "deadlinewatcher watching",
+        worker if worker.is_worker() => " consuming consumer=",
+        _ => return 0,
+    };
     pipeline
         .log(component.name(), 0)
         .lines()
-        .filter(|line| line.contains(" consuming consumer="))
+        .filter(|line| line.contains(started))
         .count()
 }
 
@@ -650,7 +687,7 @@ mod tests {
     #[test]
     fn the_full_schedule_fits_its_duration_and_repeats_when_there_is_room() {
         let three_minutes = plan(&Config::new(Duration::from_secs(180), 10.0, 3));
-        assert_eq!(three_minutes.len(), 11, "one pass: {three_minutes:?}");
+        assert_eq!(three_minutes.len(), 12, "one pass: {three_minutes:?}");
         let last = three_minutes.last().expect("faults");
         assert!(
             last.at + last.nominal() <= Duration::from_secs(180),
@@ -659,6 +696,27 @@ mod tests {
         );
         let ten_minutes = plan(&Config::new(Duration::from_secs(600), 10.0, 3));
         assert!(ten_minutes.len() >= 22, "{} faults", ten_minutes.len());
+    }
+
+    #[test]
+    fn the_deadline_schedule_lets_every_deadline_fall_while_its_step_is_away() {
+        let faults = plan(&Config::deadlines_ci(5));
+        let pause = Duration::from_secs(5);
+        for component in [
+            Component::Paymentworker,
+            Component::Reviewworker,
+            Component::Querymodelworker,
+        ] {
+            assert!(
+                faults.iter().any(|f| matches!(f.steps.first(), Some(Step::Freeze(c)) if *c == component)
+                    && f.steps.iter().any(|step| matches!(step, Step::Wait(wait) if *wait >= pause))),
+                "{component} frozen past the 3 s deadlines: {faults:?}"
+            );
+        }
+        let killed = killed(&faults);
+        for component in [Component::Deadlinewatcher, Component::Eventstore] {
+            assert!(killed.contains(&component), "{component}: {faults:?}");
+        }
     }
 
     #[test]

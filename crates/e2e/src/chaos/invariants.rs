@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use order_domain::{Order, OrderEvent, OrderStatus};
+use order_domain::{
+    Deadlines, Order, OrderEvent, OrderStatus, Step, deadline_event_id, deadline_step,
+};
 use pipeline_runtime::deadletter::dl_headers;
 use pipeline_runtime::stream::{CONSUMERS, DEAD_LETTER_STREAM, STREAM, headers};
 use rust_decimal::Decimal;
@@ -31,7 +33,7 @@ const EXAMPLES: usize = 5;
 #[derive(Debug, Clone, Serialize)]
 pub struct Invariant {
     /// A short name: `recovery`, `clients`, `drain`, `final`, `history`, `read-model`,
-    /// `payments`, `rules`, `stream`, `dead-letters`.
+    /// `payments`, `rules`, `deadlines`, `stream`, `dead-letters`.
     pub key: &'static str,
     pub name: &'static str,
     /// How many things were checked, in `unit`s.
@@ -244,6 +246,7 @@ struct Stored {
     version: i64,
     data: Value,
     stream: String,
+    created_at: OffsetDateTime,
 }
 
 struct ReadRow {
@@ -293,7 +296,16 @@ struct Snapshot {
     dead_letters: Vec<Message>,
 }
 
-type EventRow = (Uuid, String, String, String, i64, Value, String);
+type EventRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    i64,
+    Value,
+    String,
+    OffsetDateTime,
+);
 type OrderRow = (
     Uuid,
     String,
@@ -320,7 +332,7 @@ impl Snapshot {
     async fn take(stores: &Stores) -> anyhow::Result<Snapshot> {
         let events: Vec<EventRow> = sqlx::query_as(
             "SELECT event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
-             event_data, stream FROM events ORDER BY aggregate_id, aggregate_version",
+             event_data, stream, created_at FROM events ORDER BY aggregate_id, aggregate_version",
         )
         .fetch_all(&stores.events)
         .await
@@ -383,6 +395,7 @@ impl Snapshot {
                         version,
                         data,
                         stream,
+                        created_at,
                     )| {
                         Stored {
                             event_id,
@@ -392,6 +405,7 @@ impl Snapshot {
                             version,
                             data,
                             stream,
+                            created_at,
                         }
                     },
                 )
@@ -524,6 +538,7 @@ pub(crate) async fn check(
     load: &LoadStats,
     faults: &Outcome,
     drain: &Drain,
+    deadlines: &Deadlines,
 ) -> anyhow::Result<Checked> {
     let stores = Stores::connect(pipeline)
         .await
@@ -570,6 +585,7 @@ pub(crate) async fn check(
     let read_model = read_model(&snapshot, &histories);
     let payments = payments(&snapshot, &histories, initial);
     let rules = rules(&histories, initial, review_max);
+    let deadlines = deadline_cancels(&histories, deadlines);
     let stream = stream(&snapshot);
     let mut dead = Invariant::new(
         "dead-letters",
@@ -613,7 +629,8 @@ pub(crate) async fn check(
         finals,
         refunded,
         invariants: vec![
-            recovery, clients, drained, settled, history, read_model, payments, rules, stream, dead,
+            recovery, clients, drained, settled, history, read_model, payments, rules, deadlines,
+            stream, dead,
         ],
     })
 }
@@ -1115,6 +1132,82 @@ fn rules(
     invariant
 }
 
+/// The watcher's cancels: each one ends an order that waited for the step it names at least that
+/// step's deadline (between the stored times of the event that opened the step and of the cancel),
+/// under the step's deterministic id; and no order was both approved and cancelled.
+fn deadline_cancels(histories: &BTreeMap<Uuid, History<'_>>, deadlines: &Deadlines) -> Invariant {
+    let mut invariant = Invariant::new(
+        "deadlines",
+        "the watcher cancelled only overdue orders, once each; no order approved and cancelled",
+        "deadline cancels",
+    );
+    for (order_id, history) in histories {
+        let approved = history
+            .events
+            .iter()
+            .any(|(_, event)| matches!(event, OrderEvent::Approved(_)));
+        let mut status = OrderStatus::Pending;
+        let mut opened_at = None;
+        for (stored, event) in &history.events {
+            if let OrderEvent::Cancelled(cancel) = event {
+                invariant.expect(!approved, || {
+                    format!("order {order_id} was approved and cancelled")
+                });
+                // A deadline cancel is known by its id (one per order and step); its reason
+                // must name the same step.
+                let by_id = Step::ALL
+                    .into_iter()
+                    .find(|step| stored.event_id == deadline_event_id(*order_id, *step));
+                let by_reason = deadline_step(&cancel.reason);
+                if by_id.is_some() || by_reason.is_some() {
+                    invariant.checked += 1;
+                }
+                invariant.expect(by_id == by_reason, || {
+                    format!(
+                        "order {order_id}: cancel {} ({:?}) with reason {:?}",
+                        stored.event_id, by_id, cancel.reason
+                    )
+                });
+                if let Some(step) = by_id {
+                    invariant.expect(step.status() == status, || {
+                        format!(
+                            "order {order_id} was cancelled for its {step} while {status}: {}",
+                            cancel.reason
+                        )
+                    });
+                    let waited = opened_at.map(|at: OffsetDateTime| stored.created_at - at);
+                    let deadline = deadlines.of(step);
+                    invariant.expect(
+                        waited.is_some_and(|waited| {
+                            waited.as_seconds_f64() >= deadline.as_secs_f64()
+                        }),
+                        || {
+                            format!(
+                                "order {order_id} was cancelled for its {step} after {waited:?}, \
+                                 before its {deadline:?} deadline"
+                            )
+                        },
+                    );
+                }
+            }
+            // The status before the next event, and when it began.
+            status = match event {
+                OrderEvent::Created(_) => OrderStatus::Pending,
+                OrderEvent::PaymentDebited(_) => OrderStatus::Paid,
+                OrderEvent::PaymentFailed(_) => OrderStatus::PaymentFailed,
+                OrderEvent::Approved(_) => OrderStatus::Approved,
+                OrderEvent::Rejected(_) => OrderStatus::Rejected,
+                OrderEvent::Cancelled(_) => OrderStatus::Cancelled,
+                OrderEvent::PaymentRefunded(_) => status,
+            };
+            if !matches!(event, OrderEvent::PaymentRefunded(_)) {
+                opened_at = Some(stored.created_at);
+            }
+        }
+    }
+    invariant
+}
+
 /// The stream holds every committed event exactly once, nothing else, each aggregate's events in
 /// version order, and the outbox is empty.
 fn stream(snapshot: &Snapshot) -> Invariant {
@@ -1239,7 +1332,7 @@ mod tests {
         let drained = drain(&pipeline, &load, Duration::from_secs(30)).await;
         assert!(drained.complete, "{:?}", drained.left);
 
-        let clean = check(&pipeline, &load, &faults, &drained)
+        let clean = check(&pipeline, &load, &faults, &drained, &Deadlines::DEFAULT)
             .await
             .expect("the checks run");
         assert_eq!(failing(&clean), Vec::<&str>::new(), "a settled pipeline");
@@ -1269,7 +1362,7 @@ mod tests {
             .expect("the stream");
         assert!(stream.delete_message(1).await.expect("deleted"));
 
-        let tampered = check(&pipeline, &load, &faults, &drained)
+        let tampered = check(&pipeline, &load, &faults, &drained, &Deadlines::DEFAULT)
             .await
             .expect("the checks run");
         assert_eq!(

@@ -1,5 +1,5 @@
 //! The chaos run: the whole pipeline as real processes under a steady load of orders while every
-//! process — the five services, nats-server and PostgreSQL — is killed and restarted, alone and
+//! process — the six services, nats-server and PostgreSQL — is killed and restarted, alone and
 //! together, and a worker is frozen for longer than its consumer's ack wait. When the load stops
 //! and the pipeline has drained, the invariants are checked against the databases and the stream.
 //!
@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use order_domain::{Deadlines, format_duration};
 use tokio::time::Instant;
 
 use crate::pipeline::{Options, Pipeline};
@@ -60,6 +61,9 @@ pub struct Config {
     pub logs_dir: Option<PathBuf>,
     /// Copy the logs also when every invariant holds (otherwise only when one fails).
     pub keep_logs_always: bool,
+    /// The saga deadlines deadlinewatcher works with (`PAYMENT_DEADLINE`, `REVIEW_DEADLINE`);
+    /// `None`: its defaults (30 s and 60 s).
+    pub deadlines: Option<Deadlines>,
 }
 
 impl Config {
@@ -78,6 +82,7 @@ impl Config {
             ready_timeout: Duration::from_secs(60),
             logs_dir: None,
             keep_logs_always: false,
+            deadlines: None,
         }
     }
 
@@ -93,7 +98,30 @@ impl Config {
             ..Config::new(Duration::from_secs(70), 5.0, seed)
         }
     }
+
+    /// The deadline schedule at CI size: deadlines of 3 s, each one made to fall (workers frozen,
+    /// the watcher and the event store down) under 5 orders per second, about 45 s of load.
+    pub fn deadlines_ci(seed: u64) -> Config {
+        Config {
+            schedule: Schedule::Deadlines,
+            deadlines: Some(SHORT_DEADLINES),
+            drain_timeout: Duration::from_secs(90),
+            ready_timeout: Duration::from_secs(30),
+            ..Config::new(Duration::from_secs(45), 5.0, seed)
+        }
+    }
+
+    /// The deadlines the checks hold the watcher to.
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines.unwrap_or(Deadlines::DEFAULT)
+    }
 }
+
+/// The deadlines of the deadline schedule: 3 s to pay, 3 s to review.
+pub const SHORT_DEADLINES: Deadlines = Deadlines {
+    payment: Duration::from_secs(3),
+    review: Duration::from_secs(3),
+};
 
 /// Runs the scenario: starts the pipeline, offers orders while the fault schedule runs, waits for
 /// the pipeline to drain and checks every invariant. An `Err` means the run itself could not be
@@ -117,16 +145,26 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         bail!("the down scale must be a number above 0 and at most 100");
     }
     let began = Instant::now();
-    let env = [
+    let mut env: Vec<(String, String)> = [
         ("PAYMENT_INITIAL_CREDIT", INITIAL_CREDIT),
         ("REVIEW_MAX_AMOUNT", REVIEW_MAX_AMOUNT),
         ("RUST_LOG", "info"),
-    ];
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    if let Some(deadlines) = config.deadlines {
+        env.extend([
+            (
+                "PAYMENT_DEADLINE".to_owned(),
+                format_duration(deadlines.payment),
+            ),
+            ("REVIEW_DEADLINE".to_owned(), format_duration(deadlines.review)),
+            ("DEADLINE_SCAN_INTERVAL".to_owned(), "250ms".to_owned()),
+        ]);
+    }
     let mut pipeline = Pipeline::start_with(Options {
-        env: env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
+        env,
         ..Options::default()
     })
     .await;
@@ -176,7 +214,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         "chaos: drained; checking"
     );
     let checking = Instant::now();
-    let checked = match invariants::check(&pipeline, &load, &faults, &drain).await {
+    let deadlines = config.deadlines();
+    let checked = match invariants::check(&pipeline, &load, &faults, &drain, &deadlines).await {
         Ok(checked) => checked,
         Err(error) => {
             return Err(match &config.logs_dir {

@@ -23,3 +23,32 @@ async fn every_invariant_holds_while_each_process_is_killed_under_load() {
         "invariants that do not hold: {failed:?} (the report above has the details)"
     );
 }
+
+/// The deadline schedule at CI size: with 3 s deadlines, each worker frozen past them, the watcher
+/// and the event store killed while they fall; every invariant must hold, the watcher's cancels
+/// among them (only of overdue orders, once, never of an approved one; every debit refunded or kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invariant_holds_with_short_deadlines_while_their_steps_are_away() {
+    let seed = 20_261_207;
+    let config = Config {
+        logs_dir: Some(std::env::temp_dir().join(format!("chaos-deadlines-ci-{seed}"))),
+        ..Config::deadlines_ci(seed)
+    };
+    let report = chaos::run(config).await.expect("the chaos run completes");
+    eprintln!("{report}");
+    let deadlines = report
+        .invariants
+        .iter()
+        .find(|invariant| invariant.key == "deadlines")
+        .expect("the deadline invariant is checked");
+    assert!(
+        deadlines.checked > 0,
+        "the faults made deadlines fall: {:?}",
+        report.finals
+    );
+    let failed: Vec<&str> = report.failed().iter().map(|i| i.name).collect();
+    assert!(
+        report.passed(),
+        "invariants that do not hold: {failed:?} (the report above has the details); deadlines: {deadlines:?}"
+    );
+}

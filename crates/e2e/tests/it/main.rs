@@ -2,6 +2,7 @@
 
 mod chaos;
 mod cluster;
+mod deadlines;
 mod overload;
 mod poison;
 mod saga;

@@ -444,6 +444,7 @@ async fn every_service_stops_cleanly_on_sigterm() {
         "paymentworker",
         "reviewworker",
         "querymodelworker",
+        "deadlinewatcher",
         "eventstore",
     ] {
         let status = pipeline.terminate(service, 0);

@@ -23,6 +23,10 @@ const USERS: [&str; 7] = [
     "orderctl",
 ];
 
+/// Services without a NATS user: they need no subject (nats-auth.conf says why), so they get no
+/// credentials and never connect.
+const NO_NATS: [&str; 1] = ["deadlinewatcher"];
+
 /// The workers, each with its durable consumer of the same name.
 const WORKERS: [&str; 3] = ["paymentworker", "reviewworker", "querymodelworker"];
 
@@ -213,6 +217,10 @@ async fn every_service_on_its_own_user_runs_the_saga_and_no_log_holds_a_password
     })
     .await;
     for service in e2e_tests::pipeline::SERVICES {
+        if NO_NATS.contains(&service) {
+            pipeline.spawn(service);
+            continue;
+        }
         let env = passwords.client_env(service);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         pipeline.spawn_with(service, &env);
@@ -233,6 +241,25 @@ async fn every_service_on_its_own_user_runs_the_saga_and_no_log_holds_a_password
     let order = pipeline.wait_final(&rejected).await;
     assert_eq!(order["status"], "Rejected", "{order}");
     assert_eq!(order["refunded"], true, "the refund went through: {order}");
+
+    // Expected: deadlinewatcher, without a NATS user and on its read-only database role, sweeps
+    // the read model (its debug log shows a sweep without error) and is refused nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = pipeline.log("deadlinewatcher", 0);
+        assert!(
+            !log.contains("permission denied"),
+            "deadlinewatcher's role lacks a grant:\n{log}"
+        );
+        if log.contains("sweep") && log.contains("error: None") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deadlinewatcher never swept without an error:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Expected: each worker dead-letters a message it cannot decode to its own subject, and the
     // operator lists and replays it with orderctl.
@@ -287,7 +314,7 @@ async fn every_service_on_its_own_user_runs_the_saga_and_no_log_holds_a_password
     // service used is in its permissions (nats-server logs each violation).
     let logs = all_logs(pipeline.log_dir());
     let names: Vec<&str> = logs.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(logs.len(), 5, "one log per service: {names:?}");
+    assert_eq!(logs.len(), 6, "one log per service: {names:?}");
     for (name, text) in &logs {
         assert!(!text.is_empty(), "{name} logged something at debug level");
         passwords.assert_absent(text, name);

@@ -11,7 +11,7 @@ use serde_json::Value;
 use e2e_tests::order_body;
 
 /// Every process the stack starts, as `scripts/stack status` names them.
-const PROCESSES: [&str; 7] = [
+const PROCESSES: [&str; 8] = [
     "postgresql",
     "nats-server",
     "eventstore",
@@ -19,6 +19,7 @@ const PROCESSES: [&str; 7] = [
     "paymentworker",
     "reviewworker",
     "querymodelworker",
+    "deadlinewatcher",
 ];
 
 /// A stack in a temporary folder on free ports. Dropping it runs `scripts/stack stop`, so a failed
