@@ -28,7 +28,7 @@ pub enum StoreError {
     Unavailable(String),
 
     /// The append queue is full: the store takes no more work until it catches up; retry later.
-    #[error("event store overloaded: {0} appends already queued; retry later")]
+    #[error("event store overloaded: its queue of {0} events is full; retry later")]
     Overloaded(usize),
 
     /// The service is stopping and took no new work.

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pipeline_runtime::db::redact;
+use pipeline_runtime::nats::NatsArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:3000";
@@ -15,6 +16,9 @@ pub const DEFAULT_ORDERS_DATABASE_URL: &str =
 /// times that: one instance's requests fit in one batch and leave queue room for other instances.
 /// More at once would only wait longer for the same commits, up to the timeout.
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
+/// A notice usually answers a `min_version` wait within milliseconds; this re-read is only for one
+/// that got lost, so it can be slow and cheap.
+pub const DEFAULT_MIN_VERSION_REREAD_MS: u64 = 500;
 
 /// How ordersvc listens and where its dependencies are.
 #[derive(Clone, clap::Parser)]
@@ -54,6 +58,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub min_version_wait_ms: u64,
 
+    /// How often a `min_version` request re-reads its order when no read-model notice woke it,
+    /// in milliseconds (`ORDERSVC_MIN_VERSION_REREAD_MS`, default 500): the fallback for a notice
+    /// lost on its way from querymodelworker.
+    #[arg(long, env = "ORDERSVC_MIN_VERSION_REREAD_MS", value_name = "ORDERSVC_MIN_VERSION_REREAD_MS", default_value_t = DEFAULT_MIN_VERSION_REREAD_MS,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub min_version_reread_ms: u64,
+
     /// Requests handled at once (`ORDERSVC_MAX_IN_FLIGHT`, default 256). One more is refused at
     /// once with 503 and `Retry-After`, before it reads its body or writes anything; `/healthz` and
     /// `/readyz` are never refused.
@@ -61,13 +72,20 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_in_flight: u32,
 
+    /// Where querymodelworker's read-model notices (`READMODEL.orders`) come from, which answer
+    /// `min_version` requests as soon as the read model moved (`NATS_URL`, `NATS_USER`, ...). NATS
+    /// down only slows those requests to their re-read; nothing else of the API needs it.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }
 
 impl Config {
-    /// The defaults with the three addresses given (for tests and embedding).
+    /// The defaults with the three addresses given (for tests and embedding); NATS is the local
+    /// default, set `nats` for another.
     pub fn new(
         addr: SocketAddr,
         eventstore_url: impl Into<String>,
@@ -81,6 +99,8 @@ impl Config {
             timeout_ms: 5000,
             db_connections: 10,
             min_version_wait_ms: 3000,
+            min_version_reread_ms: DEFAULT_MIN_VERSION_REREAD_MS,
+            nats: NatsArgs::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
@@ -98,7 +118,7 @@ impl Config {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             anyhow::bail!("EVENTSTORE_URL must be an http:// or https:// URL, not {url:?}");
         }
-        Ok(())
+        self.nats.validate()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -107,6 +127,10 @@ impl Config {
 
     pub fn min_version_wait(&self) -> Duration {
         Duration::from_millis(self.min_version_wait_ms)
+    }
+
+    pub fn min_version_reread(&self) -> Duration {
+        Duration::from_millis(self.min_version_reread_ms)
     }
 }
 
@@ -120,6 +144,8 @@ impl fmt::Debug for Config {
             .field("timeout_ms", &self.timeout_ms)
             .field("db_connections", &self.db_connections)
             .field("min_version_wait_ms", &self.min_version_wait_ms)
+            .field("min_version_reread_ms", &self.min_version_reread_ms)
+            .field("nats", &self.nats)
             .field("max_in_flight", &self.max_in_flight)
             .field("telemetry", &self.telemetry)
             .finish()

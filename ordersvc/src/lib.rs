@@ -4,6 +4,7 @@ mod admission;
 mod body;
 mod config;
 mod error;
+mod moves;
 mod openapi;
 mod routes;
 mod trace;
@@ -15,12 +16,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use pipeline_runtime::eventstore::EventStoreClient;
+use pipeline_runtime::nats::NatsArgs;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 pub use crate::config::{
     Config, DEFAULT_ADDR, DEFAULT_EVENTSTORE_URL, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_ORDERS_DATABASE_URL,
+    DEFAULT_MIN_VERSION_REREAD_MS, DEFAULT_ORDERS_DATABASE_URL,
 };
 pub use crate::error::{ApiError, RETRY_AFTER_SECS};
 pub use crate::openapi::document as openapi_document;
@@ -32,6 +34,10 @@ pub struct AppState {
     pub(crate) events: EventStoreClient,
     pub(crate) db: PgPool,
     pub(crate) min_version_wait: Duration,
+    /// How often a `min_version` wait re-reads when no notice woke it.
+    pub(crate) min_version_reread: Duration,
+    /// The orders `min_version` requests wait on, woken by read-model notices.
+    pub(crate) moves: moves::Moves,
     /// Built once: the document never changes while the process runs.
     pub(crate) openapi: Arc<serde_json::Value>,
     /// The bound of requests in flight, shared by every clone of the router.
@@ -55,9 +61,31 @@ impl AppState {
             events,
             db,
             min_version_wait: config.min_version_wait(),
+            min_version_reread: config.min_version_reread(),
+            moves: moves::Moves::default(),
             openapi: Arc::new(openapi::document()),
             admission: admission::Admission::new(config.max_in_flight),
         })
+    }
+
+    /// `GET /api/orders/{id}?min_version=N` requests that read their order, found it behind
+    /// version N, and wait for a notice or their re-read.
+    pub fn reads_waiting(&self) -> usize {
+        self.moves.requests_asleep()
+    }
+
+    /// Follows querymodelworker's read-model notices on the NATS of `nats`, so that a
+    /// `min_version` request is answered as soon as its order moved. Returns at once: while NATS
+    /// is unreachable the client connects in the background and those requests re-read. A server
+    /// that refuses our user is an error.
+    pub async fn follow_read_model(
+        &self,
+        nats: &NatsArgs,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let client = pipeline_runtime::nats::connect_in_background(nats, "ordersvc")
+            .await
+            .context("read-model notices (NATS_URL)")?;
+        Ok(tokio::spawn(moves::follow(client, self.moves.clone())))
     }
 }
 
@@ -69,6 +97,7 @@ pub struct App {
     addr: SocketAddr,
     listener: TcpListener,
     state: AppState,
+    notices: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -77,10 +106,12 @@ impl App {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {} (ORDERSVC_ADDR)", config.addr))?;
+        let notices = state.follow_read_model(&config.nats).await?;
         Ok(Self {
             addr: config.addr,
             listener,
             state,
+            notices,
         })
     }
 
@@ -95,7 +126,10 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
-            listener, state, ..
+            listener,
+            state,
+            notices,
+            ..
         } = self;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "ordersvc listening");
@@ -118,6 +152,7 @@ impl App {
             served = serve => served.context("serving HTTP")?,
             () = grace => tracing::warn!(?GRACE, "requests still running after the grace period; dropping them"),
         }
+        notices.abort();
         db.close().await;
         tracing::info!("ordersvc stopped");
         Ok(())

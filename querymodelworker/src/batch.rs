@@ -221,6 +221,7 @@ async fn load_all(
         stored_columns!(),
         " FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
     ))
+    .persistent(false)
     .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
@@ -337,6 +338,7 @@ async fn insert_all(
          ON CONFLICT (order_id) DO NOTHING
          RETURNING order_id",
     )
+    .persistent(false)
     .bind(&ids)
     .bind(&customers)
     .bind(&restaurants)
@@ -378,6 +380,7 @@ async fn insert_all(
              SELECT * FROM UNNEST($1::UUID[], $2::INT8[], $3::TEXT[], $4::TEXT[], $5::DECIMAL[],
                                   $6::INT8[])",
         )
+        .persistent(false)
         .bind(&item_orders)
         .bind(&line_nos)
         .bind(&codes)
@@ -428,6 +431,7 @@ async fn update_all(
           WHERE orders.order_id = t.id AND orders.version = t.stored
          RETURNING orders.order_id",
     )
+    .persistent(false)
     .bind(&ids)
     .bind(&stored)
     .bind(&statuses)

@@ -47,13 +47,12 @@ impl Pipeline {
         .await
         .expect("event store builds");
         let eventstore_url = format!("http://{}", eventstore.local_addr());
-        let ordersvc = ordersvc::App::build(ordersvc::Config::new(
-            any_port(),
-            &eventstore_url,
-            &bootstrap.orders_database_url,
-        ))
-        .await
-        .expect("ordersvc builds");
+        let mut ordersvc_config =
+            ordersvc::Config::new(any_port(), &eventstore_url, &bootstrap.orders_database_url);
+        ordersvc_config.nats = pipeline_runtime::nats::NatsArgs::new(&nats_url);
+        let ordersvc = ordersvc::App::build(ordersvc_config)
+            .await
+            .expect("ordersvc builds");
         let api_url = format!("http://{}", ordersvc.local_addr());
         let payments = paymentworker::App::build(paymentworker::Config::new(
             &nats_url,

@@ -1,5 +1,12 @@
 //! SQL plumbing shared by every context: pools, serialization-failure retries, error classes.
 //!
+//! Batch statements (`= ANY($1)`, `UNNEST($1::…[])`) are sent with `.persistent(false)`: planned
+//! for their parameters at each call. A prepared statement's cached generic plan is made after a
+//! few calls, and on a fresh database that is while the tables are empty: a sequential scan, kept
+//! by the long-lived connection while the table grows (measured: 27 million rows read by 3,354
+//! scans of `orders` in 30 s of load, and 5 ms of CPU per order instead of 1). Planning a batch
+//! statement costs little next to the up to 256 rows it handles.
+//!
 //! Both engines the project runs on (CockroachDB in production, PostgreSQL at SERIALIZABLE in tests)
 //! abort a transaction that would break serializability with SQLSTATE 40001 and expect the client to
 //! run it again. [`retry`] does that, bounded and jittered; every transaction goes through it.

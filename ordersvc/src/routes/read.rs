@@ -2,7 +2,7 @@
 //! querymodelworker keeps in ordersdb. This service only reads it.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::pin::pin;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -21,10 +21,10 @@ use uuid::Uuid;
 use super::create::rfc3339;
 use crate::AppState;
 use crate::error::ApiError;
+use crate::moves::Watch;
 
 /// Set on an answer older than the `min_version` the client asked for.
 pub const STALE_HEADER: &str = "x-read-model-stale";
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
@@ -84,15 +84,24 @@ pub async fn get_order(
         })?),
     };
 
+    // Waiting for a version: woken by the read-model notice of this order (or, if that got lost,
+    // by the slow re-read), then read once more.
+    let watch = min_version.map(|_| state.moves.watch(order_id));
     let deadline = Instant::now() + state.min_version_wait;
     loop {
+        let mut notified = pin!(watch.as_ref().map(Watch::notified));
+        if let Some(notified) = notified.as_mut().as_pin_mut() {
+            // Registered before the read: a notice that lands during it still wakes us.
+            notified.enable();
+        }
         let found = db::retry(|| fetch_order(&state.db, order_id)).await?;
         let caught_up = match (&found, min_version) {
             (_, None) => true,
             (Some((row, _)), Some(wanted)) => row.version >= wanted,
             (None, Some(_)) => false,
         };
-        if caught_up || Instant::now() >= deadline {
+        let now = Instant::now();
+        if caught_up || now >= deadline {
             let Some((row, items)) = found else {
                 return Err(ApiError::NotFound(format!("order {order_id} not found")));
             };
@@ -104,7 +113,14 @@ pub async fn get_order(
             }
             return Ok(response);
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        let reread = now + state.min_version_reread.min(deadline - now);
+        if let Some(notified) = notified.as_pin_mut() {
+            let _asleep = state.moves.asleep();
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(reread) => {}
+            }
+        }
     }
 }
 

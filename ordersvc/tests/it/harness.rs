@@ -11,6 +11,7 @@ use bootstrapper::Context;
 use http_body_util::BodyExt as _;
 use ordersvc::{AppState, Config, router};
 use pipeline_harness::Setup;
+use pipeline_runtime::nats::NatsArgs;
 use serde_json::Value;
 use sqlx::PgPool;
 use tower::ServiceExt as _;
@@ -22,6 +23,7 @@ pub struct Stack {
     pub eventstore_db: PgPool,
     pub orders_db: PgPool,
     pub state: AppState,
+    config: Config,
 }
 
 /// A response, its body read as JSON (`Null` when empty).
@@ -58,7 +60,17 @@ impl Stack {
             eventstore_db,
             orders_db,
             state,
+            config,
         }
+    }
+
+    /// Another ordersvc on the same stack, configured as `adjust` says; its NATS is the stack's.
+    pub fn state_with(&self, adjust: impl FnOnce(&mut Config)) -> (Config, AppState) {
+        let mut config = self.config.clone();
+        config.nats = NatsArgs::new(self.base.nats.url());
+        adjust(&mut config);
+        let state = AppState::new(&config).expect("ordersvc state");
+        (config, state)
     }
 
     pub fn app(&self) -> Router {

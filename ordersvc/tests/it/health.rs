@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use ordersvc::{App, Config};
+use pipeline_runtime::nats::NatsArgs;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::harness::{Stack, get};
@@ -68,11 +69,13 @@ async fn readiness_follows_the_database() {
 async fn the_service_answers_on_its_socket_and_stops_gracefully() {
     testkit::init_tracing();
     // No dependency needs to be up for the service to start and report itself alive.
-    let config = Config::new(
+    let mut config = Config::new(
         "127.0.0.1:0".parse().expect("address"),
         "http://127.0.0.1:1",
         "postgresql://root@127.0.0.1:1/ordersdb?sslmode=disable",
     );
+    // Nor NATS: min_version reads re-read until its notices come.
+    config.nats = NatsArgs::new("nats://127.0.0.1:1");
     let app = App::build(config).await.expect("ordersvc builds");
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

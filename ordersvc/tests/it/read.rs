@@ -7,7 +7,11 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::harness::{Stack, get, place, post_json};
+use std::time::Duration;
+
+use pipeline_runtime::stream::{READ_MODEL_SUBJECT, ReadModelChange};
+
+use crate::harness::{Answer, Stack, call, get, place, post_json};
 
 /// Writes an order the way the projection would: one row, its items.
 async fn insert_order(
@@ -204,4 +208,112 @@ async fn the_event_history_lists_every_event_of_an_order() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let garbage = stack.call(get("/api/orders/123/events")).await;
     assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
+}
+
+/// Reads `order_id` at `min_version` from `state`'s router in a task of its own; waits until the
+/// request has read its order, found it behind and is waiting.
+async fn waiting_read(
+    state: &ordersvc::AppState,
+    order_id: Uuid,
+    min_version: i64,
+) -> tokio::task::JoinHandle<Answer> {
+    let app = ordersvc::router(state.clone());
+    let path = format!("/api/orders/{order_id}?min_version={min_version}");
+    let request = tokio::spawn(async move { call(app, get(&path)).await });
+    while state.reads_waiting() == 0 {
+        assert!(!request.is_finished(), "the read answered before waiting");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    request
+}
+
+async fn set_version(stack: &Stack, order_id: Uuid, version: i64) {
+    sqlx::query("UPDATE orders SET version = $2, status = 'Approved' WHERE order_id = $1")
+        .bind(order_id)
+        .bind(version)
+        .execute(&stack.orders_db)
+        .await
+        .expect("update order");
+}
+
+#[tokio::test]
+async fn a_min_version_read_is_answered_by_the_notice_of_its_order() {
+    let stack = Stack::start().await;
+    let created_on = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+    let order_id = insert_order(&stack, "c1", created_on, 2).await;
+    // No re-read within the wait: only a notice can answer it before the wait is over.
+    let (config, state) = stack.state_with(|config| {
+        config.min_version_wait_ms = 30_000;
+        config.min_version_reread_ms = 600_000;
+    });
+    let follower = state
+        .follow_read_model(&config.nats)
+        .await
+        .expect("follows the stack's NATS");
+    let request = waiting_read(&state, order_id, 3).await;
+
+    // The read model moves to version 3, and querymodelworker says so. The subscription may not
+    // be in place yet when the first notice goes out: say it again until the read answers.
+    set_version(&stack, order_id, 3).await;
+    let client = async_nats::connect(stack.nats.url()).await.expect("NATS");
+    let notice = serde_json::to_vec(&[ReadModelChange {
+        order_id,
+        version: 3,
+        event_type: "orderapproved".into(),
+    }])
+    .expect("notice");
+    // Expected: the read answers with version 3, caught up, while its wait (30 s) still runs: at
+    // the end of the wait it would read the row once more and find version 3 anyway, so an answer
+    // only counts before then. A third of the wait is given to the notices.
+    let notices_until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        client
+            .publish(READ_MODEL_SUBJECT, notice.clone().into())
+            .await
+            .expect("publish notice");
+        client.flush().await.expect("flush");
+        if request.is_finished() {
+            break request.await.expect("the read task");
+        }
+        assert!(
+            tokio::time::Instant::now() < notices_until,
+            "notices of the order for 10 s, and the read still waits"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["version"], 3, "{}", answer.body);
+    assert_eq!(answer.body["status"], "Approved", "{}", answer.body);
+    assert!(
+        answer.headers.get("x-read-model-stale").is_none(),
+        "caught up, not stale: {:?}",
+        answer.headers
+    );
+    follower.abort();
+}
+
+#[tokio::test]
+async fn a_lost_notice_costs_a_min_version_read_one_re_read_not_its_answer() {
+    let stack = Stack::start().await;
+    let created_on = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+    let order_id = insert_order(&stack, "c1", created_on, 2).await;
+    // This instance follows no notices at all: every one is lost to it.
+    let (_, state) = stack.state_with(|config| {
+        config.min_version_wait_ms = 30_000;
+        config.min_version_reread_ms = 100;
+    });
+    let request = waiting_read(&state, order_id, 3).await;
+
+    set_version(&stack, order_id, 3).await;
+
+    // Expected: the slow re-read finds version 3 and answers it, caught up, while the wait (30 s)
+    // still runs (at its end the row is read once more anyway).
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the re-read answers well within the wait")
+        .expect("the read task");
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["version"], 3, "{}", answer.body);
+    assert!(answer.headers.get("x-read-model-stale").is_none());
+    assert_eq!(state.reads_waiting(), 0, "nobody is left waiting");
 }

@@ -86,3 +86,51 @@ async fn a_paymentdebited_delivered_twice_is_approved_once() {
     // And the worker stops cleanly when asked.
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_with_a_duplicate_a_conflict_and_a_poison_message_settles_each_on_its_own() {
+    let stack = Stack::start().await;
+    // Everything is on the stream before the worker starts: its first pull takes it all together.
+    let fine = stack.place("erin", "30.00").await;
+    stack.debit(fine).await;
+    // The same debit again under another Nats-Msg-Id: a duplicate within the batch.
+    stack.publish_copy_of_last("ORDERS.paymentdebited").await;
+    // Debited at version 2, then cancelled: the review decided on version 2 conflicts.
+    let raced = stack.place("frank", "40.00").await;
+    stack.debit(raced).await;
+    stack.cancel(raced).await;
+    let js = stack.jetstream().await;
+    js.publish("ORDERS.paymentdebited", "not an event".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stream ack");
+    // 2 created, 2 debits and the copy, 1 cancelled, the poison message.
+    stack.stream_messages(7).await;
+    let worker = start_worker(config(&stack)).await;
+    stack.wait_idle(reviewworker::NAME).await;
+
+    // Expected: the good order is approved once, the copy of its debit adding nothing.
+    assert_eq!(count(&stack, fine, event_type::APPROVED).await, 1);
+    assert_eq!(stack.order(fine).await.status, OrderStatus::Approved);
+    // Expected: the conflict is settled on the history: the order stays Cancelled, nothing added.
+    let order = stack.order(raced).await;
+    assert_eq!(order.status, OrderStatus::Cancelled);
+    assert_eq!(
+        stack.history(raced).await.len(),
+        3,
+        "created, debited, cancelled"
+    );
+    // Expected: the poison message, and only it, is a dead letter; everything else was acked.
+    let letters = js
+        .get_stream("DEADLETTERS")
+        .await
+        .expect("dead-letter stream")
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .messages;
+    assert_eq!(letters, 1, "only the poison message is a dead letter");
+    worker.stop().await;
+}
