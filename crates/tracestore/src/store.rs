@@ -58,7 +58,7 @@ pub struct Annotation {
 }
 
 impl Span {
-    /// The local service, lower-cased as Zipkin keeps it.
+    /// The local service.
     pub fn service(&self) -> Option<&str> {
         self.local_endpoint
             .as_ref()
@@ -71,8 +71,8 @@ impl Span {
             .and_then(|endpoint| endpoint.service_name.as_deref())
     }
 
-    /// Checks the ids and lower-cases what Zipkin lower-cases (ids, service and span names), so
-    /// that queries match whatever case a tracer sent.
+    /// Checks the ids and lower-cases them. Service and span names keep the case they were sent
+    /// in (Zipkin lower-cases them; the pages read better as sent) and are matched ignoring case.
     pub fn normalized(mut self) -> Result<Span, String> {
         self.trace_id = trace_id(&self.trace_id)
             .ok_or_else(|| format!("traceId {:?} is not 16 or 32 hex digits", self.trace_id))?;
@@ -83,13 +83,6 @@ impl Span {
                 span_id(parent)
                     .ok_or_else(|| format!("parentId {parent:?} is not 16 hex digits"))?,
             );
-        }
-        self.name = self.name.map(|name| name.to_lowercase());
-        for endpoint in [&mut self.local_endpoint, &mut self.remote_endpoint]
-            .into_iter()
-            .flatten()
-        {
-            endpoint.service_name = endpoint.service_name.take().map(|s| s.to_lowercase());
         }
         Ok(self)
     }
@@ -256,40 +249,43 @@ impl Store {
     /// Every local service name, sorted.
     pub fn services(&self) -> Vec<String> {
         let inner = self.lock();
-        let names: BTreeSet<&str> = inner
+        let names: BTreeSet<String> = inner
             .traces
             .values()
             .flat_map(|trace| trace.spans.iter().filter_map(Span::service))
+            .map(str::to_lowercase)
             .collect();
-        names.into_iter().map(str::to_owned).collect()
+        names.into_iter().collect()
     }
 
     /// The span names of `service`, sorted.
     pub fn span_names(&self, service: &str) -> Vec<String> {
         let service = service.to_lowercase();
         let inner = self.lock();
-        let names: BTreeSet<&str> = inner
+        let names: BTreeSet<String> = inner
             .traces
             .values()
             .flat_map(|trace| trace.spans.iter())
-            .filter(|span| span.service() == Some(service.as_str()))
+            .filter(|span| same(span.service(), &service))
             .filter_map(|span| span.name.as_deref())
+            .map(str::to_lowercase)
             .collect();
-        names.into_iter().map(str::to_owned).collect()
+        names.into_iter().collect()
     }
 
     /// The remote services `service` called, sorted.
     pub fn remote_services(&self, service: &str) -> Vec<String> {
         let service = service.to_lowercase();
         let inner = self.lock();
-        let names: BTreeSet<&str> = inner
+        let names: BTreeSet<String> = inner
             .traces
             .values()
             .flat_map(|trace| trace.spans.iter())
-            .filter(|span| span.service() == Some(service.as_str()))
+            .filter(|span| same(span.service(), &service))
             .filter_map(Span::remote_service)
+            .map(str::to_lowercase)
             .collect();
-        names.into_iter().map(str::to_owned).collect()
+        names.into_iter().collect()
     }
 
     /// Every span, trace by trace in arrival order (for tests and dumps).
@@ -330,15 +326,22 @@ pub fn duration_of(spans: &[Span]) -> u64 {
     end.saturating_sub(start)
 }
 
+/// Whether a name is `wanted`, ignoring case.
+fn same(name: Option<&str>, wanted: &str) -> bool {
+    name.is_some_and(|name| name.eq_ignore_ascii_case(wanted))
+}
+
 /// Zipkin's rule: one span of the trace satisfies every criterion given.
 fn matches(spans: &[Span], query: &TraceQuery) -> bool {
-    let service = query.service_name.as_deref().map(str::to_lowercase);
-    let span_name = query.span_name.as_deref().map(str::to_lowercase);
     spans.iter().any(|span| {
-        service.as_deref().is_none_or(|s| span.service() == Some(s))
-            && span_name
+        query
+            .service_name
+            .as_deref()
+            .is_none_or(|s| same(span.service(), s))
+            && query
+                .span_name
                 .as_deref()
-                .is_none_or(|n| span.name.as_deref() == Some(n))
+                .is_none_or(|n| same(span.name.as_deref(), n))
             && query
                 .min_duration
                 .is_none_or(|min| span.duration.is_some_and(|d| d >= min))
@@ -486,7 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_checked_and_names_lower_cased() {
+    fn ids_are_checked_and_lower_cased_names_kept_as_sent() {
         let good = span(
             "ABCDEF0123456789",
             "0123456789ABCDEF",
@@ -497,8 +500,9 @@ mod tests {
         );
         let good = good.normalized().expect("valid");
         assert_eq!(good.trace_id, "abcdef0123456789");
-        assert_eq!(good.service(), Some("ordersvc"));
-        assert_eq!(good.name.as_deref(), Some("post"));
+        assert_eq!(good.id, "0123456789abcdef");
+        assert_eq!(good.service(), Some("OrderSvc"));
+        assert_eq!(good.name.as_deref(), Some("POST"));
         assert!(
             span("xyz", &span_hex(1), "a", "b", 1, 1)
                 .normalized()

@@ -5,9 +5,14 @@ use testkit::Zipkin;
 async fn the_zipkin_receiver_keeps_posted_spans_answers_like_zipkin_and_can_go_away() {
     let mut zipkin = Zipkin::start().expect("receiver starts");
     let http = reqwest::Client::new();
+    // Now: `/api/v2/traces` looks back one day, as Zipkin does.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros();
     let span = |id: &str, service: &str| {
         json!({"traceId": "0af7651916cd43dd8448eb211c80319c", "id": id, "name": "x",
-               "timestamp": 1, "localEndpoint": {"serviceName": service}})
+               "timestamp": u64::try_from(now).expect("micros"), "localEndpoint": {"serviceName": service}})
     };
     let posted = http
         .post(zipkin.endpoint())

@@ -104,11 +104,11 @@ async fn spans_posted_plain_and_gzipped_are_read_back_like_zipkin() {
     let (status, _) = post(&server, gzip(second.to_string().as_bytes()), Some("gzip")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
 
-    // Expected: the trace by its id, names lower-cased as Zipkin keeps them.
+    // Expected: the trace by its id, names as sent.
     let (status, trace) = get(&server, &format!("/api/v2/trace/{:032x}", 1)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(trace.as_array().map(Vec::len), Some(2), "{trace}");
-    assert_eq!(trace[0]["localEndpoint"]["serviceName"], "ordersvc");
+    assert_eq!(trace[0]["localEndpoint"]["serviceName"], "OrderSvc");
     // Expected: newest first; filtered by service; services and span names listed.
     let (_, traces) = get(&server, "/api/v2/traces").await;
     assert_eq!(traces[0][0]["traceId"], format!("{:032x}", 2));
