@@ -37,7 +37,10 @@ table.traces th, table.traces td { text-align: left; padding: 4px 8px; border-bo
 .row details table td { padding: 0 8px; vertical-align: top; }
 .axis { display: grid; grid-template-columns: 38% 62%; font-size: 12px; color: #777; }
 .ticks { position: relative; height: 16px; }
-.ticks span { position: absolute; transform: translateX(-50%); }
+.ticks span { position: absolute; transform: translateX(-50%); white-space: nowrap; }
+.ticks span:first-child { transform: none; }
+.ticks span:last-child { transform: translateX(-100%); }
+.dur.before { padding: 0 4px 0 0; }
 .error .label { color: #c00; }
 "#;
 
@@ -278,7 +281,7 @@ fn row(
          <span class=\"swatch\" style=\"background:{colour}\">{service}</span> {name} \
          <span class=\"kind\">{kind}</span></div>\
          <div class=\"lane\"><div class=\"bar\" style=\"left:{left:.3}%;width:{width:.3}%;background:{colour}\"></div>\
-         <span class=\"dur\" style=\"left:{after:.3}%\">{ms} ms</span></div>",
+         <span class=\"dur{before}\" style=\"{place}\">{ms} ms</span></div>",
         error_class = if error { " error" } else { "" },
         id = escape(&span.id),
         parent = escape(span.parent_id.as_deref().unwrap_or("")),
@@ -287,7 +290,13 @@ fn row(
         name = escape(span.name.as_deref().unwrap_or("")),
         colour = colour.get(service).copied().unwrap_or(PALETTE[0]),
         kind = escape(span.kind.as_deref().unwrap_or("")),
-        after = (left + width).min(92.0),
+        // The duration after the bar, or before it when the bar ends near the right edge.
+        before = if left + width > 85.0 { " before" } else { "" },
+        place = if left + width > 85.0 {
+            format!("right:{:.3}%", 100.0 - left)
+        } else {
+            format!("left:{:.3}%", left + width)
+        },
         ms = millis(duration),
     );
     if !span.tags.is_empty() || !span.annotations.is_empty() {

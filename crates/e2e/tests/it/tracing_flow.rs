@@ -202,6 +202,122 @@ fn assert_one_connected_trace(spans: &[Value], caller: Option<&str>) {
     );
 }
 
+/// Headless Chromium's flags for a test run as root: no sandbox, no GPU, nothing fetched.
+const CHROMIUM_FLAGS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+];
+
+/// Runs Chromium on `url` with `args` (and a fresh profile), at most a minute; returns its stdout.
+async fn chromium(url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().expect("a profile folder");
+    let mut command = std::process::Command::new("chromium");
+    command
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(std::process::Stdio::null());
+    // Into files, not pipes: a full pipe would stall Chromium until the deadline.
+    let out_path = profile.path().join("stdout");
+    let err_path = profile.path().join("stderr");
+    command
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"));
+    let what = format!("chromium {args:?} {url}");
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().unwrap_or_else(|err| {
+            panic!(
+                "cannot run chromium ({err}): scripts/test installs it (apt-get install chromium)"
+            )
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("chromium's status").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{what} did not finish within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = child.wait().expect("chromium's status");
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        assert!(status.success(), "{what}: {stderr}");
+        let stdout = std::fs::read_to_string(&out_path).expect("chromium's output");
+        drop(profile);
+        stdout
+    })
+    .await
+    .expect("the chromium task")
+}
+
+/// The value of attribute `name` in the tag `tag` (`<div class="row" data-...>`).
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let end = tag[start..].find('"')? + start;
+    Some(&tag[start..end])
+}
+
+/// Renders `/zipkin/traces/{trace_id}` in Chromium and checks the DOM it built against the API:
+/// one row per span, the same span ids, the five services. Keeps a screenshot in target/tmp.
+async fn assert_waterfall_shows(zipkin: &Zipkin, trace_id: &str) {
+    let url = format!("{}/zipkin/traces/{trace_id}", zipkin.base_url());
+    let dom = chromium(&url, &["--dump-dom"]).await;
+    let rows: Vec<&str> = dom
+        .split("<div class=\"row")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('>').map(|(tag, _)| tag))
+        .collect();
+    let shown: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|tag| attribute(tag, "data-span-id"))
+        .collect();
+    let api: Vec<Value> = zipkin_api_trace(zipkin, trace_id).await;
+    let expected: BTreeSet<&str> = api.iter().filter_map(|s| s["id"].as_str()).collect();
+    assert_eq!(rows.len(), api.len(), "one row per span of the API's trace");
+    assert_eq!(shown, expected, "the rows are the API's spans");
+    let services: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|tag| attribute(tag, "data-service"))
+        .collect();
+    assert_eq!(
+        services,
+        SERVICES.into_iter().collect(),
+        "the five services"
+    );
+
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("trace-waterfall.png");
+    chromium(
+        &url,
+        &[
+            &format!("--screenshot={}", screenshot.display()),
+            "--window-size=1400,900",
+            "--hide-scrollbars",
+        ],
+    )
+    .await;
+    assert!(
+        screenshot.exists(),
+        "a screenshot at {}",
+        screenshot.display()
+    );
+    eprintln!("waterfall screenshot: {}", screenshot.display());
+}
+
+/// The trace as `GET /api/v2/trace/{id}` answers it.
+async fn zipkin_api_trace(zipkin: &Zipkin, trace_id: &str) -> Vec<Value> {
+    reqwest::get(format!("{}/api/v2/trace/{trace_id}", zipkin.base_url()))
+        .await
+        .expect("the API answers")
+        .json()
+        .await
+        .expect("spans")
+}
+
 #[tokio::test]
 async fn every_order_is_one_trace_across_the_five_services_and_a_callers_trace_goes_on() {
     let zipkin = Zipkin::start().expect("Zipkin receiver");
@@ -222,6 +338,9 @@ async fn every_order_is_one_trace_across_the_five_services_and_a_callers_trace_g
         spans.iter().any(|s| s["id"] == field(&traceparent, 2)),
         "the response's traceparent names the server span"
     );
+    // Expected: the waterfall page, as a real browser renders it, shows exactly the spans the API
+    // holds, of the five services.
+    assert_waterfall_shows(&zipkin, &trace_id).await;
 
     // An order placed inside a caller's trace continues it.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
