@@ -232,7 +232,10 @@ mod tests {
             "250ms",
         ])
         .expect("parses");
-        assert_eq!(config.deadlines.payment_deadline, Duration::from_millis(1500));
+        assert_eq!(
+            config.deadlines.payment_deadline,
+            Duration::from_millis(1500)
+        );
         assert_eq!(config.deadlines.review_deadline, Duration::from_secs(120));
         assert_eq!(config.scan_interval, Duration::from_millis(250));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));

@@ -103,9 +103,10 @@ impl Failing {
         match &sweep.error {
             Some(error) => {
                 let since = *self.since.get_or_insert_with(Instant::now);
-                let repeat = self.last_warned.as_ref().is_none_or(|(at, last)| {
-                    last != error || at.elapsed() >= REPEAT_WARNING
-                });
+                let repeat = self
+                    .last_warned
+                    .as_ref()
+                    .is_none_or(|(at, last)| last != error || at.elapsed() >= REPEAT_WARNING);
                 if repeat {
                     tracing::warn!(
                         failed = sweep.failed,
@@ -117,10 +118,7 @@ impl Failing {
             }
             None => {
                 if let Some(since) = self.since.take() {
-                    tracing::info!(
-                        after_s = since.elapsed().as_secs(),
-                        "sweeps succeed again"
-                    );
+                    tracing::info!(after_s = since.elapsed().as_secs(), "sweeps succeed again");
                 }
                 self.last_warned = None;
             }

@@ -60,7 +60,7 @@ pub enum EnforceError {
     Store(#[from] ClientError),
     #[error("order {order_id} cannot be read back from the event store: {reason}")]
     Unreadable { order_id: Uuid, reason: String },
-    #[error("order {order_id} kept changing while it was being decided ({ATTEMPTS} attempts)")]
+    #[error("order {order_id} kept changing while it was being decided (3 attempts in a row)")]
     Busy { order_id: Uuid },
 }
 
@@ -301,7 +301,9 @@ impl Watcher {
                         // customer's cancel, another watcher): decide again on its new history.
                         // `AlreadyExists`: another watcher with other deadlines wrote this step's
                         // cancel with another reason; the new history shows it.
-                        Err(ClientError::Conflict(message) | ClientError::AlreadyExists(message)) => {
+                        Err(
+                            ClientError::Conflict(message) | ClientError::AlreadyExists(message),
+                        ) => {
                             tracing::debug!(
                                 order.id = %order_id,
                                 attempt,
@@ -378,10 +380,7 @@ impl Watcher {
     /// The order's stored events, folded. The read belongs to no trace: most reads lead to no
     /// action, and one that does continues the order's trace from what it read.
     async fn read(&self, order_id: Uuid) -> Result<History, EnforceError> {
-        let events = self
-            .store
-            .events_untraced(&order_id.to_string())
-            .await?;
+        let events = self.store.events_untraced(&order_id.to_string()).await?;
         let unreadable = |reason: String| EnforceError::Unreadable { order_id, reason };
         let decoded = events
             .iter()

@@ -346,7 +346,10 @@ async fn the_deadline_watcher_reads_the_orders_and_nothing_else() {
     let report = bootstrapper::run(&config)
         .await
         .expect("bootstrap succeeds");
-    assert_eq!(report.outcome("role deadlinewatcher"), Some(Outcome::Created));
+    assert_eq!(
+        report.outcome("role deadlinewatcher"),
+        Some(Outcome::Created)
+    );
     assert_eq!(
         report.outcome("grants deadlinewatcher"),
         Some(Outcome::Updated),

@@ -56,9 +56,8 @@ impl Deadlines {
         let pool = pipeline_runtime::db::lazy_pool(&self.orders_database_url, 1, crate::TIMEOUT)
             .context("ORDERS_DATABASE_URL")?;
         let now = OffsetDateTime::now_utc();
-        let by = now.saturating_add(
-            time::Duration::try_from(self.within).unwrap_or(time::Duration::MAX),
-        );
+        let by = now
+            .saturating_add(time::Duration::try_from(self.within).unwrap_or(time::Duration::MAX));
         let found = scan::due_by(
             &pool,
             &self.deadlines.deadlines(),
@@ -78,7 +77,11 @@ impl Deadlines {
             .map(|(order, due)| Row { order, due })
             .collect();
         if self.json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&to_json(&rows, now))?)?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&to_json(&rows, now))?
+            )?;
         } else {
             render(&rows, now, self.within, out)?;
         }

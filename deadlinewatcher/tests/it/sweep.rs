@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use bootstrapper::Context;
 use deadlinewatcher::{Outcome, Watcher, scan};
-use order_domain::{
-    DeadlineDecision, Deadlines, OrderStatus, Step, deadline_event_id, event_type,
-};
+use order_domain::{DeadlineDecision, Deadlines, OrderStatus, Step, deadline_event_id, event_type};
 use pipeline_harness::{Setup, Stack};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -184,7 +182,10 @@ async fn a_read_model_that_is_behind_does_not_cancel_a_debited_order_before_its_
     let now = after(created_at, 31);
     let sweep = watcher.sweep(now, &stop).await;
     assert_eq!((sweep.candidates, sweep.not_due), (1, 1), "{sweep:?}");
-    assert_eq!(world.event_types(order_id).await, ["created", "paymentdebited"]);
+    assert_eq!(
+        world.event_types(order_id).await,
+        ["created", "paymentdebited"]
+    );
 
     // Expected: while the read model stays behind, the order is not read again before that deadline.
     let sweep = watcher.sweep(after(created_at, 40), &stop).await;
@@ -234,7 +235,10 @@ async fn a_debit_that_lands_between_the_decision_and_the_append_wins_and_the_ord
         matches!(outcome, Outcome::NotDue(due) if due.step == Step::Review),
         "{outcome:?}"
     );
-    assert_eq!(world.event_types(order_id).await, ["created", "paymentdebited"]);
+    assert_eq!(
+        world.event_types(order_id).await,
+        ["created", "paymentdebited"]
+    );
     let order = world.stack.order(order_id).await;
     assert!(matches!(
         order.enforce_deadline(world.stored_at(order_id, 2).await, now, &DEADLINES),

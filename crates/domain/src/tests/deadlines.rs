@@ -104,9 +104,7 @@ fn a_final_order_has_no_deadline() {
         vec![created(), cancelled()],
         vec![created(), debited(), cancelled(), refunded()],
     ] {
-        let order = crate::Order::fold(&events)
-            .expect("folds")
-            .expect("exists");
+        let order = crate::Order::fold(&events).expect("folds").expect("exists");
         assert_eq!(
             order.enforce_deadline(since, long_after, &DEADLINES),
             DeadlineDecision::Closed(order.status)

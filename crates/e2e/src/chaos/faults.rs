@@ -708,8 +708,12 @@ mod tests {
             Component::Querymodelworker,
         ] {
             assert!(
-                faults.iter().any(|f| matches!(f.steps.first(), Some(Step::Freeze(c)) if *c == component)
-                    && f.steps.iter().any(|step| matches!(step, Step::Wait(wait) if *wait >= pause))),
+                faults.iter().any(
+                    |f| matches!(f.steps.first(), Some(Step::Freeze(c)) if *c == component)
+                        && f.steps
+                            .iter()
+                            .any(|step| matches!(step, Step::Wait(wait) if *wait >= pause))
+                ),
                 "{component} frozen past the 3 s deadlines: {faults:?}"
             );
         }

@@ -159,7 +159,10 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
                 "PAYMENT_DEADLINE".to_owned(),
                 format_duration(deadlines.payment),
             ),
-            ("REVIEW_DEADLINE".to_owned(), format_duration(deadlines.review)),
+            (
+                "REVIEW_DEADLINE".to_owned(),
+                format_duration(deadlines.review),
+            ),
             ("DEADLINE_SCAN_INTERVAL".to_owned(), "250ms".to_owned()),
         ]);
     }

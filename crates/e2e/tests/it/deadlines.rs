@@ -27,7 +27,10 @@ async fn start(payment: &str, review: &str, extra: &[(&str, &str)]) -> Pipeline 
     .chain(extra)
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    env.push(("PAYMENT_INITIAL_CREDIT".to_owned(), INITIAL_CREDIT.to_owned()));
+    env.push((
+        "PAYMENT_INITIAL_CREDIT".to_owned(),
+        INITIAL_CREDIT.to_owned(),
+    ));
     Pipeline::start_with(Options {
         env,
         ..Options::default()
@@ -61,7 +64,7 @@ async fn wait_consumed(pipeline: &Pipeline, durable: &str, delivered: u64) {
         || {
             let js = js.clone();
             async move {
-                let mut stream = js.get_stream("ORDERS").await.ok()?;
+                let stream = js.get_stream("ORDERS").await.ok()?;
                 let info = stream.consumer_info(durable).await.ok()?;
                 (info.num_pending == 0
                     && info.num_ack_pending == 0
@@ -124,7 +127,7 @@ async fn history(pipeline: &Pipeline, order_id: &str) -> Vec<(String, Value)> {
         .map(|e| {
             (
                 e["event_type"].as_str().expect("event_type").to_owned(),
-                e["event_data"].clone(),
+                e["data"].clone(),
             )
         })
         .collect()
@@ -271,7 +274,9 @@ async fn a_payment_that_does_not_come_is_cancelled_once_however_many_watchers_re
     .await;
     let second = pipeline.place("late-payment-2", "12.50", 2).await;
     pipeline
-        .wait_for(&second, "Pending in the read model", |o| o["status"] == "Pending")
+        .wait_for(&second, "Pending in the read model", |o| {
+            o["status"] == "Pending"
+        })
         .await;
     pipeline.kill("deadlinewatcher", 0);
     pipeline.kill("deadlinewatcher", 1);
@@ -308,7 +313,14 @@ async fn a_payment_that_does_not_come_is_cancelled_once_however_many_watchers_re
     // Both at once, so that they race for the order on their first sweeps.
     let before: Vec<usize> = [0, 1]
         .iter()
-        .map(|index| log_count(&pipeline, "deadlinewatcher", *index, "deadlinewatcher watching"))
+        .map(|index| {
+            log_count(
+                &pipeline,
+                "deadlinewatcher",
+                *index,
+                "deadlinewatcher watching",
+            )
+        })
         .collect();
     pipeline.restart("deadlinewatcher", 0);
     pipeline.restart("deadlinewatcher", 1);
@@ -320,14 +332,18 @@ async fn a_payment_that_does_not_come_is_cancelled_once_however_many_watchers_re
     assert_eq!(order["status"], "Cancelled", "{order}");
     for index in [0, 1] {
         let mark = pipeline.log("deadlinewatcher", index).len();
-        wait_until(Duration::from_secs(30), "each watcher to sweep clean", || {
-            let log = pipeline.log("deadlinewatcher", index);
-            let clean = log.matches("deadlinewatcher watching").count() > before[index]
-                && log
-                    .get(mark..)
-                    .is_some_and(|after| after.contains("candidates: 0"));
-            async move { clean.then_some(()) }
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "each watcher to sweep clean",
+            || {
+                let log = pipeline.log("deadlinewatcher", index);
+                let clean = log.matches("deadlinewatcher watching").count() > before[index]
+                    && log
+                        .get(mark..)
+                        .is_some_and(|after| after.contains("candidates: 0"));
+                async move { clean.then_some(()) }
+            },
+        )
         .await;
     }
     let appended: usize = [0, 1]
@@ -366,7 +382,7 @@ async fn a_payment_that_does_not_come_is_cancelled_once_however_many_watchers_re
 
 #[tokio::test]
 async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_store_outage_is_kept()
- {
+{
     let mut pipeline = start("3s", "60s", &[]).await;
 
     // A debit that lands about a second before the payment deadline, while the read model is
@@ -376,7 +392,9 @@ async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_st
     let placed = Instant::now();
     let paid = pipeline.place("just-in-time", "12.50", 2).await;
     pipeline
-        .wait_for(&paid, "Pending in the read model", |o| o["status"] == "Pending")
+        .wait_for(&paid, "Pending in the read model", |o| {
+            o["status"] == "Pending"
+        })
         .await;
     pipeline.signal("querymodelworker", 0, "STOP");
     tokio::time::sleep_until(placed + Duration::from_millis(1500)).await;
@@ -394,13 +412,17 @@ async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_st
 
     // Expected: the watcher reads the order, finds it Paid (the review has its 60 s) and leaves it.
     let decided = format!("order.id={paid}");
-    wait_until(Duration::from_secs(30), "the watcher to decide on it", || {
-        let log = pipeline.log("deadlinewatcher", 0);
-        let seen = log
-            .lines()
-            .any(|line| line.contains("not due") && line.contains(&decided));
-        async move { seen.then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the watcher to decide on it",
+        || {
+            let log = pipeline.log("deadlinewatcher", 0);
+            let seen = log
+                .lines()
+                .any(|line| line.contains("not due") && line.contains(&decided));
+            async move { seen.then_some(()) }
+        },
+    )
     .await;
     assert_eq!(
         types(&history(&pipeline, &paid).await),
@@ -415,7 +437,9 @@ async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_st
     pipeline.signal("paymentworker", 0, "STOP");
     let late = pipeline.place("store-down", "12.50", 2).await;
     pipeline
-        .wait_for(&late, "Pending in the read model", |o| o["status"] == "Pending")
+        .wait_for(&late, "Pending in the read model", |o| {
+            o["status"] == "Pending"
+        })
         .await;
     let warned = "overdue orders could not all be decided";
     let before = log_count(&pipeline, "deadlinewatcher", 0, warned);
@@ -423,10 +447,14 @@ async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_st
 
     // Expected: the watcher tries when the deadline falls, cannot reach the event store, says so,
     // keeps trying, and cancels the order once the event store is back.
-    wait_until(Duration::from_secs(30), "the watcher to meet the outage", || {
-        let met = log_count(&pipeline, "deadlinewatcher", 0, warned) > before;
-        async move { met.then_some(()) }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the watcher to meet the outage",
+        || {
+            let met = log_count(&pipeline, "deadlinewatcher", 0, warned) > before;
+            async move { met.then_some(()) }
+        },
+    )
     .await;
     let (status, order) = pipeline.get_order(&late).await;
     assert_eq!(
@@ -442,7 +470,9 @@ async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_st
         "payment not received within the 3s payment deadline"
     );
     assert!(
-        pipeline.log("deadlinewatcher", 0).contains("sweeps succeed again"),
+        pipeline
+            .log("deadlinewatcher", 0)
+            .contains("sweeps succeed again"),
         "{}",
         pipeline.log("deadlinewatcher", 0)
     );
