@@ -54,7 +54,8 @@ async fn orders_reach_approved_payment_failed_and_rejected_with_a_refund() {
         "the refund restored the balance"
     );
 
-    // ordersvc served those reads as its read-only role: it cannot write the read model.
+    // ordersvc served those reads as its read-only role: it cannot write the read model. The
+    // deadline watcher scans it as a read-only role of its own.
     let admin = sqlx::PgPool::connect(&pipeline.database_url("postgres"))
         .await
         .expect("connecting as the administrator");
@@ -66,8 +67,8 @@ async fn orders_reach_approved_payment_failed_and_rejected_with_a_refund() {
     .expect("pg_stat_activity");
     assert_eq!(
         users,
-        ["orders", "ordersvc"],
-        "querymodelworker writes as orders, ordersvc reads as ordersvc"
+        ["deadlinewatcher", "orders", "ordersvc"],
+        "querymodelworker writes as orders, ordersvc and deadlinewatcher read as themselves"
     );
     let reader = sqlx::PgPool::connect(&pipeline.role_url("ordersvc", "ordersdb"))
         .await
