@@ -524,6 +524,8 @@ pub(crate) struct Checked {
     pub events: u64,
     pub finals: BTreeMap<String, u64>,
     pub refunded: u64,
+    /// deadlinewatcher's cancels by the step they ended (`payment`, `review`).
+    pub deadline_cancels: BTreeMap<String, u64>,
     pub invariants: Vec<Invariant>,
 }
 
@@ -610,12 +612,24 @@ pub(crate) async fn check(
 
     let mut finals: BTreeMap<String, u64> = BTreeMap::new();
     let mut refunded = 0;
+    let mut deadline_cancels: BTreeMap<String, u64> = BTreeMap::new();
     for history in histories.values() {
         *finals
             .entry(history.order.status.as_str().to_owned())
             .or_default() += 1;
         if history.order.refunded {
             refunded += 1;
+        }
+        for (stored, event) in &history.events {
+            if let OrderEvent::Cancelled(_) = event
+                && let Some(step) = Step::ALL.into_iter().find(|step| {
+                    stored.event_id == deadline_event_id(history.order.order_id, *step)
+                })
+            {
+                *deadline_cancels
+                    .entry(step.as_str().to_owned())
+                    .or_default() += 1;
+            }
         }
     }
     let mut payment_rows: BTreeMap<String, u64> = BTreeMap::new();
@@ -628,6 +642,7 @@ pub(crate) async fn check(
         events: snapshot.events.len() as u64,
         finals,
         refunded,
+        deadline_cancels,
         invariants: vec![
             recovery, clients, drained, settled, history, read_model, payments, rules, deadlines,
             stream, dead,

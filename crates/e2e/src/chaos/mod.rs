@@ -249,6 +249,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         events: checked.events,
         finals: checked.finals,
         refunded: checked.refunded,
+        deadline_cancels: checked.deadline_cancels,
         payments: checked.payments,
         faults: faults.records,
         invariants: checked.invariants,

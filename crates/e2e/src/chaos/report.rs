@@ -37,6 +37,8 @@ pub struct Report {
     /// Orders by the status their history folds to.
     pub finals: BTreeMap<String, u64>,
     pub refunded: u64,
+    /// deadlinewatcher's cancels by the step they ended.
+    pub deadline_cancels: BTreeMap<String, u64>,
     /// paymentsdb's payment rows by status.
     pub payments: BTreeMap<String, u64>,
     pub faults: Vec<FaultRecord>,
@@ -127,6 +129,11 @@ impl fmt::Display for Report {
             self.refunded
         )?;
         writeln!(f, "  payments by status: {}", counts(&self.payments))?;
+        writeln!(
+            f,
+            "  deadline cancels by step: {}",
+            counts(&self.deadline_cancels)
+        )?;
         writeln!(f, "faults ({}):", self.faults.len())?;
         for fault in &self.faults {
             let outages = fault
