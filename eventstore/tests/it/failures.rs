@@ -93,20 +93,28 @@ async fn a_graceful_stop_ends_followed_streams_and_publishes_what_was_committed(
         .into_inner();
     let aggregate = crate::harness::append_chain(&mut client, 5).await;
     drop(client);
+    // The follower sees the five events while the service runs...
+    for n in 1..=5 {
+        let event = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_stream::StreamExt::next(&mut follower),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("event {n} of 5 reaches the follower within 10 s"))
+        .unwrap_or_else(|| panic!("the stream ended before event {n} of 5"))
+        .unwrap_or_else(|status| panic!("event {n} of 5: {status:?}"));
+        assert_eq!(event.aggregate_id, aggregate);
+        assert_eq!(event.aggregate_version, n);
+    }
     instance.stop().await;
-    // The follower saw the events and then the end of the stream, not a hang.
-    let mut seen = 0;
-    while let Ok(Some(item)) = tokio::time::timeout(
+    // ...then, once it stopped, the end of the stream: not a hang, not more events.
+    let end = tokio::time::timeout(
         Duration::from_secs(5),
         tokio_stream::StreamExt::next(&mut follower),
     )
     .await
-    {
-        if item.is_ok() {
-            seen += 1;
-        }
-    }
-    assert!(seen <= 5);
+    .expect("the followed stream ends when the service stops, within 5 s");
+    assert!(end.is_none(), "the stream ends cleanly, got {end:?}");
     stack.wait_for_stream_count(5, Duration::from_secs(5)).await;
     assert_eq!(
         stack.outbox_len().await,
