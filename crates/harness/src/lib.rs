@@ -272,45 +272,61 @@ impl Stack {
             .await
     }
 
-    /// Waits until `consumer` has acked everything on the stream and nothing new arrived for a
-    /// moment (the events the worker appended were published and handled too).
+    /// Waits until `consumer` handled everything there is, the events its handling appended
+    /// included: the consumer idle ([`testkit::jetstream::wait_consumer_idle`]: nothing pending,
+    /// nothing unacked), then the event store's outbox empty (everything appended is on the
+    /// stream), and the stream no longer than before the consumer was seen idle. Workers ack after
+    /// their append committed, so at that fixed point nothing the consumer did is still on its way.
     pub async fn wait_idle(&self, consumer: &str) {
+        self.wait_idle_past(consumer, 0).await;
+    }
+
+    /// [`Stack::wait_idle`], and the consumer delivered and acked the message at stream sequence
+    /// `seen` (e.g. the copy [`Stack::publish_copy_of_last`] published): a message it never got
+    /// fails the wait rather than passing it.
+    pub async fn wait_idle_past(&self, consumer: &str, seen: u64) {
         let patience = self.patience;
         let js = self.jetstream().await;
+        let eventstore_db = self.pool(Context::EventStore).await;
         let deadline = tokio::time::Instant::now() + patience;
-        let mut quiet_since: Option<tokio::time::Instant> = None;
-        let mut last_seen = 0;
-        loop {
+        let last_sequence = || async {
             let mut stream = js.get_stream(STREAM).await.expect("stream");
-            let last = stream
+            stream
                 .info()
                 .await
                 .expect("stream info")
                 .state
-                .last_sequence;
-            let info = stream.consumer_info(consumer).await.expect("consumer info");
-            // Nothing left to deliver on the consumer's subjects, nothing un-acked.
-            let caught_up = info.num_pending == 0 && info.num_ack_pending == 0;
-            if caught_up && last == last_seen {
-                let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= Duration::from_millis(700) {
-                    return;
+                .last_sequence
+        };
+        loop {
+            let before = last_sequence().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            testkit::jetstream::wait_consumer_idle(&js, STREAM, consumer, seen, left).await;
+            loop {
+                let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                    .fetch_one(&eventstore_db)
+                    .await
+                    .expect("outbox rows counted");
+                if outbox == 0 {
+                    break;
                 }
-            } else {
-                quiet_since = None;
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the outbox still holds {outbox} events after {patience:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            last_seen = last;
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "consumer {consumer} still busy after {patience:?}: {info:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if last_sequence().await == before {
+                eventstore_db.close().await;
+                return;
+            }
+            // Something was published meanwhile (maybe for this consumer): look again.
         }
     }
 
     /// Publishes a copy of the last message on `subject` under another `Nats-Msg-Id`: the same event
-    /// delivered twice.
-    pub async fn publish_copy_of_last(&self, subject: &str) {
+    /// delivered twice. Returns the copy's stream sequence, for [`Stack::wait_idle_past`].
+    pub async fn publish_copy_of_last(&self, subject: &str) -> u64 {
         let js = self.jetstream().await;
         let stream = js.get_stream(STREAM).await.expect("stream");
         let deadline = tokio::time::Instant::now() + self.patience;
@@ -332,7 +348,8 @@ impl Stack {
             .await
             .expect("publish")
             .await
-            .expect("stream ack");
+            .expect("stream ack")
+            .sequence
     }
 
     /// Every message on the `ORDERS` stream, in stream order, once it holds `count` of them.

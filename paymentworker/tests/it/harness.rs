@@ -16,8 +16,14 @@ pub struct Stack {
 impl Stack {
     /// Servers, `eventstoredb` and `paymentsdb`, streams and consumers, and an event store.
     pub async fn start() -> Stack {
+        Stack::start_with_patience(Setup::default().patience).await
+    }
+
+    /// [`Stack::start`], its `wait_*` helpers waiting up to `patience`.
+    pub async fn start_with_patience(patience: std::time::Duration) -> Stack {
         let base = pipeline_harness::Stack::start_with(Setup {
             databases: &[Context::Payments],
+            patience,
             ..Setup::default()
         })
         .await;

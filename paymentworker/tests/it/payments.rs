@@ -85,12 +85,12 @@ async fn a_created_event_delivered_twice_debits_once() {
     let stack = Stack::start().await;
     let order_id = stack.place("dave", "99.99").await;
     // The same event again under another Nats-Msg-Id, so JetStream keeps both copies.
-    stack.publish_copy_of_last("ORDERS.created").await;
+    let copy = stack.publish_copy_of_last("ORDERS.created").await;
     let _worker = start_worker(&stack).await;
 
     // Expected: one paymentdebited, one debit of the wallet.
     stack.wait_for_status(order_id, OrderStatus::Paid).await;
-    stack.wait_idle(paymentworker::NAME).await;
+    stack.wait_idle_past(paymentworker::NAME, copy).await;
     assert_eq!(
         count(&stack, order_id, event_type::PAYMENT_DEBITED).await,
         1
@@ -107,12 +107,12 @@ async fn a_cancelled_paid_order_is_refunded_once() {
     stack.wait_for_status(order_id, OrderStatus::Paid).await;
     stack.cancel(order_id).await;
     // The cancellation delivered twice must not refund twice.
-    stack.publish_copy_of_last("ORDERS.cancelled").await;
+    let copy = stack.publish_copy_of_last("ORDERS.cancelled").await;
 
     // Expected: paymentrefunded once, the wallet back at 1000.00.
     let order = stack.wait_for(order_id, "refunded", |o| o.refunded).await;
     assert_eq!(order.status, OrderStatus::Cancelled);
-    stack.wait_idle(paymentworker::NAME).await;
+    stack.wait_idle_past(paymentworker::NAME, copy).await;
     assert_eq!(
         count(&stack, order_id, event_type::PAYMENT_REFUNDED).await,
         1
@@ -253,16 +253,64 @@ async fn a_message_that_breaks_the_rules_is_dead_lettered_and_the_worker_goes_on
 
 #[tokio::test]
 async fn orders_in_flight_when_the_worker_stops_complete_after_a_restart() {
-    let stack = Stack::start().await;
+    // Orders delivered to the stopped worker but not yet in its hand come back after the
+    // consumer's ack wait (30 s): patience for that.
+    let stack = Stack::start_with_patience(Duration::from_secs(60)).await;
     let customers = ["ivan", "judy", "mallory", "niaj", "olivia", "peggy"];
     let mut orders = Vec::new();
     for customer in customers {
         orders.push((customer, stack.place(customer, "42.00").await));
     }
+    // All on the stream before the worker starts, so that its first pull can take them together.
+    stack.stream_messages(6).await;
+    // Settling a batch writes the wallets: with the table locked, what the worker takes stays in
+    // its hand, delivered and unacked.
+    let mut lock = stack.payments.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE wallets IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("wallets locked");
     let worker = start_worker(&stack).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    // Graceful stop with work in hand: it finishes what it holds, the rest waits on the consumer.
-    worker.stop().await;
+    let js = stack.jetstream().await;
+    let deadline = tokio::time::Instant::now() + stack.patience;
+    loop {
+        let info = js
+            .get_stream("ORDERS")
+            .await
+            .expect("stream")
+            .consumer_info(paymentworker::NAME)
+            .await
+            .expect("consumer info");
+        if info.num_ack_pending > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never took an order: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Graceful stop with work in hand: asked to stop while its batch waits on the lock, it cannot
+    // be done yet; released, it finishes what it holds, and the rest waits on the consumer.
+    let stop = worker.stop();
+    tokio::pin!(stop);
+    tokio::select! {
+        biased;
+        () = &mut stop => panic!("the worker stopped with a batch blocked on the wallets"),
+        () = std::future::ready(()) => {}
+    }
+    lock.rollback().await.expect("wallets released");
+    stop.await;
+    let mut paid = 0;
+    for (_, order_id) in &orders {
+        if stack.order(*order_id).await.status == OrderStatus::Paid {
+            paid += 1;
+        }
+    }
+    assert!(
+        paid > 0,
+        "the stop finished the batch in hand before it returned: no order is paid"
+    );
     let _worker = start_worker(&stack).await;
 
     // Expected: every order paid once, every wallet debited once.

@@ -75,12 +75,12 @@ async fn a_paymentdebited_delivered_twice_is_approved_once() {
     let order_id = stack.place("dave", "42.00").await;
     stack.debit(order_id).await;
     // The same event again under another Nats-Msg-Id, so JetStream keeps both copies.
-    stack.publish_copy_of_last("ORDERS.paymentdebited").await;
+    let copy = stack.publish_copy_of_last("ORDERS.paymentdebited").await;
     let worker = start_worker(config(&stack)).await;
 
     // Expected: one approved event.
     stack.wait_for_status(order_id, OrderStatus::Approved).await;
-    stack.wait_idle(reviewworker::NAME).await;
+    stack.wait_idle_past(reviewworker::NAME, copy).await;
     assert_eq!(count(&stack, order_id, event_type::APPROVED).await, 1);
     assert_eq!(stack.history(order_id).await.len(), 3);
     // And the worker stops cleanly when asked.
