@@ -4,6 +4,7 @@
 //! The end-to-end tests live in `tests/it` and use it.
 
 pub mod chaos;
+pub mod fresh;
 pub mod pipeline;
 
 pub use pipeline::{FINAL, Options, Pipeline, order_body};

@@ -11,8 +11,14 @@ use testkit::{NatsCluster, NatsServer, Postgres};
 
 /// Binaries of the workspace, found in the profile folder (`target/<profile>/`) of the running
 /// executable: a test or benchmark runs from `target/<profile>/deps/`, a binary of this crate from
-/// `target/<profile>/`.
+/// `target/<profile>/`. One older than its sources is refused ([`crate::fresh`]).
 pub fn binary(name: &str) -> PathBuf {
+    let path = find_binary(name);
+    crate::fresh::refuse_stale(std::slice::from_ref(&path));
+    path
+}
+
+fn find_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
     let folders = exe.ancestors().skip(1).take(2);
     let candidates: Vec<PathBuf> = folders.map(|dir| dir.join(name)).collect();
@@ -110,6 +116,13 @@ impl Pipeline {
     /// service unless `options.no_services`.
     pub async fn start_with(options: Options) -> Pipeline {
         testkit::init_tracing();
+        // Every stale binary named at once, before any server starts.
+        let paths: Vec<PathBuf> = ["bootstrapper"]
+            .iter()
+            .chain(&SERVICES)
+            .map(|name| find_binary(name))
+            .collect();
+        crate::fresh::refuse_stale(&paths);
         let postgres = Postgres::start().expect("PostgreSQL starts");
         let nats = match options.nats {
             Some(nats) => nats,

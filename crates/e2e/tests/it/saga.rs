@@ -12,6 +12,25 @@ fn money(s: &str) -> Decimal {
     Decimal::from_str(s).expect("decimal")
 }
 
+/// Waits until `consumer` delivered and acked the message at stream sequence `seen` and has
+/// nothing pending or unacked (workers ack after their effect committed).
+async fn wait_idle_past(pipeline: &Pipeline, consumer: &str, seen: u64) {
+    let js = pipeline.jetstream().await;
+    testkit::jetstream::wait_consumer_idle(&js, "ORDERS", consumer, seen, Duration::from_secs(30))
+        .await;
+}
+
+/// The stream sequence of the last message on `subject`.
+async fn last_on(pipeline: &Pipeline, subject: &str) -> u64 {
+    let js = pipeline.jetstream().await;
+    let stream = js.get_stream("ORDERS").await.expect("stream");
+    stream
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .unwrap_or_else(|err| panic!("nothing on {subject}: {err}"))
+        .sequence
+}
+
 #[tokio::test]
 async fn orders_reach_approved_payment_failed_and_rejected_with_a_refund() {
     let pipeline = Pipeline::start().await;
@@ -120,7 +139,8 @@ async fn a_cancel_racing_the_approval_stays_cancelled_and_is_refunded() {
     assert_eq!(order["status"], "Cancelled", "{order}");
     assert_eq!(order["refunded"], true);
     // The review worker saw the debit after the cancel and left the order alone.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let debit = last_on(&pipeline, "ORDERS.paymentdebited").await;
+    wait_idle_past(&pipeline, "reviewworker", debit).await;
     assert_eq!(
         pipeline.event_types(&id).await,
         ["created", "paymentdebited", "cancelled", "paymentrefunded"]
@@ -183,16 +203,20 @@ async fn a_redelivered_created_event_has_one_effect() {
     let original = stream.get_raw_message(1).await.expect("first message");
     let mut headers = original.headers.clone();
     headers.insert("Nats-Msg-Id", "redelivered-copy");
-    js.publish_with_headers(
-        original.subject.to_string(),
-        headers,
-        original.payload.clone(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("ack");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let copy = js
+        .publish_with_headers(
+            original.subject.to_string(),
+            headers,
+            original.payload.clone(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack")
+        .sequence;
+    // Both workers that take created events had the copy and acked it (after any effect).
+    wait_idle_past(&pipeline, "paymentworker", copy).await;
+    wait_idle_past(&pipeline, "querymodelworker", copy).await;
 
     assert_eq!(
         pipeline.event_types(&id).await,
@@ -277,8 +301,20 @@ async fn rebuilding_the_read_model_yields_the_live_rows() {
     for id in &ids {
         pipeline.wait_final(id).await;
     }
-    // Let the last refunds land in the read model.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every order is final, its last event published: the read model has projected everything
+    // once querymodelworker (which takes every subject) is idle past the stream's end.
+    let last = pipeline
+        .jetstream()
+        .await
+        .get_stream("ORDERS")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    wait_idle_past(&pipeline, "querymodelworker", last).await;
 
     let fresh = pipeline.database_url("ordersdb_rebuilt");
     bootstrapper::ensure_database(&fresh)
@@ -290,13 +326,7 @@ async fn rebuilding_the_read_model_yields_the_live_rows() {
         .expect("migrate");
     pool.close().await;
 
-    let exe = std::env::current_exe().expect("exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target")
-        .join("querymodelworker");
-    let output = std::process::Command::new(bin)
+    let output = std::process::Command::new(e2e_tests::pipeline::binary("querymodelworker"))
         .arg("rebuild")
         .envs(pipeline.env())
         .env("ORDERS_DATABASE_URL", &fresh)
