@@ -11,9 +11,10 @@ use serde_json::Value;
 use e2e_tests::order_body;
 
 /// Every process the stack starts, as `scripts/stack status` names them.
-const PROCESSES: [&str; 8] = [
+const PROCESSES: [&str; 9] = [
     "postgresql",
     "nats-server",
+    "tracestore",
     "eventstore",
     "ordersvc",
     "paymentworker",
@@ -60,6 +61,8 @@ impl Stack {
             ("STACK_NATS_HTTP_PORT", testkit::free_port()),
             ("STACK_EVENTSTORE_PORT", testkit::free_port()),
             ("STACK_ORDERSVC_PORT", testkit::free_port()),
+            // Nothing answers there: the stack starts its own tracestore.
+            ("STACK_ZIPKIN_PORT", testkit::free_port()),
         ];
         let mut env: Vec<(String, String)> = ports
             .iter()
@@ -77,7 +80,6 @@ impl Stack {
                     "CARGO_TARGET_DIR",
                     target_dir().to_string_lossy().into_owned(),
                 ),
-                ("ZIPKIN_ENDPOINT", String::new()),
                 ("RUST_LOG", "info".to_owned()),
             ]
             .map(|(k, v)| (k.to_owned(), v)),
@@ -96,6 +98,8 @@ impl Stack {
         let mut command = Command::new(repo_root().join("scripts/stack"));
         command
             .args(args)
+            // The caller's span export would keep the stack from starting its tracestore.
+            .env_remove("ZIPKIN_ENDPOINT")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             // The script works from any folder.
             .current_dir(self.dir.path());
