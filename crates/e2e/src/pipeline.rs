@@ -255,6 +255,12 @@ impl Pipeline {
             ),
             ("ZIPKIN_ENDPOINT", String::new()),
             ("RUST_LOG", "info".to_owned()),
+            // Saga deadlines far beyond what these tests' faults cost: a worker killed mid-flight
+            // delays its messages by the 30 s ack wait, as long as the default payment deadline, and
+            // a test that expects such an order Approved must not race the watcher. The deadline
+            // tests and the chaos run set their own.
+            ("PAYMENT_DEADLINE", "5m".to_owned()),
+            ("REVIEW_DEADLINE", "5m".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -153,18 +153,21 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    if let Some(deadlines) = config.deadlines {
-        env.extend([
-            (
-                "PAYMENT_DEADLINE".to_owned(),
-                format_duration(deadlines.payment),
-            ),
-            (
-                "REVIEW_DEADLINE".to_owned(),
-                format_duration(deadlines.review),
-            ),
-            ("DEADLINE_SCAN_INTERVAL".to_owned(), "250ms".to_owned()),
-        ]);
+    // The watcher's own defaults unless the schedule has short deadlines (the e2e Pipeline's are
+    // longer than any fault: the chaos run wants the production values).
+    let deadlines = config.deadlines();
+    env.extend([
+        (
+            "PAYMENT_DEADLINE".to_owned(),
+            format_duration(deadlines.payment),
+        ),
+        (
+            "REVIEW_DEADLINE".to_owned(),
+            format_duration(deadlines.review),
+        ),
+    ]);
+    if config.deadlines.is_some() {
+        env.push(("DEADLINE_SCAN_INTERVAL".to_owned(), "250ms".to_owned()));
     }
     let mut pipeline = Pipeline::start_with(Options {
         env,
@@ -217,7 +220,6 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         "chaos: drained; checking"
     );
     let checking = Instant::now();
-    let deadlines = config.deadlines();
     let checked = match invariants::check(&pipeline, &load, &faults, &drain, &deadlines).await {
         Ok(checked) => checked,
         Err(error) => {
