@@ -544,8 +544,8 @@ impl Pipeline {
         .await
     }
 
-    /// The event types of an order, in version order, from the event store via the API.
-    pub async fn event_types(&self, order_id: &str) -> Vec<String> {
+    /// The stored events of an order, in version order, from the event store via the API.
+    pub async fn events(&self, order_id: &str) -> Vec<Value> {
         let events: Value = self
             .http
             .get(format!("{}/api/orders/{order_id}/events", self.base_url()))
@@ -559,6 +559,13 @@ impl Pipeline {
             .as_array()
             .or_else(|| events["events"].as_array())
             .expect("a list of events")
+            .clone()
+    }
+
+    /// The event types of an order, in version order, from the event store via the API.
+    pub async fn event_types(&self, order_id: &str) -> Vec<String> {
+        self.events(order_id)
+            .await
             .iter()
             .map(|e| e["event_type"].as_str().expect("event_type").to_owned())
             .collect()

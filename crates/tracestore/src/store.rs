@@ -260,21 +260,16 @@ impl Store {
 
     /// The span names of `service`, sorted.
     pub fn span_names(&self, service: &str) -> Vec<String> {
-        let service = service.to_lowercase();
-        let inner = self.lock();
-        let names: BTreeSet<String> = inner
-            .traces
-            .values()
-            .flat_map(|trace| trace.spans.iter())
-            .filter(|span| same(span.service(), &service))
-            .filter_map(|span| span.name.as_deref())
-            .map(str::to_lowercase)
-            .collect();
-        names.into_iter().collect()
+        self.names_in(service, |span| span.name.as_deref())
     }
 
     /// The remote services `service` called, sorted.
     pub fn remote_services(&self, service: &str) -> Vec<String> {
+        self.names_in(service, Span::remote_service)
+    }
+
+    /// What `pick` names in the spans of `service`, lower-cased, sorted, once each.
+    fn names_in(&self, service: &str, pick: impl Fn(&Span) -> Option<&str>) -> Vec<String> {
         let service = service.to_lowercase();
         let inner = self.lock();
         let names: BTreeSet<String> = inner
@@ -282,7 +277,7 @@ impl Store {
             .values()
             .flat_map(|trace| trace.spans.iter())
             .filter(|span| same(span.service(), &service))
-            .filter_map(Span::remote_service)
+            .filter_map(pick)
             .map(str::to_lowercase)
             .collect();
         names.into_iter().collect()

@@ -107,22 +107,9 @@ async fn payment_status(pipeline: &Pipeline, order_id: &str) -> Option<String> {
 
 /// The stored history of an order: (type, data) in version order, through the API.
 async fn history(pipeline: &Pipeline, order_id: &str) -> Vec<(String, Value)> {
-    let events: Value = pipeline
-        .http
-        .get(format!(
-            "{}/api/orders/{order_id}/events",
-            pipeline.base_url()
-        ))
-        .send()
+    pipeline
+        .events(order_id)
         .await
-        .expect("events answer")
-        .json()
-        .await
-        .expect("JSON");
-    events
-        .as_array()
-        .or_else(|| events["events"].as_array())
-        .expect("a list of events")
         .iter()
         .map(|e| {
             (
