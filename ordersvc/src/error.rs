@@ -7,8 +7,8 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_domain::FieldError;
+use orders_api::ErrorBody;
 use pipeline_runtime::eventstore::ClientError;
-use serde_json::json;
 
 /// Seconds a client is asked to wait (`Retry-After`) before trying a 503 again.
 pub const RETRY_AFTER_SECS: u32 = 1;
@@ -76,12 +76,13 @@ impl IntoResponse for ApiError {
         let body = match self {
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "internal error");
-                json!({ "error": "internal error" })
+                ErrorBody::new("internal error")
             }
-            ApiError::Invalid { message, details } if !details.is_empty() => {
-                json!({ "error": message, "details": details })
-            }
-            other => json!({ "error": other.to_string() }),
+            ApiError::Invalid { message, details } => ErrorBody {
+                details: details.into_iter().map(Into::into).collect(),
+                error: message,
+            },
+            other => ErrorBody::new(other.to_string()),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -26,7 +26,7 @@ pub use crate::config::{
 };
 pub use crate::error::{ApiError, RETRY_AFTER_SECS};
 pub use crate::openapi::document as openapi_document;
-pub use crate::routes::{MAX_BODY_BYTES, Operation, ROUTES, Route, router};
+pub use crate::routes::{MAX_BODY_BYTES, router};
 
 /// What every handler shares: cheap to clone.
 #[derive(Clone)]

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::Endpoints;
@@ -23,10 +22,11 @@ impl Cancel {
             .api()?
             .cancel(self.order_id, self.reason.as_deref())
             .await?;
-        let version = answer
-            .get("version")
-            .map_or_else(|| "?".to_owned(), Value::to_string);
-        writeln!(out, "order {} cancelled (version {version})", self.order_id)?;
+        writeln!(
+            out,
+            "order {} cancelled (version {})",
+            self.order_id, answer.version
+        )?;
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ pub struct Get {
 
 impl Get {
     pub async fn run(&self, endpoints: &Endpoints, out: &mut impl Write) -> anyhow::Result<()> {
-        let order = endpoints.api()?.get(self.order_id, None).await?;
+        let order = endpoints.api()?.order(self.order_id, None).await?;
         if self.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&order)?)?;
         } else {

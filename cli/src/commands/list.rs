@@ -2,9 +2,10 @@
 
 use std::io::Write;
 
-use serde_json::Value;
+use orders_api::{ListOrdersQuery, Order};
 
 use crate::Endpoints;
+use crate::format::rfc3339;
 
 /// List a customer's orders, newest first.
 #[derive(Debug, clap::Args)]
@@ -29,18 +30,18 @@ const MAX_PAGES: usize = 10_000;
 impl List {
     pub async fn run(&self, endpoints: &Endpoints, out: &mut impl Write) -> anyhow::Result<()> {
         let api = endpoints.api()?;
-        let mut orders: Vec<Value> = Vec::new();
-        let mut after: Option<String> = None;
+        let mut orders: Vec<Order> = Vec::new();
+        let mut query = ListOrdersQuery {
+            customer_id: self.customer.clone(),
+            limit: self.limit,
+            after: None,
+        };
         let mut more = false;
         for _ in 0..MAX_PAGES {
-            let page = api
-                .list(&self.customer, self.limit, after.as_deref())
-                .await?;
-            if let Some(found) = page.get("orders").and_then(Value::as_array) {
-                orders.extend(found.iter().cloned());
-            }
-            after = page.get("next").and_then(Value::as_str).map(str::to_owned);
-            more = after.is_some();
+            let page = api.list(&query).await?;
+            orders.extend(page.orders);
+            more = page.next.is_some();
+            query.after = page.next;
             if !self.all || !more {
                 break;
             }
@@ -59,25 +60,14 @@ impl List {
             "ORDER ID", "STATUS", "AMOUNT", "REFUNDED"
         )?;
         for order in &orders {
-            let field = |name: &str| {
-                order
-                    .get(name)
-                    .and_then(Value::as_str)
-                    .unwrap_or("-")
-                    .to_owned()
-            };
-            let refunded = if order.get("refunded").and_then(Value::as_bool) == Some(true) {
-                "yes"
-            } else {
-                ""
-            };
+            let refunded = if order.refunded { "yes" } else { "" };
             writeln!(
                 out,
                 "{:<36}  {:<13}  {:>10}  {refunded:<8}  {}",
-                field("order_id"),
-                field("status"),
-                field("amount"),
-                field("created_on"),
+                order.order_id.to_string(),
+                order.status.as_str(),
+                order.amount.to_string(),
+                rfc3339(order.created_on),
             )?;
         }
         if more {

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::Endpoints;
@@ -156,18 +155,14 @@ pub fn render_trace(spans: &[Span]) -> String {
 
 impl Trace {
     pub async fn run(&self, endpoints: &Endpoints, out: &mut impl Write) -> anyhow::Result<()> {
-        let order = endpoints.api()?.get(self.order_id, None).await?;
-        let trace_id = order
-            .get("trace_id")
-            .and_then(Value::as_str)
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "order {} has no trace id (was it placed with tracing off?)",
-                    self.order_id
-                )
-            })?;
-        let spans = fetch(&self.zipkin_url, trace_id).await?;
+        let order = endpoints.api()?.order(self.order_id, None).await?;
+        let trace_id = order.trace_id.filter(|id| !id.is_empty()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "order {} has no trace id (was it placed with tracing off?)",
+                self.order_id
+            )
+        })?;
+        let spans = fetch(&self.zipkin_url, &trace_id).await?;
         write!(out, "{}", render_trace(&spans))?;
         Ok(())
     }

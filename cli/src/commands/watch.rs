@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use serde_json::Value;
+use order_domain::OrderStatus;
+use orders_api::Order;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 
 use crate::Endpoints;
 use crate::api::ApiError;
-use crate::format::{is_final, parse_duration};
+use crate::format::parse_duration;
 
 /// Follow an order until its status is final (Approved, PaymentFailed, Rejected or Cancelled),
 /// printing each change.
@@ -31,12 +32,13 @@ impl Watch {
     pub async fn run(&self, endpoints: &Endpoints, out: &mut impl Write) -> anyhow::Result<()> {
         let api = endpoints.api()?;
         let deadline = Instant::now() + self.timeout;
-        let mut seen: Option<(String, bool, i64)> = None;
+        let mut seen: Option<(OrderStatus, bool, i64)> = None;
         loop {
             // Ask for the next version: ordersvc holds the request until the read model has it (or
             // its wait runs out), so a watch costs one request per change, not a busy poll.
             let next = seen.as_ref().map_or(1, |(_, _, version)| version + 1);
-            let asked = tokio::time::timeout_at(deadline, api.get(self.order_id, Some(next))).await;
+            let asked =
+                tokio::time::timeout_at(deadline, api.order(self.order_id, Some(next))).await;
             let order = match asked {
                 Err(_elapsed) => break,
                 Ok(Ok(order)) => order,
@@ -52,16 +54,13 @@ impl Watch {
                 }
                 Ok(Err(err)) => return Err(err.into()),
             };
-            let status = order
-                .get("status")
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_owned();
-            let refunded = order
-                .get("refunded")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let version = order.get("version").and_then(Value::as_i64).unwrap_or(0);
+            let Order {
+                status,
+                refunded,
+                version,
+                reason,
+                ..
+            } = order;
             let changed = seen
                 .as_ref()
                 .is_none_or(|(s, r, _)| *s != status || *r != refunded);
@@ -73,13 +72,13 @@ impl Watch {
                 if refunded {
                     line.push_str(" (refunded)");
                 }
-                if let Some(reason) = order.get("reason").and_then(Value::as_str) {
+                if let Some(reason) = reason {
                     line.push_str(&format!(": {reason}"));
                 }
                 writeln!(out, "{line}")?;
                 out.flush()?;
             }
-            let done = is_final(&status);
+            let done = status.is_final();
             seen = Some((status, refunded, version));
             if done {
                 return Ok(());

@@ -11,9 +11,10 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use order_domain::{AGGREGATE_TYPE, Order, OrderEvent, OrderStatus, Refusal};
+use orders_api::{CancelRequest, Cancelled, DEFAULT_CANCEL_REASON, ErrorBody, MAX_REASON_CHARS};
 use pipeline_runtime::eventstore::{ClientError, NewEvent};
 use pipeline_runtime::stream::headers;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::read::path_id;
@@ -21,18 +22,35 @@ use crate::AppState;
 use crate::body;
 use crate::error::ApiError;
 
-pub const DEFAULT_REASON: &str = "cancelled by customer";
-const MAX_REASON_CHARS: usize = 500;
 /// Decisions made before giving up on an order that keeps changing under us.
 const ATTEMPTS: u32 = 3;
 
+/// Cancel a Pending or Paid order
+#[utoipa::path(
+    post,
+    path = "/api/orders/{id}/cancel",
+    operation_id = "cancelOrder",
+    params(("id" = Uuid, Path, description = "The order id.")),
+    // Optional: `api` marks it so (utoipa would make an `Option` body a nullable one, and a
+    // `null` body is a 422).
+    request_body(content = CancelRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The order was cancelled (or already was: a repeated cancel appends nothing).", body = Cancelled),
+        (status = 400, description = "The id is not a UUID, or the body is malformed JSON.", body = ErrorBody),
+        (status = 404, description = "No such order.", body = ErrorBody),
+        (status = 409, description = "Too late: the order is past Paid.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "A body was sent that is not application/json.", body = ErrorBody),
+        (status = 422, description = "The reason is not a non-blank string of at most 500 characters without U+0000, or the body is not a JSON object.", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(order.id))]
 pub async fn cancel_order(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Cancelled>, ApiError> {
     let order_id = path_id(path)?;
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
     let reason = reason(body::optional_json(&request_headers, body)?)?;
@@ -40,11 +58,7 @@ pub async fn cancel_order(
     for attempt in 1..=ATTEMPTS {
         let order = load(&state, order_id).await?;
         if order.status == OrderStatus::Cancelled {
-            return Ok(Json(json!({
-                "order_id": order_id,
-                "status": "Cancelled",
-                "version": order.version,
-            })));
+            return Ok(cancelled(order_id, order.version));
         }
         let event = order
             .cancel(reason.clone())
@@ -64,11 +78,7 @@ pub async fn cancel_order(
         };
         match state.events.append(append, order.version).await {
             Ok(appended) => {
-                return Ok(Json(json!({
-                    "order_id": order_id,
-                    "status": "Cancelled",
-                    "version": appended.version,
-                })));
+                return Ok(cancelled(order_id, appended.version));
             }
             Err(ClientError::Conflict(message)) => {
                 tracing::info!(attempt, %message, "the order changed while cancelling; deciding again");
@@ -81,10 +91,19 @@ pub async fn cancel_order(
     ))
 }
 
-/// The optional body: `{"reason": "..."}`.
+fn cancelled(order_id: Uuid, version: i64) -> Json<Cancelled> {
+    Json(Cancelled {
+        order_id,
+        status: OrderStatus::Cancelled,
+        version,
+    })
+}
+
+/// The optional body, [`CancelRequest`], read by hand so that each way it can be wrong gets its
+/// own answer.
 fn reason(body: Option<Value>) -> Result<String, ApiError> {
     let reason = match body {
-        None => return Ok(DEFAULT_REASON.to_owned()),
+        None => return Ok(DEFAULT_CANCEL_REASON.to_owned()),
         Some(Value::Object(mut fields)) => fields.remove("reason"),
         Some(_) => {
             return Err(ApiError::invalid(
@@ -93,7 +112,7 @@ fn reason(body: Option<Value>) -> Result<String, ApiError> {
         }
     };
     match reason {
-        None | Some(Value::Null) => Ok(DEFAULT_REASON.to_owned()),
+        None | Some(Value::Null) => Ok(DEFAULT_CANCEL_REASON.to_owned()),
         // U+0000 cannot be stored in the event's JSONB data (a 500 before).
         Some(Value::String(text))
             if !text.trim().is_empty()

@@ -9,27 +9,42 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_domain::{
-    AGGREGATE_TYPE, FieldError, NewOrder, OrderCreated, OrderEvent, OrderItem, OrderRequest,
-    OrderStatus, caused_event_id, event_type,
+    AGGREGATE_TYPE, FieldError, NewOrder, OrderCreated, OrderEvent, OrderRequest, OrderStatus,
+    caused_event_id, event_type,
 };
+use orders_api::{CreatedOrder, ErrorBody, MAX_IDEMPOTENCY_KEY_CHARS, OrderItem};
 use pipeline_runtime::eventstore::{ClientError, NewEvent};
 use pipeline_runtime::stream::headers;
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::body;
 use crate::error::ApiError;
 
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const MAX_KEY_CHARS: usize = 200;
-
 /// Namespace of order ids derived from an `Idempotency-Key`. Never change it: a client retrying
 /// across a deployment must get the same order.
 const IDEMPOTENT_ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x8d3f_51a2_6c0e_4b7d_a915_3e2f_4c6b_7d80);
 
+/// Place an order
+///
+/// Appends an ORDERS.created event at version 1. Bodies above 64 KiB are refused.
+#[utoipa::path(
+    post,
+    path = "/api/orders",
+    operation_id = "createOrder",
+    params(orders_api::CreateOrderHeaders),
+    request_body(content = orders_api::OrderRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The order was placed (or, for a retried Idempotency-Key, had been).",
+            body = CreatedOrder, headers(("Location" = String, description = "/api/orders/{id}"))),
+        (status = 400, description = "Malformed JSON or Idempotency-Key.", body = ErrorBody),
+        (status = 413, description = "The body is too large.", body = ErrorBody),
+        (status = 415, description = "The body is not application/json.", body = ErrorBody),
+        (status = 422, description = "The order is invalid (details name each field), or the Idempotency-Key was used with a different order.", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(order.id))]
 pub async fn create_order(
     State(state): State<AppState>,
@@ -93,17 +108,17 @@ fn now() -> OffsetDateTime {
 }
 
 fn idempotency_key(request_headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = request_headers.get(IDEMPOTENCY_KEY) else {
+    let Some(value) = request_headers.get(orders_api::IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let invalid = || {
         ApiError::BadRequest(format!(
-            "Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters"
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters"
         ))
     };
     let key = std::str::from_utf8(value.as_bytes()).map_err(|_| invalid())?;
     let printable = key.bytes().all(|b| (0x20..=0x7e).contains(&b));
-    if key.trim().is_empty() || key.len() > MAX_KEY_CHARS || !printable {
+    if key.trim().is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS || !printable {
         return Err(invalid());
     }
     Ok(Some(key.to_owned()))
@@ -180,28 +195,15 @@ fn answer(created: &OrderCreated) -> Response {
 }
 
 /// The order as its `created` event placed it.
-fn created_view(created: &OrderCreated) -> Value {
-    json!({
-        "order_id": created.order_id,
-        "customer_id": created.customer_id,
-        "restaurant_id": created.restaurant_id,
-        "status": OrderStatus::Pending.as_str(),
-        "amount": created.amount.to_string(),
-        "created_on": rfc3339(created.created_on),
-        "order_items": created.order_items.iter().map(item_view).collect::<Vec<_>>(),
-        "version": 1,
-    })
-}
-
-pub(crate) fn item_view(item: &OrderItem) -> Value {
-    json!({
-        "code": item.code,
-        "name": item.name,
-        "unit_price": item.unit_price.to_string(),
-        "quantity": item.quantity,
-    })
-}
-
-pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+fn created_view(created: &OrderCreated) -> CreatedOrder {
+    CreatedOrder {
+        amount: created.amount,
+        created_on: created.created_on,
+        customer_id: created.customer_id.clone(),
+        order_id: created.order_id,
+        order_items: created.order_items.iter().map(OrderItem::from).collect(),
+        restaurant_id: created.restaurant_id.clone(),
+        status: OrderStatus::Pending,
+        version: 1,
+    }
 }

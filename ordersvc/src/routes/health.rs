@@ -1,12 +1,14 @@
 //! Liveness, readiness and the OpenAPI document.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use orders_api::{Alive, Check, Health, NotReady, Readiness, Ready};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -14,12 +16,30 @@ use crate::AppState;
 /// A readiness probe answers within this, whatever the dependencies do.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health",
+    responses((status = 200, description = "The process is up.", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: Alive::Ok })
 }
 
+/// Readiness: the orders database and the event store answer
+///
 /// Ready when ordersdb answers `SELECT 1` and the event store answers a read (which also reaches
 /// its database); 503 naming what is down otherwise.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "ready",
+    responses(
+        (status = 200, description = "Ready.", body = Ready),
+        (status = 503, description = "A dependency is down; `checks` names it.", body = NotReady),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let database = async {
@@ -46,30 +66,41 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     };
     let (database, event_store) = tokio::join!(database, event_store);
     let mut down = Vec::new();
-    let mut checks = serde_json::Map::new();
+    let mut checks = BTreeMap::new();
     for (name, outcome) in [("ordersdb", database), ("eventstore", event_store)] {
         let shown = match outcome {
-            Ok(()) => "ok".to_owned(),
+            Ok(()) => Check::Ok,
             Err(cause) => {
                 tracing::warn!(dependency = name, %cause, "not ready");
                 down.push(name);
-                "down".to_owned()
+                Check::Down
             }
         };
-        checks.insert(name.to_owned(), Value::String(shown));
+        checks.insert(name.to_owned(), shown);
     }
     if down.is_empty() {
-        Json(json!({ "status": "ready", "checks": checks })).into_response()
+        Json(Ready {
+            checks,
+            status: Readiness::Ready,
+        })
+        .into_response()
     } else {
         let error = format!("not ready: {} down", down.join(" and "));
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": error, "checks": checks })),
+            Json(NotReady { checks, error }),
         )
             .into_response()
     }
 }
 
+/// This document
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    operation_id = "openApi",
+    responses((status = 200, description = "The OpenAPI document.", body = Object))
+)]
 pub async fn openapi(State(state): State<AppState>) -> Json<Value> {
     Json(state.openapi.as_ref().clone())
 }

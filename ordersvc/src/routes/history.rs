@@ -3,18 +3,29 @@
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use serde_json::{Value, json};
+use orders_api::{ErrorBody, Event};
 
-use super::create::rfc3339;
 use super::read::path_id;
 use crate::AppState;
 use crate::error::ApiError;
 
+/// An order's history from the event store
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}/events",
+    operation_id = "listOrderEvents",
+    params(("id" = Uuid, Path, description = "The order id.")),
+    responses(
+        (status = 200, description = "Every event of the order, oldest first.", body = Vec<Event>),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
+        (status = 404, description = "The order has no events.", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(order.id))]
 pub async fn order_events(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<Event>>, ApiError> {
     let order_id = path_id(path)?;
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
     let events = state.events.events(&order_id.to_string()).await?;
@@ -23,18 +34,16 @@ pub async fn order_events(
             "order {order_id} has no events"
         )));
     }
-    let events: Vec<Value> = events
+    let events = events
         .into_iter()
-        .map(|event| {
-            json!({
-                "event_id": event.event_id,
-                "event_type": event.event_type,
-                "version": event.aggregate_version,
-                "data": event.event_data,
-                "metadata": event.metadata,
-                "created_at": rfc3339(event.created_at),
-            })
+        .map(|event| Event {
+            created_at: event.created_at,
+            data: event.event_data,
+            event_id: event.event_id,
+            event_type: event.event_type,
+            metadata: event.metadata,
+            version: event.aggregate_version,
         })
         .collect();
-    Ok(Json(Value::Array(events)))
+    Ok(Json(events))
 }

@@ -1,4 +1,4 @@
-//! The route table: the router and the OpenAPI document are both built from [`ROUTES`].
+//! The routes: the router and the OpenAPI document are both built from [`api`].
 
 mod cancel;
 mod create;
@@ -9,112 +9,47 @@ mod read;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use axum::routing::{MethodFilter, MethodRouter, on};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::admission::Admission;
 use crate::error::ApiError;
 
 /// Largest request body accepted (413 above).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Every operation the API offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    CreateOrder,
-    ListOrders,
-    GetOrder,
-    OrderEvents,
-    CancelOrder,
-    Health,
-    Ready,
-    OpenApi,
-}
-
-impl Operation {
-    /// The OpenAPI `operationId`.
-    pub fn id(self) -> &'static str {
-        match self {
-            Operation::CreateOrder => "createOrder",
-            Operation::ListOrders => "listOrders",
-            Operation::GetOrder => "getOrder",
-            Operation::OrderEvents => "listOrderEvents",
-            Operation::CancelOrder => "cancelOrder",
-            Operation::Health => "health",
-            Operation::Ready => "ready",
-            Operation::OpenApi => "openApi",
-        }
-    }
-}
-
-/// One route: a method on a path (axum's `{param}` syntax is also OpenAPI's).
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub method: Method,
-    pub path: &'static str,
-    pub operation: Operation,
-}
-
-const fn route(method: Method, path: &'static str, operation: Operation) -> Route {
-    Route {
-        method,
-        path,
-        operation,
-    }
-}
-
-pub const ROUTES: &[Route] = &[
-    route(Method::POST, "/api/orders", Operation::CreateOrder),
-    route(Method::GET, "/api/orders", Operation::ListOrders),
-    route(Method::GET, "/api/orders/{id}", Operation::GetOrder),
-    route(
-        Method::GET,
-        "/api/orders/{id}/events",
-        Operation::OrderEvents,
-    ),
-    route(
-        Method::POST,
-        "/api/orders/{id}/cancel",
-        Operation::CancelOrder,
-    ),
-    route(Method::GET, "/healthz", Operation::Health),
-    route(Method::GET, "/readyz", Operation::Ready),
-    route(Method::GET, "/api/openapi.json", Operation::OpenApi),
-];
-
-fn endpoint(route: &Route) -> MethodRouter<AppState> {
-    // Every method of the table is one axum knows; GET stands in should that ever change, and the
-    // OpenAPI test would catch the mismatch.
-    let filter = MethodFilter::try_from(route.method.clone()).unwrap_or(MethodFilter::GET);
-    match route.operation {
-        Operation::CreateOrder => on(filter, create::create_order),
-        Operation::ListOrders => on(filter, read::list_orders),
-        Operation::GetOrder => on(filter, read::get_order),
-        Operation::OrderEvents => on(filter, history::order_events),
-        Operation::CancelOrder => on(filter, cancel::cancel_order),
-        Operation::Health => on(filter, health::healthz),
-        Operation::Ready => on(filter, health::readyz),
-        Operation::OpenApi => on(filter, health::openapi),
-    }
+/// Every operation with its route and its documentation, registered together so none can be
+/// routed undocumented. All but the probes are behind the bound of requests in flight, and
+/// document the 503 it answers.
+pub(crate) fn api(admission: Admission) -> OpenApiRouter<AppState> {
+    let mut admitted = OpenApiRouter::new()
+        .routes(routes!(create::create_order, read::list_orders))
+        .routes(routes!(read::get_order))
+        .routes(routes!(history::order_events))
+        .routes(routes!(cancel::cancel_order))
+        .routes(routes!(health::openapi));
+    crate::openapi::refusable(admitted.get_openapi_mut());
+    crate::openapi::optional_post_body(admitted.get_openapi_mut(), "/api/orders/{id}/cancel");
+    let admitted = admitted.route_layer(axum::middleware::from_fn_with_state(
+        admission,
+        crate::admission::admit,
+    ));
+    // Probes are exempt: an overloaded instance is alive and ready, only busy.
+    let probes = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz));
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .merge(admitted)
+        .merge(probes)
 }
 
 /// The whole HTTP API, ready to serve (or to call with `tower::ServiceExt::oneshot` in tests).
 pub fn router(state: AppState) -> Router {
-    let admission = state.admission.clone();
-    ROUTES
-        .iter()
-        .fold(Router::new(), |router, route| {
-            let endpoint = endpoint(route);
-            // Probes are exempt: an overloaded instance is alive and ready, only busy.
-            let endpoint = match route.operation {
-                Operation::Health | Operation::Ready => endpoint,
-                _ => endpoint.route_layer(axum::middleware::from_fn_with_state(
-                    admission.clone(),
-                    crate::admission::admit,
-                )),
-            };
-            router.route(route.path, endpoint)
-        })
+    let (router, _) = api(state.admission.clone()).split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

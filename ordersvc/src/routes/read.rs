@@ -9,24 +9,26 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use order_domain::Money;
+use order_domain::{Money, OrderStatus};
+use orders_api::{
+    DEFAULT_PAGE_LIMIT, ErrorBody, GetOrderQuery, ListOrdersQuery, MAX_PAGE_LIMIT, Order,
+    OrderItem, OrderPage,
+};
 use pipeline_runtime::db;
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::create::rfc3339;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::moves::Watch;
 
 /// Set on an answer older than the `min_version` the client asked for.
 pub const STALE_HEADER: &str = "x-read-model-stale";
-const DEFAULT_LIMIT: i64 = 20;
-const MAX_LIMIT: i64 = 100;
+const DEFAULT_LIMIT: i64 = DEFAULT_PAGE_LIMIT as i64;
+const MAX_LIMIT: i64 = MAX_PAGE_LIMIT as i64;
 
 #[derive(Debug, sqlx::FromRow)]
 struct OrderRow {
@@ -68,6 +70,19 @@ fn query_params(
         .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
 }
 
+/// An order from the read model
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    operation_id = "getOrder",
+    params(("id" = Uuid, Path, description = "The order id."), GetOrderQuery),
+    responses(
+        (status = 200, description = "The order.", body = Order,
+            headers(("X-Read-Model-Stale" = String, description = "true when the read model had not reached min_version in time"))),
+        (status = 400, description = "The id is not a UUID, or min_version is not a whole number of at least 1.", body = ErrorBody),
+        (status = 404, description = "No such order in the read model.", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(order.id))]
 pub async fn get_order(
     State(state): State<AppState>,
@@ -124,11 +139,22 @@ pub async fn get_order(
     }
 }
 
+/// A customer's orders, newest first
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    operation_id = "listOrders",
+    params(ListOrdersQuery),
+    responses(
+        (status = 200, description = "One page of orders.", body = OrderPage),
+        (status = 400, description = "customer_id missing, or a bad limit or cursor.", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list_orders(
     State(state): State<AppState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderPage>, ApiError> {
     let params = query_params(query)?;
     let customer_id = params
         .get("customer_id")
@@ -187,7 +213,7 @@ pub async fn list_orders(
             order_view(row, items)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({ "orders": orders, "next": next })))
+    Ok(Json(OrderPage { next, orders }))
 }
 
 /// The order and its items, read in one transaction so they belong together.
@@ -268,40 +294,43 @@ async fn fetch_page(
     Ok((rows, items))
 }
 
-fn money(value: Decimal, what: &str) -> Result<String, ApiError> {
-    Money::try_from(value)
-        .map(|m| m.to_string())
-        .map_err(|error| {
-            anyhow::anyhow!("the read model holds an invalid {what} {value}: {error}").into()
-        })
+fn money(value: Decimal, what: &str) -> Result<Money, ApiError> {
+    Money::try_from(value).map_err(|error| {
+        anyhow::anyhow!("the read model holds an invalid {what} {value}: {error}").into()
+    })
 }
 
-fn order_view(row: OrderRow, items: Vec<ItemRow>) -> Result<Value, ApiError> {
-    let items = items
+fn order_view(row: OrderRow, items: Vec<ItemRow>) -> Result<Order, ApiError> {
+    let order_items = items
         .into_iter()
         .map(|item| {
-            Ok(json!({
-                "code": item.code,
-                "name": item.name,
-                "unit_price": money(item.unit_price, "unit price")?,
-                "quantity": item.quantity,
-            }))
+            Ok(OrderItem {
+                quantity: u32::try_from(item.quantity).map_err(|_| {
+                    anyhow::anyhow!("the read model holds an invalid quantity {}", item.quantity)
+                })?,
+                unit_price: money(item.unit_price, "unit price")?,
+                code: item.code,
+                name: item.name,
+            })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(json!({
-        "order_id": row.order_id,
-        "customer_id": row.customer_id,
-        "restaurant_id": row.restaurant_id,
-        "status": row.status,
-        "amount": money(row.amount, "amount")?,
-        "refunded": row.refunded,
-        "version": row.version,
-        "reason": row.reason,
-        "trace_id": row.trace_id,
-        "created_on": rfc3339(row.created_on),
-        "updated_at": rfc3339(row.updated_at),
-        "order_items": items,
-    }))
+    Ok(Order {
+        amount: money(row.amount, "amount")?,
+        created_on: row.created_on,
+        status: row
+            .status
+            .parse::<OrderStatus>()
+            .map_err(|error| anyhow::anyhow!("the read model holds {error}"))?,
+        customer_id: row.customer_id,
+        order_id: row.order_id,
+        order_items,
+        reason: row.reason,
+        refunded: row.refunded,
+        restaurant_id: row.restaurant_id,
+        trace_id: row.trace_id,
+        updated_at: row.updated_at,
+        version: row.version,
+    })
 }
 
 /// Where a page ended: the last order's (created_on, order_id). Handed out as opaque hex so

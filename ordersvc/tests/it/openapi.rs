@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use ordersvc::{AppState, Config, ROUTES, openapi_document, router};
+use ordersvc::{AppState, Config, openapi_document, router};
 use uuid::Uuid;
 
 use crate::harness::{REFERENCE_BODY, call};
@@ -53,17 +53,29 @@ fn documented() -> BTreeSet<(String, String)> {
     operations
 }
 
+/// The API's operations: what the router must serve and the document must list.
+const OPERATIONS: [(&str, &str); 8] = [
+    ("POST", "/api/orders"),
+    ("GET", "/api/orders"),
+    ("GET", "/api/orders/{id}"),
+    ("GET", "/api/orders/{id}/events"),
+    ("POST", "/api/orders/{id}/cancel"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/api/openapi.json"),
+];
+
 #[tokio::test]
 async fn every_route_is_documented_and_every_documented_operation_answers() {
     testkit::init_tracing();
-    let routed: BTreeSet<(String, String)> = ROUTES
+    let operations: BTreeSet<(String, String)> = OPERATIONS
         .iter()
-        .map(|route| (route.method.to_string(), route.path.to_owned()))
+        .map(|(method, path)| ((*method).to_owned(), (*path).to_owned()))
         .collect();
     assert_eq!(
         documented(),
-        routed,
-        "the document lists exactly the router's routes"
+        operations,
+        "the document lists exactly the API's operations"
     );
 
     let served = call(
@@ -75,10 +87,11 @@ async fn every_route_is_documented_and_every_documented_operation_answers() {
     .await;
     assert_eq!(served.status, StatusCode::OK);
     assert_eq!(served.body, openapi_document());
-    assert_eq!(served.body["openapi"], "3.0.3");
+    assert_eq!(served.body["openapi"], "3.1.0");
 
+    // The router serves each of them (the routes the document was generated from)...
     let id = Uuid::new_v4().to_string();
-    for (method, path) in documented() {
+    for (method, path) in operations {
         let uri = path.replace("{id}", &id) + &required_query(&method, &path);
         let request = if method == "POST" && path == "/api/orders" {
             Request::post(&uri)
