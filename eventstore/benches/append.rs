@@ -1424,7 +1424,10 @@ fn elide_arrays(plan: &str) -> String {
 fn percentile(samples: &[Duration], q: f64) -> Option<Duration> {
     let mut histogram = Histogram::<u64>::new(3).expect("three significant digits");
     for sample in samples {
-        histogram.saturating_record(u64::try_from(sample.as_micros()).unwrap_or(u64::MAX));
+        let micros = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+        if histogram.record(micros).is_err() {
+            histogram.saturating_record(micros);
+        }
     }
     (!histogram.is_empty()).then(|| Duration::from_micros(histogram.value_at_quantile(q)))
 }

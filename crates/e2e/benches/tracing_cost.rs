@@ -67,7 +67,10 @@ async fn measure(export: bool, orders: usize) -> Run {
     // Nearest rank, in microseconds to three significant digits.
     let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("three significant digits");
     for (_, latency) in &results {
-        latencies.saturating_record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        if latencies.record(micros).is_err() {
+            latencies.saturating_record(micros);
+        }
     }
     let at = |percent: u32| {
         Duration::from_micros(latencies.value_at_quantile(f64::from(percent) / 100.0))

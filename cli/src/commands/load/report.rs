@@ -75,7 +75,11 @@ pub fn histogram(samples: &[Duration]) -> Histogram<u64> {
     let mut histogram =
         Histogram::new(4).expect("four significant digits are in hdrhistogram's range");
     for sample in samples {
-        histogram.saturating_record(u64::try_from(sample.as_micros()).unwrap_or(u64::MAX));
+        let micros = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+        // `record` grows the histogram; `saturating_record` alone would clamp to its first size.
+        if histogram.record(micros).is_err() {
+            histogram.saturating_record(micros);
+        }
     }
     histogram
 }
