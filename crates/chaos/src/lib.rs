@@ -3,8 +3,9 @@
 //! together, and a worker is frozen for longer than its consumer's ack wait. When the load stops
 //! and the pipeline has drained, the invariants are checked against the databases and the stream.
 //!
-//! [`run`] is the one entry point, shared by the `chaos` binary (`scripts/chaos`) and the
-//! end-to-end test; its [`Report`] prints the figures and says which invariants hold.
+//! [`run`] is the one entry point, shared by the `chaos` binary (`scripts/chaos`) and the CI-size
+//! runs in `tests/run.rs`; its [`Report`] prints the figures and says which invariants hold. The
+//! processes are started by the end-to-end tests' [`e2e_tests::Pipeline`].
 
 mod faults;
 mod invariants;

@@ -1,7 +1,7 @@
-//! The load generator: orders at a steady rate, each posted as a careful client does (one
-//! `Idempotency-Key` per order, the same body and key again after a transport error, a 5xx or a
-//! 429, with capped exponential backoff and jitter, up to a deadline), and about one in ten
-//! cancelled a moment after it was accepted.
+//! The chaos run's load: orders at a steady rate (`orderctl load`'s pace and orders, with the
+//! chaos mix), each posted as a careful client does (one `Idempotency-Key` per order, the same body
+//! and key again after a transport error, a 5xx or a 429, with capped exponential backoff and
+//! jitter, up to a deadline), and about one in ten cancelled a moment after it was accepted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -113,8 +113,7 @@ struct Generated {
 }
 
 /// Offers orders until `stop` is cancelled, then waits for every order's requests to end (each
-/// bounded by the deadline). The pace and the orders are `orderctl load`'s ([`orderctl::commands::load`]),
-/// with the chaos run's mix; the requests are this careful client's.
+/// bounded by the deadline).
 pub(crate) async fn run(config: LoadConfig, stop: CancellationToken) -> anyhow::Result<LoadStats> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
