@@ -19,16 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Panics with [`check_fresh`]'s error.
-pub fn refuse_stale(binaries: &[PathBuf]) {
-    if let Err(error) = check_fresh(binaries) {
-        panic!("{error}");
-    }
-}
-
 /// An error naming each of `binaries` that is older than a file it is built from (or whose
 /// dep-info is missing), with the command that rebuilds them.
-pub fn check_fresh(binaries: &[PathBuf]) -> anyhow::Result<()> {
+pub fn refuse_stale(binaries: &[PathBuf]) -> anyhow::Result<()> {
     let stale: Vec<String> = binaries.iter().filter_map(|b| staleness(b)).collect();
     anyhow::ensure!(
         stale.is_empty(),

@@ -21,7 +21,7 @@ pub fn binary(name: &str) -> PathBuf {
 /// [`binary`], with an error instead of a panic.
 fn fresh_binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = find_binary(name)?;
-    crate::fresh::check_fresh(std::slice::from_ref(&path))?;
+    crate::fresh::refuse_stale(std::slice::from_ref(&path))?;
     Ok(path)
 }
 
@@ -131,7 +131,7 @@ impl Pipeline {
             .chain(&SERVICES)
             .map(|name| find_binary(name))
             .collect::<anyhow::Result<Vec<PathBuf>>>()?;
-        crate::fresh::check_fresh(&paths)?;
+        crate::fresh::refuse_stale(&paths)?;
         let postgres = Postgres::start().context("starting PostgreSQL")?;
         let nats = match options.nats {
             Some(nats) => nats,
