@@ -31,7 +31,9 @@ async fn measure(export: bool, orders: usize) -> Run {
     } else {
         String::new()
     };
-    let pipeline = Pipeline::start_with_env(&[("ZIPKIN_ENDPOINT", endpoint.as_str())]).await;
+    let pipeline = Pipeline::start_with_env(&[("ZIPKIN_ENDPOINT", endpoint.as_str())])
+        .await
+        .expect("the pipeline starts");
     for i in 0..20 {
         let (status, _) = pipeline
             .post_order(&order_body(&format!("warmup{i}"), "1.00", 1), None)
@@ -62,9 +64,17 @@ async fn measure(export: bool, orders: usize) -> Run {
         pipeline.wait_final(id).await;
     }
     let finished = started.elapsed();
-    let mut latencies: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
-    latencies.sort();
-    let at = |q: usize| latencies[(orders * q / 100).saturating_sub(1).min(orders - 1)];
+    // Nearest rank, in microseconds to three significant digits.
+    let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("three significant digits");
+    for (_, latency) in &results {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        if latencies.record(micros).is_err() {
+            latencies.saturating_record(micros);
+        }
+    }
+    let at = |percent: u32| {
+        Duration::from_micros(latencies.value_at_quantile(f64::from(percent) / 100.0))
+    };
     // Let the last batch of spans arrive before counting.
     tokio::time::sleep(Duration::from_secs(6)).await;
     Run {

@@ -19,15 +19,16 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Panics, naming each of `binaries` that is older than a file it is built from (or whose dep-info
-/// is missing), with the command that rebuilds them.
-pub fn refuse_stale(binaries: &[PathBuf]) {
+/// An error naming each of `binaries` that is older than a file it is built from (or whose
+/// dep-info is missing), with the command that rebuilds them.
+pub fn refuse_stale(binaries: &[PathBuf]) -> anyhow::Result<()> {
     let stale: Vec<String> = binaries.iter().filter_map(|b| staleness(b)).collect();
-    assert!(
+    anyhow::ensure!(
         stale.is_empty(),
         "{}; run cargo build --workspace --bins",
         stale.join("; ")
     );
+    Ok(())
 }
 
 /// Why `binary` is stale, if it is.

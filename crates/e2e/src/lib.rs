@@ -1,9 +1,8 @@
 //! The order pipeline's binaries (`eventstore`, `ordersvc`, the three workers, `bootstrapper`) run as
 //! real processes against a real nats-server and PostgreSQL from the test kit: [`Pipeline`].
 //!
-//! The end-to-end tests live in `tests/it` and use it.
+//! The end-to-end tests live in `tests/it` and use it; so does the chaos tool (`crates/chaos`).
 
-pub mod chaos;
 pub mod fresh;
 pub mod pipeline;
 

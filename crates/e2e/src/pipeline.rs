@@ -5,29 +5,36 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use anyhow::{Context as _, anyhow, bail};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use testkit::{NatsCluster, NatsServer, Postgres};
 
 /// Binaries of the workspace, found in the profile folder (`target/<profile>/`) of the running
 /// executable: a test or benchmark runs from `target/<profile>/deps/`, a binary of this crate from
-/// `target/<profile>/`. One older than its sources is refused ([`crate::fresh`]).
+/// `target/<profile>/`. One older than its sources is refused ([`crate::fresh`]). Panics when it
+/// is missing or stale.
 pub fn binary(name: &str) -> PathBuf {
-    let path = find_binary(name);
-    crate::fresh::refuse_stale(std::slice::from_ref(&path));
-    path
+    fresh_binary(name).unwrap_or_else(|error| panic!("{error:#}"))
 }
 
-fn find_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("executable path");
+/// [`binary`], with an error instead of a panic.
+fn fresh_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = find_binary(name)?;
+    crate::fresh::refuse_stale(std::slice::from_ref(&path))?;
+    Ok(path)
+}
+
+fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("the running executable's path")?;
     let folders = exe.ancestors().skip(1).take(2);
     let candidates: Vec<PathBuf> = folders.map(|dir| dir.join(name)).collect();
     candidates
         .iter()
         .find(|path| path.is_file())
         .cloned()
-        .unwrap_or_else(|| {
-            panic!(
+        .ok_or_else(|| {
+            anyhow!(
                 "{name} is missing beside {}: build the workspace's binaries first (cargo build --workspace --bins)",
                 exe.display()
             )
@@ -85,14 +92,16 @@ pub struct Pipeline {
 pub const FINAL: [&str; 4] = ["Approved", "PaymentFailed", "Rejected", "Cancelled"];
 
 impl Pipeline {
-    /// Databases, stream and consumers bootstrapped, then one process of each service.
-    pub async fn start() -> Pipeline {
+    /// Databases, stream and consumers bootstrapped, then one process of each service. An error
+    /// when a binary is missing or stale, a server does not start, the bootstrapper fails or a
+    /// service is not ready in time.
+    pub async fn start() -> anyhow::Result<Pipeline> {
         Self::start_with(Options::default()).await
     }
 
     /// As [`Pipeline::start`], every process getting `env` on top of the usual environment (for
     /// instance `ZIPKIN_ENDPOINT` of a `testkit::Zipkin`).
-    pub async fn start_with_env(env: &[(&str, &str)]) -> Pipeline {
+    pub async fn start_with_env(env: &[(&str, &str)]) -> anyhow::Result<Pipeline> {
         Self::start_with(Options {
             env: env
                 .iter()
@@ -104,7 +113,7 @@ impl Pipeline {
     }
 
     /// Servers started and the bootstrapper run, no service yet.
-    pub async fn bootstrapped() -> Pipeline {
+    pub async fn bootstrapped() -> anyhow::Result<Pipeline> {
         Self::start_with(Options {
             no_services: true,
             ..Options::default()
@@ -114,25 +123,25 @@ impl Pipeline {
 
     /// Servers started (or taken from `options`), the bootstrapper run, then one process of each
     /// service unless `options.no_services`.
-    pub async fn start_with(options: Options) -> Pipeline {
+    pub async fn start_with(options: Options) -> anyhow::Result<Pipeline> {
         testkit::init_tracing();
         // Every stale binary named at once, before any server starts.
-        let paths: Vec<PathBuf> = ["bootstrapper"]
+        let paths = ["bootstrapper"]
             .iter()
             .chain(&SERVICES)
             .map(|name| find_binary(name))
-            .collect();
-        crate::fresh::refuse_stale(&paths);
-        let postgres = Postgres::start().expect("PostgreSQL starts");
+            .collect::<anyhow::Result<Vec<PathBuf>>>()?;
+        crate::fresh::refuse_stale(&paths)?;
+        let postgres = Postgres::start().context("starting PostgreSQL")?;
         let nats = match options.nats {
             Some(nats) => nats,
-            None => NatsServer::start().expect("nats-server starts"),
+            None => NatsServer::start().context("starting nats-server")?,
         };
         let mut pipeline = Pipeline {
             postgres,
             nats,
             nats_cluster: options.nats_cluster,
-            logs: tempfile::tempdir().expect("log folder"),
+            logs: tempfile::tempdir().context("creating the log folder")?,
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
             processes: Vec::new(),
@@ -140,31 +149,34 @@ impl Pipeline {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
-                .expect("HTTP client"),
+                .context("building the HTTP client")?,
         };
-        pipeline.bootstrap(&options.bootstrap_args);
+        pipeline.bootstrap(&options.bootstrap_args)?;
         if !options.no_services {
             for service in SERVICES {
-                pipeline.spawn(service);
+                pipeline.start_process(service, &[])?;
             }
-            pipeline.wait_ready().await;
+            pipeline.wait_ready().await?;
         }
-        pipeline
+        Ok(pipeline)
     }
 
-    /// Runs the bootstrapper with `args`; panics with its output when it fails.
-    pub fn bootstrap(&self, args: &[String]) {
-        let output = Command::new(binary("bootstrapper"))
+    /// Runs the bootstrapper with `args`; an error with its output when it fails.
+    pub fn bootstrap(&self, args: &[String]) -> anyhow::Result<()> {
+        let output = Command::new(fresh_binary("bootstrapper")?)
             .args(args)
             .envs(self.env())
             .output()
-            .expect("bootstrapper runs");
-        assert!(
-            output.status.success(),
-            "bootstrapper failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .context("running the bootstrapper")?;
+        if !output.status.success() {
+            bail!(
+                "bootstrapper failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// Where the log files of the processes are.
@@ -275,23 +287,34 @@ impl Pipeline {
     }
 
     pub fn spawn_with(&mut self, service: &str, extra_env: &[(&str, &str)]) -> usize {
+        self.start_process(service, extra_env)
+            .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// [`Pipeline::spawn_with`], with an error instead of a panic.
+    fn start_process(
+        &mut self,
+        service: &str,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<usize> {
         let index = self.processes.iter().filter(|p| p.name == service).count();
         let log = self.logs.path().join(format!("{service}-{index}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary(service))
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("creating the log file {}", log.display()))?;
+        let child = Command::new(fresh_binary(service)?)
             .envs(self.env_for(Some(service)))
             .envs(extra_env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
+            .stdout(file.try_clone().context("sharing the log file")?)
             .stderr(file)
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {service}: {err}"));
+            .with_context(|| format!("cannot start {service}"))?;
         self.processes.push(Process {
             name: service.to_owned(),
             child,
             log,
         });
-        index
+        Ok(index)
     }
 
     /// Starts process `index` of `service` again (after [`Pipeline::kill`] or a clean stop), with the
@@ -367,11 +390,12 @@ impl Pipeline {
     }
 
     /// Waits until the event store takes connections, ordersvc answers /healthz, every worker
-    /// consumer has a pull request waiting and deadlinewatcher says it is watching.
-    pub async fn wait_ready(&self) {
+    /// consumer has a pull request waiting and deadlinewatcher says it is watching; an error with
+    /// the end of every log after 30 s.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.eventstore_port)).is_err() {
-            self.check_deadline(deadline, "eventstore to listen");
+            self.check_deadline(deadline, "eventstore to listen")?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         loop {
@@ -383,16 +407,16 @@ impl Pipeline {
             if answer.is_ok_and(|r| r.status().is_success()) {
                 break;
             }
-            self.check_deadline(deadline, "ordersvc /healthz");
+            self.check_deadline(deadline, "ordersvc /healthz")?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let js = self.jetstream().await;
+        let js = self.connect_jetstream().await?;
         for durable in ["paymentworker", "reviewworker", "querymodelworker"] {
             if !self.processes.iter().any(|p| p.name == durable) {
                 continue;
             }
             loop {
-                let stream = js.get_stream("ORDERS").await.expect("stream");
+                let stream = js.get_stream("ORDERS").await.context("the ORDERS stream")?;
                 let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
                     stream.get_consumer(durable).await;
                 if let Ok(mut consumer) = consumer
@@ -400,7 +424,7 @@ impl Pipeline {
                 {
                     break;
                 }
-                self.check_deadline(deadline, &format!("{durable} to pull"));
+                self.check_deadline(deadline, &format!("{durable} to pull"))?;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -414,10 +438,11 @@ impl Pipeline {
                 .log("deadlinewatcher", index)
                 .contains("deadlinewatcher watching")
             {
-                self.check_deadline(deadline, "deadlinewatcher to watch");
+                self.check_deadline(deadline, "deadlinewatcher to watch")?;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        Ok(())
     }
 
     /// Everything process `index` of `service` wrote so far (stdout and stderr).
@@ -430,10 +455,11 @@ impl Pipeline {
             .unwrap_or_default()
     }
 
-    fn check_deadline(&self, deadline: tokio::time::Instant, what: &str) {
+    fn check_deadline(&self, deadline: tokio::time::Instant, what: &str) -> anyhow::Result<()> {
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out waiting for {what}\n{}", self.all_logs());
+            bail!("timed out waiting for {what}\n{}", self.all_logs());
         }
+        Ok(())
     }
 
     fn all_logs(&self) -> String {
@@ -454,14 +480,22 @@ impl Pipeline {
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        self.connect_jetstream()
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    async fn connect_jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
         // NATS_URL may list several servers; `connect` takes one URL per address.
-        let servers: Vec<async_nats::ServerAddr> = self
+        let servers = self
             .nats_url()
             .split(',')
-            .map(|url| url.trim().parse().expect("NATS_URL lists valid URLs"))
-            .collect();
-        let client = async_nats::connect(servers.as_slice()).await.expect("NATS");
-        async_nats::jetstream::new(client)
+            .map(|url| url.trim().parse().context("NATS_URL lists valid URLs"))
+            .collect::<anyhow::Result<Vec<async_nats::ServerAddr>>>()?;
+        let client = async_nats::connect(servers.as_slice())
+            .await
+            .context("connecting to NATS")?;
+        Ok(async_nats::jetstream::new(client))
     }
 
     /// POSTs an order; returns status and JSON body.

@@ -33,6 +33,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::stream::{ConsumerSpec, EventEnvelope, STREAM};
 use crate::tracecontext;
 use crate::{db, deadletter, eventstore};
@@ -233,12 +234,11 @@ impl WorkerArgs {
 }
 
 impl Options {
-    /// The `nak` delay after the `delivered`-th delivery failed.
+    /// The `nak` delay after the `delivered`-th delivery failed: `base_delay` doubled on each
+    /// delivery, up to `max_delay`, without jitter (the broker spreads redeliveries itself).
     pub fn delay(&self, delivered: i64) -> Duration {
-        let exponent = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-        self.base_delay
-            .saturating_mul(2u32.saturating_pow(exponent))
-            .min(self.max_delay)
+        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
+        Backoff::new(self.base_delay, self.max_delay, Jitter::None).delay(attempt)
     }
 }
 
@@ -496,11 +496,19 @@ async fn bind(js: &jetstream::Context, spec: &ConsumerSpec) -> anyhow::Result<Pu
         .with_context(|| format!("consumer {} not available", spec.durable))
 }
 
+/// Between attempts to reach the stream or the consumer: 200 ms doubling up to 2 s, so that a
+/// worker started before the bootstrapper finds the consumer within 2 s of its creation.
+const UNREACHABLE_BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(2),
+    Jitter::None,
+);
+
 async fn warn_and_wait(attempt: u32, message: &str, stop: &CancellationToken) {
     if attempt == 1 || attempt.is_multiple_of(30) {
         tracing::warn!(attempt, "{message}; retrying");
     }
-    let delay = Duration::from_millis(200u64.saturating_mul(u64::from(attempt.min(10))));
+    let delay = UNREACHABLE_BACKOFF.delay(attempt);
     tokio::select! {
         () = stop.cancelled() => {}
         () = tokio::time::sleep(delay) => {}

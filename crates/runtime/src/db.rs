@@ -15,9 +15,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rand::Rng as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, PgPool};
+
+use crate::backoff::{Backoff, Jitter};
 
 /// SQLSTATE of a serialization failure: run the transaction again.
 pub const SERIALIZATION_FAILURE: &str = "40001";
@@ -144,11 +145,17 @@ where
     }
 }
 
-/// A delay that grows with `attempt` (2 ms, 4 ms, 8 ms ... capped at 500 ms), with full jitter so
+/// Between attempts of a transaction: 2 ms, 4 ms, 8 ms ... capped at 500 ms, with full jitter so
 /// that transactions that collided once do not collide again.
+pub const TRANSACTION_BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(2),
+    Duration::from_millis(500),
+    Jitter::Full,
+);
+
+/// The delay before retry `attempt` of a transaction ([`TRANSACTION_BACKOFF`]).
 pub fn backoff(attempt: u32) -> Duration {
-    let cap_ms = 2u64.saturating_pow(attempt.min(16)).min(500);
-    Duration::from_millis(rand::rng().random_range(1..=cap_ms.max(1)))
+    TRANSACTION_BACKOFF.delay(attempt)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `orderctl load`: places orders at a steady rate and follows each to its final status.
 
 pub mod orders;
+pub mod pace;
 pub mod report;
 
 use std::io::{IsTerminal as _, Write};
@@ -9,10 +10,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pipeline_runtime::backoff::{Backoff, Jitter};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -217,7 +219,6 @@ pub async fn run(
     let start = Instant::now();
     let samples: Shared = Arc::default();
     let counters = Arc::new(Counters::default());
-    let posts_allowed = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let trackers_allowed = Arc::new(Semaphore::new(options.trackers.max(1)));
     let give_up = CancellationToken::new();
     let run_id = Uuid::new_v4().simple().to_string();
@@ -237,47 +238,13 @@ pub async fn run(
     };
     record(&samples, |s| s.followed_by_notices = watcher.is_some());
     let ticker = tokio::spawn(show_progress(progress.clone(), Arc::clone(&counters)));
-    let deadline = match options.stop {
-        Stop::After(duration) => Some(start + duration),
-        Stop::Count(_) => None,
+    let pace = pace::Pace {
+        rate: options.rate,
+        concurrency: options.concurrency,
+        stop: Some(options.stop),
     };
-    let mut interval = match options.rate {
-        Rate::PerSecond(rate) => {
-            let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-            // After a stall (the concurrency limit reached), go on at the rate instead of bursting.
-            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            Some(interval)
-        }
-        Rate::Max => None,
-    };
-    let mut posts: JoinSet<()> = JoinSet::new();
     let trackers: Arc<Mutex<JoinSet<()>>> = Arc::default();
-    let mut sent = 0u64;
-    loop {
-        if let Stop::Count(count) = options.stop
-            && sent >= count
-        {
-            break;
-        }
-        if let Some(interval) = interval.as_mut() {
-            tokio::select! {
-                _ = interval.tick() => {}
-                () = until(deadline) => break,
-                () = stop.sending.cancelled() => break,
-            }
-        }
-        let permit = tokio::select! {
-            permit = Arc::clone(&posts_allowed).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-            () = until(deadline) => break,
-            () = stop.sending.cancelled() => break,
-        };
-        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            break;
-        }
-        sent += 1;
+    let offered = pace::offer(pace, &stop.sending, |_| {
         counters.sent.fetch_add(1, Ordering::Relaxed);
         let body = orders::random_order(&mut rand::rng(), &prefix, options.customers);
         let order = Order {
@@ -291,22 +258,19 @@ pub async fn run(
         let trackers = Arc::clone(&trackers);
         let give_up = give_up.clone();
         let retries = options.retries;
-        posts.spawn(async move {
-            let placed = order.place(&body, retries).await;
-            drop(permit);
-            if let Some((order_id, sent_at)) = placed {
+        // The POST holds one of the `concurrency` permits; following the order holds none.
+        async move {
+            if let Some((order_id, sent_at)) = order.place(&body, retries).await {
                 let follow = order.follow(order_id, sent_at, trackers_allowed, give_up);
                 trackers
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .spawn(follow);
             }
-        });
-        // Keep the set small on long runs.
-        while posts.try_join_next().is_some() {}
-    }
-    record(&samples, |s| s.sent = sent);
-    while posts.join_next().await.is_some() {}
+        }
+    })
+    .await;
+    record(&samples, |s| s.sent = offered.sent);
 
     // Every POST has its answer: wait (bounded) for the accepted orders to become final.
     let settle_until = Instant::now() + options.settle;
@@ -325,13 +289,6 @@ pub async fn run(
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     Report::new(&samples)
-}
-
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn show_progress(progress: ProgressBar, counters: Arc<Counters>) {
@@ -484,7 +441,7 @@ impl Order {
                 Err(err) if err.is_transport() && attempt < retries => {
                     attempt += 1;
                     record(&self.samples, |s| s.retries += 1);
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(BACKOFF.delay(attempt)).await;
                 }
                 other => break other,
             }
@@ -573,13 +530,11 @@ impl Order {
 
 /// 200 ms, 400 ms, 800 ms ... up to 3 s, each with up to half of it added at random so that
 /// clients cut off together do not come back together.
-fn backoff(attempt: u32) -> Duration {
-    use rand::Rng as _;
-    let base = 100u64
-        .saturating_mul(2u64.saturating_pow(attempt.min(10)))
-        .min(3000);
-    Duration::from_millis(base + rand::rng().random_range(0..=base / 2))
-}
+const BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(3),
+    Jitter::Half,
+);
 
 #[cfg(test)]
 mod tests {
@@ -594,13 +549,5 @@ mod tests {
         assert!(parse_rate("-3").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("inf").is_err());
-    }
-
-    #[test]
-    fn the_backoff_grows_and_stays_bounded() {
-        assert!(
-            backoff(1) >= Duration::from_millis(200) && backoff(1) <= Duration::from_millis(300)
-        );
-        assert!(backoff(30) <= Duration::from_millis(4500));
     }
 }

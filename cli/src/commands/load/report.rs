@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// Everything a run records; [`Report::new`] turns it into numbers.
@@ -57,30 +58,40 @@ pub struct Latency {
 
 impl Latency {
     pub fn of(samples: &[Duration]) -> Latency {
-        let mut sorted = samples.to_vec();
-        sorted.sort_unstable();
+        let histogram = histogram(samples);
         let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0);
         Latency {
-            p50_ms: ms(percentile(&sorted, 50)),
-            p95_ms: ms(percentile(&sorted, 95)),
-            p99_ms: ms(percentile(&sorted, 99)),
-            max_ms: ms(sorted.last().copied()),
+            p50_ms: ms(percentile(&histogram, 50)),
+            p95_ms: ms(percentile(&histogram, 95)),
+            p99_ms: ms(percentile(&histogram, 99)),
+            max_ms: ms(percentile(&histogram, 100)),
         }
     }
 }
 
-/// Nearest-rank percentile of sorted samples: the smallest sample that at least `percent`% of the
-/// samples do not exceed. Always one of the samples, so p50 ≤ p95 ≤ p99 ≤ max holds.
-pub fn percentile(sorted: &[Duration], percent: u32) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
+/// The samples in microseconds, to four significant digits: a figure in milliseconds with one
+/// decimal is the sample's up to a second (a histogram grows as it needs).
+pub fn histogram(samples: &[Duration]) -> Histogram<u64> {
+    let mut histogram =
+        Histogram::new(4).expect("four significant digits are in hdrhistogram's range");
+    for sample in samples {
+        let micros = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+        // `record` grows the histogram; `saturating_record` alone would clamp to its first size.
+        if histogram.record(micros).is_err() {
+            histogram.saturating_record(micros);
+        }
     }
-    let n = sorted.len() as u64;
-    let rank = (u64::from(percent.min(100)) * n).div_ceil(100).max(1);
-    let index = usize::try_from(rank - 1)
-        .unwrap_or(usize::MAX)
-        .min(sorted.len() - 1);
-    sorted.get(index).copied()
+    histogram
+}
+
+/// Nearest-rank percentile: the smallest sample that at least `percent`% of the samples do not
+/// exceed, as hdrhistogram keeps it (its bucket's highest value: at most 0.01 % above the sample),
+/// so p50 ≤ p95 ≤ p99 ≤ max holds. `None` without samples.
+pub fn percentile(histogram: &Histogram<u64>, percent: u32) -> Option<Duration> {
+    (!histogram.is_empty()).then(|| {
+        let quantile = f64::from(percent.min(100)) / 100.0;
+        Duration::from_micros(histogram.value_at_quantile(quantile))
+    })
 }
 
 /// One phase: how many, how fast, how long each took.
@@ -265,14 +276,20 @@ mod tests {
 
     #[test]
     fn percentiles_are_nearest_rank() {
-        let sorted = ms(&(1..=100).collect::<Vec<_>>());
-        assert_eq!(percentile(&sorted, 50), Some(Duration::from_millis(50)));
-        assert_eq!(percentile(&sorted, 95), Some(Duration::from_millis(95)));
-        assert_eq!(percentile(&sorted, 99), Some(Duration::from_millis(99)));
-        assert_eq!(percentile(&sorted, 100), Some(Duration::from_millis(100)));
-        assert_eq!(percentile(&ms(&[7]), 99), Some(Duration::from_millis(7)));
-        assert_eq!(percentile(&ms(&[1, 2]), 50), Some(Duration::from_millis(1)));
-        assert_eq!(percentile(&[], 50), None);
+        let at = |samples: &[u64], percent| {
+            percentile(&histogram(&ms(samples)), percent).map(|d| d.as_millis())
+        };
+        let hundred: Vec<u64> = (1..=100).collect();
+        assert_eq!(at(&hundred, 50), Some(50));
+        assert_eq!(at(&hundred, 95), Some(95));
+        assert_eq!(at(&hundred, 99), Some(99));
+        assert_eq!(at(&hundred, 100), Some(100));
+        assert_eq!(at(&[7], 99), Some(7));
+        assert_eq!(at(&[1, 2], 50), Some(1));
+        assert_eq!(at(&[], 50), None);
+        // Below 2.048 ms a microsecond is kept exactly; above, within 0.1 %.
+        let exact = percentile(&histogram(&[Duration::from_micros(1_234)]), 50);
+        assert_eq!(exact, Some(Duration::from_micros(1_234)));
     }
 
     #[test]

@@ -36,6 +36,7 @@ async fn start(payment: &str, review: &str, extra: &[(&str, &str)]) -> Pipeline 
         ..Options::default()
     })
     .await
+    .expect("the pipeline starts")
 }
 
 /// Polls `check` every 100 ms until it gives a value, at most `patience`; panics with `what`.

@@ -1,6 +1,5 @@
 //! The whole pipeline as real processes: POST an order over HTTP and watch it reach its final state.
 
-mod chaos;
 mod cluster;
 mod deadlines;
 mod overload;

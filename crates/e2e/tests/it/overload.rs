@@ -135,7 +135,8 @@ async fn a_burst_far_above_capacity_is_answered_and_every_accepted_order_complet
         )],
         ..Options::default()
     })
-    .await;
+    .await
+    .expect("the pipeline starts");
     let base = pipeline.base_url();
     // Its own client: one connection per request in flight, and patience for a slow answer, so a
     // slow answer is measured rather than counted as lost.

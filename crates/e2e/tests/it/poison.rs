@@ -143,7 +143,8 @@ async fn poison_messages_are_dead_lettered_by_every_consumer_while_other_orders_
         env: vec![("MAX_DELIVERIES".to_owned(), MAX_DELIVERIES.to_owned())],
         ..Options::default()
     })
-    .await;
+    .await
+    .expect("the pipeline starts");
     let js = pipeline.jetstream().await;
 
     // Orders before any poison, for comparison.

@@ -33,7 +33,7 @@ async fn last_on(pipeline: &Pipeline, subject: &str) -> u64 {
 
 #[tokio::test]
 async fn orders_reach_approved_payment_failed_and_rejected_with_a_refund() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Pipeline::start().await.expect("the pipeline starts");
 
     let approved = pipeline.place("alice", "12.50", 2).await;
     let failed = pipeline.place("bob", "600.00", 2).await;
@@ -104,7 +104,7 @@ async fn orders_reach_approved_payment_failed_and_rejected_with_a_refund() {
 
 #[tokio::test]
 async fn a_customers_wallet_is_debited_once_per_order_and_refunds_restore_it() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Pipeline::start().await.expect("the pipeline starts");
     // 100 and 200 approved (700 left); 600 debited, rejected and refunded (700 again); 300 approved
     // (400 left); 700 fails on the 400 left.
     for (price, status) in [
@@ -123,7 +123,7 @@ async fn a_customers_wallet_is_debited_once_per_order_and_refunds_restore_it() {
 
 #[tokio::test]
 async fn a_cancel_racing_the_approval_stays_cancelled_and_is_refunded() {
-    let mut pipeline = Pipeline::start().await;
+    let mut pipeline = Pipeline::start().await.expect("the pipeline starts");
     // Hold the review worker so the order waits, paid, for its review.
     pipeline.signal("reviewworker", 0, "STOP");
     let id = pipeline.place("erin", "40.00", 1).await;
@@ -150,7 +150,7 @@ async fn a_cancel_racing_the_approval_stays_cancelled_and_is_refunded() {
 
 #[tokio::test]
 async fn a_cancel_after_approval_is_a_conflict_and_changes_nothing() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Pipeline::start().await.expect("the pipeline starts");
     let id = pipeline.place("frank", "10.00", 1).await;
     pipeline
         .wait_for(&id, "Approved", |o| o["status"] == "Approved")
@@ -166,7 +166,7 @@ async fn a_cancel_after_approval_is_a_conflict_and_changes_nothing() {
 
 #[tokio::test]
 async fn the_same_idempotency_key_twice_is_one_order() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Pipeline::start().await.expect("the pipeline starts");
     let body = order_body("gina", "5.00", 3);
     let (first_status, first) = pipeline.post_order(&body, Some("key-123")).await;
     let (second_status, second) = pipeline.post_order(&body, Some("key-123")).await;
@@ -193,7 +193,7 @@ async fn the_same_idempotency_key_twice_is_one_order() {
 
 #[tokio::test]
 async fn a_redelivered_created_event_has_one_effect() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Pipeline::start().await.expect("the pipeline starts");
     let id = pipeline.place("hank", "20.00", 1).await;
     pipeline.wait_final(&id).await;
 
@@ -229,7 +229,7 @@ async fn a_redelivered_created_event_has_one_effect() {
 
 #[tokio::test]
 async fn workers_killed_mid_flight_and_restarted_still_complete_every_order() {
-    let mut pipeline = Pipeline::start().await;
+    let mut pipeline = Pipeline::start().await.expect("the pipeline starts");
     let mut ids = Vec::new();
     for i in 0..10 {
         ids.push(pipeline.place(&format!("ivy{i}"), "30.00", 1).await);
@@ -250,11 +250,11 @@ async fn workers_killed_mid_flight_and_restarted_still_complete_every_order() {
 
 #[tokio::test]
 async fn two_instances_of_each_worker_complete_every_order_once() {
-    let mut pipeline = Pipeline::start().await;
+    let mut pipeline = Pipeline::start().await.expect("the pipeline starts");
     for service in ["paymentworker", "reviewworker", "querymodelworker"] {
         pipeline.spawn(service);
     }
-    pipeline.wait_ready().await;
+    pipeline.wait_ready().await.expect("the services are ready");
     let placing = (0..30).map(|i| {
         let customer = format!("jack{}", i % 5);
         let price = if i % 3 == 0 { "150.00" } else { "20.00" };
@@ -289,7 +289,7 @@ async fn two_instances_of_each_worker_complete_every_order_once() {
 
 #[tokio::test]
 async fn rebuilding_the_read_model_yields_the_live_rows() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Pipeline::start().await.expect("the pipeline starts");
     let mut ids = vec![
         pipeline.place("kate", "10.00", 2).await,
         pipeline.place("kate", "700.00", 1).await,
@@ -366,7 +366,7 @@ async fn rebuilding_the_read_model_yields_the_live_rows() {
 
 #[tokio::test]
 async fn bad_requests_get_a_json_error_never_a_5xx_and_append_nothing() {
-    let pipeline = Pipeline::start().await;
+    let pipeline = Pipeline::start().await.expect("the pipeline starts");
     let url = format!("{}/api/orders", pipeline.base_url());
     let good = order_body("mia", "1.00", 1);
     let mut three_decimals = good.clone();
@@ -467,7 +467,7 @@ async fn bad_requests_get_a_json_error_never_a_5xx_and_append_nothing() {
 
 #[tokio::test]
 async fn every_service_stops_cleanly_on_sigterm() {
-    let mut pipeline = Pipeline::start().await;
+    let mut pipeline = Pipeline::start().await.expect("the pipeline starts");
     let id = pipeline.place("nina", "10.00", 1).await;
     pipeline.wait_final(&id).await;
     for service in [

@@ -215,7 +215,8 @@ async fn every_service_on_its_own_user_runs_the_saga_and_no_log_holds_a_password
         no_services: true,
         ..Options::default()
     })
-    .await;
+    .await
+    .expect("the pipeline starts");
     for service in e2e_tests::pipeline::SERVICES {
         if NO_NATS.contains(&service) {
             pipeline.spawn(service);

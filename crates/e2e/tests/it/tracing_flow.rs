@@ -25,6 +25,7 @@ async fn start(zipkin: &Zipkin) -> Pipeline {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ])
     .await
+    .expect("the pipeline starts")
 }
 
 /// POSTs an order (with the caller's `traceparent`, if given); returns its id and the response's

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chaos::{Config, Schedule};
 use clap::Parser;
-use e2e_tests::chaos::{self, Config, Schedule};
 
 /// Runs the pipeline under load while killing and restarting every process, then checks the
 /// invariants and prints a report.
@@ -93,7 +93,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Progress goes to stderr so that stdout holds the report alone (JSON with --json).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,e2e_tests=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,chaos=info,e2e_tests=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

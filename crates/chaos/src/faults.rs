@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::Config;
-use crate::pipeline::Pipeline;
+use e2e_tests::Pipeline;
 
 /// Something the schedule can kill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

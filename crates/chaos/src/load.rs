@@ -1,21 +1,24 @@
-//! The load generator: orders at a steady rate, each posted as a careful client does (one
-//! `Idempotency-Key` per order, the same body and key again after a transport error, a 5xx or a
-//! 429, with capped exponential backoff and jitter, up to a deadline), and about one in ten
-//! cancelled a moment after it was accepted.
+//! The chaos run's load: orders at a steady rate (`orderctl load`'s pace and orders, with the
+//! chaos mix), each posted as a careful client does (one `Idempotency-Key` per order, the same body
+//! and key again after a transport error, a 5xx or a 429, with capped exponential backoff and
+//! jitter, up to a deadline), and about one in ten cancelled a moment after it was accepted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use orderctl::commands::load::Rate;
+use orderctl::commands::load::orders::{self, Mix};
+use orderctl::commands::load::pace::{self, Pace};
+use pipeline_runtime::backoff::{Backoff, Jitter};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How many unexpected answers the report quotes.
@@ -32,16 +35,9 @@ pub(crate) struct LoadConfig {
     pub cancel_share: f64,
 }
 
-/// What an order is meant to exercise, with wallets of 1000.00 and a review limit of 500.00.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Kind {
-    /// Up to 360.00: approved while the customer's wallet lasts, PaymentFailed after.
-    Small,
-    /// 500.01 to 900.00: paid, then rejected by review and refunded (or PaymentFailed).
-    OverReviewLimit,
-    /// 1000.01 to 1500.00: more than any wallet holds: PaymentFailed.
-    OverCredit,
-}
+/// What an order is meant to exercise, with wallets of 1000.00 and a review limit of 500.00
+/// ([`Mix::CHAOS`]).
+pub use orderctl::commands::load::orders::Kind;
 
 /// An order the pipeline accepted (a 2xx to its POST).
 #[derive(Debug, Clone)]
@@ -116,12 +112,9 @@ struct Generated {
     cancel_after: Option<Duration>,
 }
 
-/// Offers orders until `stop` fires, then waits for every order's requests to end (each bounded by
-/// the deadline).
-pub(crate) async fn run(
-    config: LoadConfig,
-    mut stop: oneshot::Receiver<()>,
-) -> anyhow::Result<LoadStats> {
+/// Offers orders until `stop` is cancelled, then waits for every order's requests to end (each
+/// bounded by the deadline).
+pub(crate) async fn run(config: LoadConfig, stop: CancellationToken) -> anyhow::Result<LoadStats> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(2))
@@ -129,52 +122,36 @@ pub(crate) async fn run(
         .context("building the HTTP client")?;
     let shared: Shared = Arc::default();
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / config.rate));
-    // A late tick (a busy machine) delays the next ones rather than bursting to catch up.
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut progress = tokio::time::interval(Duration::from_secs(15));
-    progress.tick().await;
-    let mut tasks = JoinSet::new();
-    let mut offered = 0u64;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = progress.tick() => {
-                let stats = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                tracing::info!(
-                    offered,
-                    accepted = stats.accepted,
-                    retried = stats.retried_requests,
-                    in_flight = tasks.len(),
-                    "chaos: load"
-                );
-                continue;
-            }
-            _ = &mut stop => break,
-        }
-        offered += 1;
-        let order = generate(&mut rng, &config, offered);
+    let progress = tokio::spawn(log_progress(Arc::clone(&shared)));
+    let pace = Pace {
+        rate: Rate::PerSecond(config.rate),
+        // Every order in hand at once: a slow answer must not slow the offered rate.
+        concurrency: usize::MAX,
+        stop: None,
+    };
+    let offered = pace::offer(pace, &stop, |n| {
+        let order = generate(&mut rng, &config, n);
         let client = client.clone();
         let base_url = config.base_url.clone();
         let shared = Arc::clone(&shared);
         let deadline = config.deadline;
-        tasks.spawn(async move {
+        record(&shared, |s| s.offered = n);
+        async move {
             let accepted = place(&client, &base_url, &order, deadline, &shared).await;
             if let (Some(order_id), Some(delay)) = (accepted, order.cancel_after) {
                 tokio::time::sleep(delay).await;
                 cancel(&client, &base_url, order_id, deadline, &shared).await;
             }
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    record(&shared, |s| s.offered = offered);
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(error) = joined {
-            record(&shared, |s| {
-                s.unexpected(format!("an order's task failed: {error}"))
-            });
         }
-    }
+    })
+    .await;
+    progress.abort();
+    record(&shared, |s| {
+        s.offered = offered.sent;
+        for error in offered.panicked {
+            s.unexpected(format!("an order's task failed: {error}"));
+        }
+    });
     let stats = shared
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -182,51 +159,34 @@ pub(crate) async fn run(
     Ok(stats)
 }
 
+/// Every 15 s, how far the load is.
+async fn log_progress(shared: Shared) {
+    let mut every = tokio::time::interval(Duration::from_secs(15));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let stats = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        tracing::info!(
+            offered = stats.offered,
+            accepted = stats.accepted,
+            retried = stats.retried_requests,
+            "chaos: load"
+        );
+    }
+}
+
 fn generate(rng: &mut StdRng, config: &LoadConfig, n: u64) -> Generated {
-    let customer_id = format!("chaos-{}", rng.random_range(0..config.customers.max(1)));
-    let kind = match rng.random_range(0..100) {
-        0..75 => Kind::Small,
-        75..90 => Kind::OverReviewLimit,
-        _ => Kind::OverCredit,
-    };
-    // (unit price in cents, quantity)
-    let lines: Vec<(i64, u32)> = match kind {
-        Kind::Small => (0..rng.random_range(1..=3))
-            .map(|_| (rng.random_range(500..=6_000), rng.random_range(1..=2)))
-            .collect(),
-        Kind::OverReviewLimit => vec![(rng.random_range(50_001..=90_000), 1)],
-        Kind::OverCredit => vec![(rng.random_range(100_001..=150_000), 1)],
-    };
-    let amount_cents: i64 = lines
-        .iter()
-        .map(|(cents, qty)| cents * i64::from(*qty))
-        .sum();
-    let items: Vec<Value> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, (cents, quantity))| {
-            json!({
-                "code": format!("c{i}"),
-                "name": format!("Dish {i}"),
-                "unit_price": format!("{}.{:02}", cents / 100, cents % 100),
-                "quantity": quantity,
-            })
-        })
-        .collect();
+    let order = orders::generate(rng, &Mix::CHAOS, "chaos", config.customers);
     let cancel_after = rng
         .random_bool(config.cancel_share.clamp(0.0, 1.0))
         // Soon enough that some orders are still Pending or Paid (a paid one is then refunded).
         .then(|| Duration::from_millis(rng.random_range(0..=250)));
     Generated {
         key: format!("chaos-{:x}-{n}", config.seed),
-        body: json!({
-            "customer_id": customer_id,
-            "restaurant_id": format!("r{}", rng.random_range(1..=5)),
-            "order_items": items,
-        }),
-        customer_id,
-        amount: Decimal::new(amount_cents, 2),
-        kind,
+        body: order.body,
+        customer_id: order.customer_id,
+        amount: Decimal::new(i64::try_from(order.amount_cents).unwrap_or(i64::MAX), 2),
+        kind: order.kind,
         cancel_after,
     }
 }
@@ -279,13 +239,11 @@ fn transport_label(error: &reqwest::Error) -> String {
 
 /// 100 ms doubling up to 5 s, plus up to half of it at random so that clients cut off together do
 /// not come back together; never less than the server's `Retry-After`.
-fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
-    let base = 100u64
-        .saturating_mul(2u64.saturating_pow(attempt.saturating_sub(1).min(10)))
-        .min(5_000);
-    let jittered = Duration::from_millis(base + rand::rng().random_range(0..=base / 2));
-    retry_after.map_or(jittered, |after| jittered.max(after))
-}
+const BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(100),
+    Duration::from_secs(5),
+    Jitter::Half,
+);
 
 /// POSTs the order until it is accepted, refused for good, or the deadline passes; the order id
 /// when accepted.
@@ -343,7 +301,7 @@ async fn place(
                 return None;
             }
             Verdict::Retry(retry_after) => {
-                let wait = backoff(attempt, retry_after);
+                let wait = BACKOFF.delay_after(attempt, retry_after);
                 if Instant::now() + wait > give_up_at {
                     record(shared, |s| s.gave_up += 1);
                     return None;
@@ -399,7 +357,7 @@ async fn cancel(
                 return;
             }
             Verdict::Retry(retry_after) => {
-                let wait = backoff(attempt, retry_after);
+                let wait = BACKOFF.delay_after(attempt, retry_after);
                 if Instant::now() + wait > give_up_at {
                     record(shared, |s| s.cancels.gave_up += 1);
                     return;
@@ -474,13 +432,5 @@ mod tests {
                 order.amount
             );
         }
-    }
-
-    #[test]
-    fn the_backoff_grows_is_capped_and_respects_retry_after() {
-        assert!(backoff(1, None) <= Duration::from_millis(150));
-        assert!(backoff(30, None) <= Duration::from_millis(7_500));
-        assert!(backoff(30, None) >= Duration::from_millis(5_000));
-        assert!(backoff(1, Some(Duration::from_secs(1))) >= Duration::from_secs(1));
     }
 }

@@ -3,8 +3,9 @@
 //! together, and a worker is frozen for longer than its consumer's ack wait. When the load stops
 //! and the pipeline has drained, the invariants are checked against the databases and the stream.
 //!
-//! [`run`] is the one entry point, shared by the `chaos` binary (`scripts/chaos`) and the
-//! end-to-end test; its [`Report`] prints the figures and says which invariants hold.
+//! [`run`] is the one entry point, shared by the `chaos` binary (`scripts/chaos`) and the CI-size
+//! runs in `tests/run.rs`; its [`Report`] prints the figures and says which invariants hold. The
+//! processes are started by the end-to-end tests' [`e2e_tests::Pipeline`].
 
 mod faults;
 mod invariants;
@@ -18,7 +19,7 @@ use anyhow::{Context as _, bail};
 use order_domain::{Deadlines, format_duration};
 use tokio::time::Instant;
 
-use crate::pipeline::{Options, Pipeline};
+use e2e_tests::{Options, Pipeline};
 
 pub use faults::{Component, FaultRecord, Outage, Schedule};
 pub use invariants::Invariant;
@@ -173,7 +174,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         env,
         ..Options::default()
     })
-    .await;
+    .await
+    .context("starting the pipeline")?;
     let startup = began.elapsed();
     tracing::info!(
         seconds = startup.as_secs_f64(),
@@ -194,14 +196,13 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         deadline: config.request_deadline,
         cancel_share: 0.10,
     };
-    let (stop_load, stopped) = tokio::sync::oneshot::channel();
+    let stop_load = tokio_util::sync::CancellationToken::new();
     let load_started = Instant::now();
-    let load = tokio::spawn(load::run(load_config, stopped));
+    let load = tokio::spawn(load::run(load_config, stop_load.clone()));
 
     let faults = faults::execute(&mut pipeline, &plan, load_started, &config).await;
     tokio::time::sleep_until(load_started + config.duration).await;
-    // The receiver is gone only if the load task ended early, which its join reports.
-    let _ = stop_load.send(());
+    stop_load.cancel();
     let load = load
         .await
         .context("the load generator panicked")?

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::faults::Outcome;
 use super::load::LoadStats;
 use super::{INITIAL_CREDIT, REVIEW_MAX_AMOUNT};
-use crate::pipeline::{FINAL, Pipeline};
+use e2e_tests::{FINAL, Pipeline};
 
 /// How many violations an invariant quotes.
 const EXAMPLES: usize = 5;
@@ -1326,7 +1326,7 @@ mod tests {
     /// invariants fail.
     #[tokio::test]
     async fn the_checks_pass_a_settled_pipeline_and_catch_what_was_tampered_with() {
-        let pipeline = Pipeline::start().await;
+        let pipeline = Pipeline::start().await.expect("the pipeline starts");
         let mut load = LoadStats::default();
         for (customer, price, kind) in [
             ("tamper-a", "20.00", Kind::Small),

@@ -1,7 +1,7 @@
 //! The chaos run at CI size: every process killed once and a worker frozen past its ack wait,
 //! under a light load; every invariant must hold.
 
-use e2e_tests::chaos::{self, Config};
+use chaos::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invariant_holds_while_each_process_is_killed_under_load() {
@@ -50,5 +50,25 @@ async fn every_invariant_holds_with_short_deadlines_while_their_steps_are_away()
     assert!(
         report.passed(),
         "invariants that do not hold: {failed:?} (the report above has the details); deadlines: {deadlines:?}"
+    );
+}
+
+/// The services' binaries are not beside this copy of the tool, so the pipeline cannot start: the
+/// tool says the run could not be done and exits with 2 (not 1, "an invariant failed", nor a
+/// panic's 101).
+#[test]
+fn a_run_whose_pipeline_cannot_start_exits_with_2() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let alone = dir.path().join("chaos");
+    std::fs::copy(env!("CARGO_BIN_EXE_chaos"), &alone).expect("a copy of the chaos binary");
+    let output = std::process::Command::new(&alone)
+        .args(["--duration", "1s", "--seed", "1"])
+        .output()
+        .expect("the chaos binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the run could not be done") && stderr.contains("is missing beside"),
+        "{stderr}"
     );
 }
