@@ -718,29 +718,27 @@ impl Stack {
     /// last, so the workers' final appends still reach it; then the trace store (the services'
     /// last spans reach it), nats-server when ours, PostgreSQL.
     pub fn stop(&self) {
+        let mut signalled = Vec::new();
         for name in WORKERS.iter().chain(&["ordersvc"]) {
             if let Some(pid) = self.live(name) {
                 println!("stopping {name} (pid {pid})");
                 signal(pid, "TERM");
+                signalled.push(*name);
             }
         }
-        let pg = PgTools::find().ok();
         for name in WORKERS
             .iter()
             .chain(&["ordersvc", "eventstore", "tracestore", "nats-server"])
         {
-            if let Some(pg) = &pg {
-                self.stop_one(name, pg);
-            } else {
-                self.stop_process(name, !WORKERS.contains(name) && *name != "ordersvc");
-            }
+            self.stop_process(name, !signalled.contains(name));
         }
-        if let Some(pg) = &pg {
-            self.stop_one("postgresql", pg);
+        if let Ok(pg) = PgTools::find() {
+            self.stop_one("postgresql", &pg);
         }
         println!("The stack is stopped.");
     }
 
+    /// [`Stack::stop_process`], or PostgreSQL through pg_ctl.
     fn stop_one(&self, name: &str, pg: &PgTools) {
         if name != "postgresql" {
             self.stop_process(name, true);
