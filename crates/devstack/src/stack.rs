@@ -4,6 +4,7 @@ use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -53,6 +54,43 @@ fn port_taken(port: u16, what: &str, variable: &str) -> anyhow::Error {
          or pick another port, e.g.: {variable}={} scripts/stack start",
         port.saturating_add(1)
     )
+}
+
+/// What this run of `start` started, shared with the thread that stops it again on SIGINT or
+/// SIGTERM; `None` once the start is over.
+#[derive(Clone)]
+struct Started(Arc<Mutex<Option<Vec<&'static str>>>>);
+
+impl Default for Started {
+    fn default() -> Started {
+        Started(Arc::new(Mutex::new(Some(Vec::new()))))
+    }
+}
+
+impl Started {
+    /// Runs `launch`, which starts `name`, and records `name` (also when `launch` fails: it may
+    /// have left something running), all while an interruption waits: it sees all or nothing.
+    fn launch<T>(
+        &self,
+        name: &'static str,
+        launch: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = launch();
+        if let Some(list) = list.as_mut() {
+            list.push(name);
+        }
+        result
+    }
+
+    /// The start is over: what it started, which an interruption no longer stops.
+    fn finish(&self) -> Vec<&'static str> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default()
+    }
 }
 
 /// One stack: its folders and its settings.
@@ -134,23 +172,60 @@ impl Stack {
             }
         }
 
-        let mut started = Vec::new();
-        match stack.start_all(&pg, &mut started) {
+        let started = Started::default();
+        stack.undo_when_interrupted(&started);
+        let result = stack.start_all(&pg, &started);
+        let started = started.finish();
+        match result {
             Ok(()) => Ok(stack),
             Err(error) => {
                 eprintln!("\nstack: {error:#}");
-                if !started.is_empty() {
-                    eprintln!(
-                        "\nstack: start failed; stopping what this run started: {}",
-                        started.join(" ")
-                    );
-                    for name in started.iter().rev() {
-                        stack.stop_one(name, &pg);
-                    }
-                }
+                stack.undo("start failed", &started);
                 Err(Reported.into())
             }
         }
+    }
+
+    /// Stops `started`, last first, saying `why`.
+    fn undo(&self, why: &str, started: &[&str]) {
+        if started.is_empty() {
+            return;
+        }
+        eprintln!(
+            "\nstack: {why}; stopping what this run started: {}",
+            started.join(" ")
+        );
+        let pg = PgTools::find().ok();
+        for name in started.iter().rev() {
+            match &pg {
+                Some(pg) => self.stop_one(name, pg),
+                None => self.stop_process(name, true),
+            }
+        }
+    }
+
+    /// On SIGINT or SIGTERM during start (a Ctrl-C), stops what this run started and exits 130,
+    /// as a failed start does: the processes run in their own process groups, so the signal
+    /// does not reach them.
+    fn undo_when_interrupted(&self, started: &Started) {
+        let stack = Stack {
+            layout: self.layout.clone(),
+            settings: self.settings.clone(),
+        };
+        let started = started.clone();
+        std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(pipeline_runtime::shutdown::signal());
+            // Held until exit: the start starts nothing more meanwhile.
+            let list = started.0.lock().unwrap_or_else(PoisonError::into_inner);
+            stack.undo("interrupted", list.as_deref().unwrap_or_default());
+            std::process::exit(130);
+        });
     }
 
     fn service_ports(&self) -> [(&'static str, u16, &'static str); 2] {
@@ -168,7 +243,7 @@ impl Stack {
         ]
     }
 
-    fn start_all(&mut self, pg: &PgTools, started: &mut Vec<&'static str>) -> anyhow::Result<()> {
+    fn start_all(&mut self, pg: &PgTools, started: &Started) -> anyhow::Result<()> {
         self.start_pg(pg, started)?;
         self.start_nats(started)?;
         self.start_zipkin(started)?;
@@ -279,7 +354,7 @@ impl Stack {
         &self,
         name: &'static str,
         port: Option<(u16, &str)>,
-        started: &mut Vec<&'static str>,
+        started: &Started,
     ) -> anyhow::Result<u32> {
         if let Some(pid) = self.live(name) {
             println!("{name} is already running (pid {pid})");
@@ -291,17 +366,19 @@ impl Stack {
         {
             return Err(port_taken(port, name, variable));
         }
-        let child = services::spawn(
-            &self.bin(name),
-            &[],
-            &self.service_env(name)?,
-            &["NATS_USER", "NATS_PASSWORD"],
-            &self.layout.log(name),
-            Detach::Yes,
-        )?;
-        started.push(name);
-        record_pid(&self.layout, name, child.id())?;
-        Ok(child.id())
+        let env = self.service_env(name)?;
+        started.launch(name, || {
+            let child = services::spawn(
+                &self.bin(name),
+                &[],
+                &env,
+                &["NATS_USER", "NATS_PASSWORD"],
+                &self.layout.log(name),
+                Detach::Yes,
+            )?;
+            record_pid(&self.layout, name, child.id())?;
+            Ok(child.id())
+        })
     }
 
     // --- PostgreSQL ------------------------------------------------------------------------
@@ -343,7 +420,7 @@ impl Stack {
         Ok(())
     }
 
-    fn start_pg(&mut self, pg: &PgTools, started: &mut Vec<&'static str>) -> anyhow::Result<()> {
+    fn start_pg(&mut self, pg: &PgTools, started: &Started) -> anyhow::Result<()> {
         let dir = self.layout.pg_dir();
         if self.pg_running(pg) {
             self.record_pg_pid()?;
@@ -418,19 +495,19 @@ impl Stack {
             std::os::unix::fs::chown(&log, Some(uid), Some(gid))?;
         }
         step(&format!("starting PostgreSQL on 127.0.0.1:{port}"));
-        started.push("postgresql");
         let options = PgTools::server_options(port, &dir, "-c max_connections=200");
-        let status = pg
-            .command(pg.pg_ctl(), &dir)
-            .args(["start", "-w", "-t", "60", "-D"])
-            .arg(&dir)
-            .arg("-l")
-            .arg(&log)
-            .arg("-o")
-            .arg(options)
-            .stdout(Stdio::null())
-            .status()
-            .with_context(|| format!("running {}", pg.pg_ctl().display()))?;
+        let status = started.launch("postgresql", || {
+            pg.command(pg.pg_ctl(), &dir)
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&dir)
+                .arg("-l")
+                .arg(&log)
+                .arg("-o")
+                .arg(options)
+                .stdout(Stdio::null())
+                .status()
+                .with_context(|| format!("running {}", pg.pg_ctl().display()))
+        })?;
         if !status.success() {
             return Err(died("postgresql", "did not start", &log));
         }
@@ -446,7 +523,7 @@ impl Stack {
 
     // --- NATS ------------------------------------------------------------------------------
 
-    fn start_nats(&mut self, started: &mut Vec<&'static str>) -> anyhow::Result<()> {
+    fn start_nats(&mut self, started: &Started) -> anyhow::Result<()> {
         let port = self.settings.nats_port;
         if live_pid(&self.layout, "nats-server").is_some() {
             println!("nats-server of this stack is already running on port {port}");
@@ -552,9 +629,11 @@ impl Stack {
             .args(["-p", &port.to_string(), "-m", &http_port.to_string()])
             .envs(env)
             .current_dir(&self.layout.dir);
-        let child = testkit::host::spawn_logged(command, &log)?;
-        started.push("nats-server");
-        record_pid(&self.layout, "nats-server", child.id())?;
+        let child = started.launch("nats-server", || {
+            let child = testkit::host::spawn_logged(command, &log)?;
+            record_pid(&self.layout, "nats-server", child.id())?;
+            Ok(child)
+        })?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut child = Some(child);
         testkit::host::wait_ready(&mut child, &log, 0, port, deadline, "nats-server")
@@ -648,7 +727,7 @@ impl Stack {
 
     // --- traces ----------------------------------------------------------------------------
 
-    fn start_zipkin(&mut self, started: &mut Vec<&'static str>) -> anyhow::Result<()> {
+    fn start_zipkin(&mut self, started: &Started) -> anyhow::Result<()> {
         if let Some(endpoint) = std::env::var_os("ZIPKIN_ENDPOINT") {
             self.settings.zipkin = Zipkin::Caller;
             let endpoint = endpoint.to_string_lossy();
@@ -692,17 +771,18 @@ impl Stack {
         ));
         let log = self.layout.log("tracestore");
         let exe = std::env::current_exe().context("finding this executable")?;
-        let child = services::spawn(
-            &exe,
-            &["trace-store", "--port", &port.to_string()],
-            &[("NO_COLOR".to_owned(), "1".to_owned())],
-            &[],
-            &log,
-            Detach::Yes,
-        )?;
-        started.push("tracestore");
-        let pid = child.id();
-        record_pid(&self.layout, "tracestore", pid)?;
+        let pid = started.launch("tracestore", || {
+            let child = services::spawn(
+                &exe,
+                &["trace-store", "--port", &port.to_string()],
+                &[("NO_COLOR".to_owned(), "1".to_owned())],
+                &[],
+                &log,
+                Detach::Yes,
+            )?;
+            record_pid(&self.layout, "tracestore", child.id())?;
+            Ok(child.id())
+        })?;
         services::wait_ready(
             "tracestore",
             Ready::Http(port, "/health"),
