@@ -319,3 +319,55 @@ fn a_start_on_a_busy_port_names_it_and_leaves_nothing_running() {
         );
     }
 }
+
+#[test]
+fn a_start_interrupted_by_ctrl_c_stops_what_it_started() {
+    let stack = TestStack::new(None);
+    let out = stack.dir.path().join("start.out");
+    let file = std::fs::File::create(&out).expect("output file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_devstack"));
+    command
+        .arg("start")
+        .env_remove("ZIPKIN_ENDPOINT")
+        .env("STACK_DIR", stack.dir.path())
+        .envs(stack.ports.iter().map(|(k, v)| (k, v.to_string())))
+        .stdout(file.try_clone().expect("output file"))
+        .stderr(file);
+    let mut start = command.spawn().expect("devstack runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !testkit::host::read_lossy(&out).contains("starting eventstore") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "start never got to the services: {}",
+            testkit::host::read_lossy(&out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pids = stack.pids();
+    let signalled = Command::new("kill")
+        .args(["-INT", &start.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    let status = start.wait().expect("devstack exits");
+    let output = testkit::host::read_lossy(&out);
+    assert_eq!(status.code(), Some(130), "{output}");
+    assert!(
+        output.contains("interrupted; stopping what this run started: postgresql nats-server"),
+        "{output}"
+    );
+    for (name, pid) in &pids {
+        assert!(
+            !process_alive(*pid),
+            "{name} (pid {pid}) still runs: {output}"
+        );
+    }
+    assert!(
+        stack.pids().is_empty(),
+        "pid files left: {:?}",
+        stack.pids()
+    );
+    for (variable, port) in &stack.ports {
+        assert!(!port_listening(*port), "{variable} {port} still listens");
+    }
+}
