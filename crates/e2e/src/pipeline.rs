@@ -1,11 +1,11 @@
 //! Starts the pipeline's binaries as processes against a test kit PostgreSQL and nats-server.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use devstack::services::{self, Detach, Endpoints};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use testkit::{NatsCluster, NatsServer, Postgres};
@@ -58,15 +58,8 @@ pub struct Options {
     pub no_services: bool,
 }
 
-/// The pipeline's services, in start order.
-pub const SERVICES: [&str; 6] = [
-    "eventstore",
-    "ordersvc",
-    "paymentworker",
-    "reviewworker",
-    "querymodelworker",
-    "deadlinewatcher",
-];
+/// The pipeline's services, in start order (the dev stack's, which starts them the same way).
+pub use devstack::services::SERVICES;
 
 struct Process {
     name: String,
@@ -209,10 +202,17 @@ impl Pipeline {
     /// `database` as role `user` (no password: the test kit's PostgreSQL trusts local logins, so
     /// only the grants keep a role out of the other contexts' databases).
     pub fn role_url(&self, user: &str, database: &str) -> String {
-        format!(
-            "postgresql://{user}@127.0.0.1:{}/{database}?sslmode=disable",
-            self.postgres.port()
-        )
+        self.endpoints().role_url(user, database)
+    }
+
+    /// Where the processes find each other and their databases.
+    fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            pg_port: self.postgres.port(),
+            nats_url: self.default_nats_url(),
+            eventstore_port: self.eventstore_port,
+            ordersvc_port: self.ordersvc_port,
+        }
     }
 
     /// The environment every process gets.
@@ -224,47 +224,7 @@ impl Pipeline {
     /// read `ordersdb` as the read-only roles the bootstrapper made for them (only querymodelworker
     /// writes there); [`Options::env`] still wins.
     pub fn env_for(&self, service: Option<&str>) -> Vec<(String, String)> {
-        let own = match service {
-            Some("ordersvc") => vec![(
-                "ORDERS_DATABASE_URL".to_owned(),
-                self.role_url("ordersvc", "ordersdb"),
-            )],
-            Some("deadlinewatcher") => vec![(
-                "ORDERS_DATABASE_URL".to_owned(),
-                self.role_url("deadlinewatcher", "ordersdb"),
-            )],
-            _ => Vec::new(),
-        };
-        [
-            ("NATS_URL", self.default_nats_url()),
-            (
-                "EVENTSTORE_ADDR",
-                format!("127.0.0.1:{}", self.eventstore_port),
-            ),
-            (
-                "EVENTSTORE_URL",
-                format!("http://127.0.0.1:{}", self.eventstore_port),
-            ),
-            ("ORDERSVC_ADDR", format!("127.0.0.1:{}", self.ordersvc_port)),
-            // Each context as its own role, which the bootstrapper creates as the administrator.
-            ("BOOTSTRAP_DATABASE_URL", self.database_url("postgres")),
-            (
-                "EVENTSTORE_DATABASE_URL",
-                self.role_url("eventstore", "eventstoredb"),
-            ),
-            ("ORDERS_DATABASE_URL", self.role_url("orders", "ordersdb")),
-            (
-                "ORDERS_READER_DATABASE_URL",
-                self.role_url("ordersvc", "ordersdb"),
-            ),
-            (
-                "ORDERS_WATCHER_DATABASE_URL",
-                self.role_url("deadlinewatcher", "ordersdb"),
-            ),
-            (
-                "PAYMENTS_DATABASE_URL",
-                self.role_url("payments", "paymentsdb"),
-            ),
+        let defaults = [
             ("ZIPKIN_ENDPOINT", String::new()),
             ("RUST_LOG", "info".to_owned()),
             // Saga deadlines far beyond what these tests' faults cost: a worker killed mid-flight
@@ -273,12 +233,13 @@ impl Pipeline {
             // tests and the chaos run set their own.
             ("PAYMENT_DEADLINE", "5m".to_owned()),
             ("REVIEW_DEADLINE", "5m".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .chain(own)
-        .chain(self.env_overrides.iter().cloned())
-        .collect()
+        ];
+        self.endpoints()
+            .env(service)
+            .into_iter()
+            .chain(defaults.into_iter().map(|(k, v)| (k.to_owned(), v)))
+            .chain(self.env_overrides.iter().cloned())
+            .collect()
     }
 
     /// Starts one more process of `service`; returns its index among that service's processes.
@@ -299,15 +260,13 @@ impl Pipeline {
     ) -> anyhow::Result<usize> {
         let index = self.processes.iter().filter(|p| p.name == service).count();
         let log = self.logs.path().join(format!("{service}-{index}.log"));
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("creating the log file {}", log.display()))?;
-        let child = Command::new(fresh_binary(service)?)
-            .envs(self.env_for(Some(service)))
-            .envs(extra_env.iter().map(|(k, v)| (*k, *v)))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().context("sharing the log file")?)
-            .stderr(file)
-            .spawn()
+        let mut env = self.env_for(Some(service));
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let child = services::spawn(&fresh_binary(service)?, &[], &env, &[], &log, Detach::No)
             .with_context(|| format!("cannot start {service}"))?;
         self.processes.push(Process {
             name: service.to_owned(),
@@ -324,17 +283,8 @@ impl Pipeline {
         let process = self.process(service, index);
         let _ = process.child.kill();
         let _ = process.child.wait();
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&process.log)
-            .expect("log file");
-        process.child = Command::new(binary(service))
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {service}: {err}"));
+        process.child = services::spawn(&binary(service), &[], &env, &[], &process.log, Detach::No)
+            .unwrap_or_else(|err| panic!("cannot start {service}: {err:#}"));
     }
 
     /// Whether process `index` of `service` is still running.
@@ -394,21 +344,13 @@ impl Pipeline {
     /// the end of every log after 30 s.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.eventstore_port)).is_err() {
-            self.check_deadline(deadline, "eventstore to listen")?;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        loop {
-            let answer = self
-                .http
-                .get(format!("{}/healthz", self.base_url()))
-                .send()
-                .await;
-            if answer.is_ok_and(|r| r.status().is_success()) {
-                break;
+        let endpoints = self.endpoints();
+        for service in ["eventstore", "ordersvc"] {
+            let ready = endpoints.readiness(service);
+            while !ready.check() {
+                self.check_deadline(deadline, &format!("{service} to be ready ({ready:?})"))?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            self.check_deadline(deadline, "ordersvc /healthz")?;
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let js = self.connect_jetstream().await?;
         for durable in ["paymentworker", "reviewworker", "querymodelworker"] {

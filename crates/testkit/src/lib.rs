@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod host;
 pub mod jetstream;
 mod nats;
 mod nats_cluster;

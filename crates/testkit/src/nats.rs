@@ -14,8 +14,13 @@ use crate::support::{
 };
 
 /// Where nats-server lives when PATH does not say (Debian installs it in /usr/sbin).
-pub(crate) const NATS_FOLDERS: &[&str] =
-    &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"];
+pub const NATS_FOLDERS: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"];
+
+/// nats-server from PATH, else from where Debian and friends install it ([`NATS_FOLDERS`]).
+pub fn find_nats_server() -> anyhow::Result<PathBuf> {
+    let folders: Vec<PathBuf> = NATS_FOLDERS.iter().map(PathBuf::from).collect();
+    find_binary("nats-server", &folders)
+}
 
 /// A throwaway nats-server with JetStream: `nats-server -js -a 127.0.0.1 -p <free> -sd <tmp>/store`
 /// as a child process, logging to `<tmp>/nats.log`. Killed and its folder removed on `Drop`.
@@ -68,8 +73,7 @@ impl NatsServer {
 
     fn start_new(config: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<NatsServer> {
         let began = Instant::now();
-        let folders: Vec<PathBuf> = NATS_FOLDERS.iter().map(PathBuf::from).collect();
-        let binary = find_binary("nats-server", &folders)?;
+        let binary = find_nats_server()?;
         let dir = temp_folder("testkit-nats-", None)?;
         let mut server = NatsServer {
             dir,
@@ -224,7 +228,7 @@ impl NatsServer {
 
 /// Spawns nats-server from `command` (its arguments but the log), logging to `log_path` with `-l`;
 /// stdout and stderr go to the same file, for what the server prints before it opens its log.
-pub(crate) fn spawn_logged(mut command: Command, log_path: &Path) -> anyhow::Result<Child> {
+pub fn spawn_logged(mut command: Command, log_path: &Path) -> anyhow::Result<Child> {
     let log_file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -246,7 +250,7 @@ pub(crate) fn spawn_logged(mut command: Command, log_path: &Path) -> anyhow::Res
 
 /// Waits until the log after `log_offset` says "Server is ready" and `port` accepts TCP; fails at
 /// once when the server (`child`) exited, or at `deadline`. `what` names the server in errors.
-pub(crate) fn wait_ready(
+pub fn wait_ready(
     child: &mut Option<Child>,
     log_path: &Path,
     log_offset: usize,

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
-use crate::nats::{NATS_FOLDERS, spawn_logged, wait_ready};
+use crate::nats::{find_nats_server, spawn_logged, wait_ready};
 use crate::support::{
-    PORT_ATTEMPTS, START_TIMEOUT, find_binary, pick_port, process_alive, read_lossy, tail,
-    temp_folder, wait_until,
+    PORT_ATTEMPTS, START_TIMEOUT, pick_port, process_alive, read_lossy, tail, temp_folder,
+    wait_until,
 };
 
 /// Nodes in the cluster: the smallest that keeps a majority (two) when one node is down.
@@ -76,8 +76,7 @@ impl NatsCluster {
 
     fn launch_new(configs: Option<Vec<PathBuf>>) -> anyhow::Result<NatsCluster> {
         let began = Instant::now();
-        let folders: Vec<PathBuf> = NATS_FOLDERS.iter().map(PathBuf::from).collect();
-        let binary = find_binary("nats-server", &folders)?;
+        let binary = find_nats_server()?;
         let dir = temp_folder("testkit-nats-cluster-", None)?;
         let mut nodes = Vec::with_capacity(NODES);
         for i in 0..NODES {

@@ -38,22 +38,25 @@ const PG_ENVIRONMENT: &[&str] = &[
 #[derive(Debug)]
 pub struct Postgres {
     dir: TempDir,
-    bin: PgBin,
-    run_as: Option<User>,
+    bin: PgTools,
     port: u16,
 }
 
-#[derive(Debug)]
-struct PgBin {
+/// PostgreSQL's tools (initdb, pg_ctl, pg_isready) and the user they run as: the `postgres` system
+/// user when this process is root, since PostgreSQL refuses to run as root. [`Postgres`] and the
+/// dev stack (crates/devstack) run their clusters with them.
+#[derive(Debug, Clone)]
+pub struct PgTools {
     initdb: PathBuf,
     pg_ctl: PathBuf,
     pg_isready: PathBuf,
+    run_as: Option<User>,
 }
 
-impl PgBin {
+impl PgTools {
     /// initdb from PATH or the highest /usr/lib/postgresql/*/bin; pg_ctl and pg_isready from the
     /// same folder when they are there, so all three belong to one PostgreSQL version.
-    fn find() -> anyhow::Result<PgBin> {
+    pub fn find() -> anyhow::Result<PgTools> {
         let fallbacks = postgres_bin_folders();
         let initdb = find_binary("initdb", &fallbacks)?;
         let home = std::fs::canonicalize(&initdb)
@@ -65,11 +68,90 @@ impl PgBin {
                 _ => find_binary(name, &fallbacks),
             }
         };
-        Ok(PgBin {
+        let run_as = if effective_uid()? == 0 {
+            Some(system_user("postgres").context("PostgreSQL refuses to run as root")?)
+        } else {
+            None
+        };
+        Ok(PgTools {
             pg_ctl: sibling("pg_ctl")?,
             pg_isready: sibling("pg_isready")?,
             initdb,
+            run_as,
         })
+    }
+
+    pub fn initdb(&self) -> &Path {
+        &self.initdb
+    }
+
+    pub fn pg_ctl(&self) -> &Path {
+        &self.pg_ctl
+    }
+
+    pub fn pg_isready(&self) -> &Path {
+        &self.pg_isready
+    }
+
+    /// `(uid, gid)` of the `postgres` user when the tools run as it (this process is root).
+    pub fn run_as(&self) -> Option<(u32, u32)> {
+        self.run_as.map(|user| (user.uid, user.gid))
+    }
+
+    /// `program` (one of the tools, or any command that must act as the server's user) to run
+    /// in `dir`, a folder that user can enter, without the variables that steer the tools
+    /// towards some other cluster.
+    pub fn command(&self, program: &Path, dir: &Path) -> Command {
+        let mut command = Command::new(program);
+        command.current_dir(dir).stdin(Stdio::null());
+        for variable in PG_ENVIRONMENT {
+            command.env_remove(variable);
+        }
+        if let Some(user) = self.run_as {
+            std::os::unix::process::CommandExt::uid(&mut command, user.uid);
+            std::os::unix::process::CommandExt::gid(&mut command, user.gid);
+        }
+        command
+    }
+
+    /// initdb's arguments but the data folder: superuser `root`, trust auth, UTF8, locale C.
+    pub const INITDB_ARGS: [&str; 6] = ["-U", "root", "--auth=trust", "-E", "UTF8", "--locale=C"];
+
+    /// The server options (pg_ctl's `-o`) every cluster of this project has: 127.0.0.1 only,
+    /// `port`, its Unix socket in `socket_dir`, SERIALIZABLE by default like CockroachDB (so the
+    /// services' 40001 retries are real); `extra` is appended.
+    pub fn server_options(port: u16, socket_dir: &Path, extra: &str) -> String {
+        // pg_ctl hands these to the postmaster through /bin/sh, hence the quoting.
+        format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
+             -c default_transaction_isolation=serializable {extra}",
+            shell_quote(&socket_dir.to_string_lossy()),
+        )
+    }
+
+    /// Whether the server on 127.0.0.1:`port` accepts connections as `root` (pg_isready, run
+    /// in `dir`).
+    pub fn is_ready(&self, port: u16, dir: &Path) -> anyhow::Result<bool> {
+        let status = self
+            .command(&self.pg_isready, dir)
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "root",
+                "-d",
+                "postgres",
+                "-t",
+                "2",
+                "-p",
+            ])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", self.pg_isready.display()))?;
+        Ok(status.success())
     }
 }
 
@@ -78,19 +160,9 @@ impl Postgres {
     /// carries the tail of the server log.
     pub fn start() -> anyhow::Result<Postgres> {
         let began = Instant::now();
-        let bin = PgBin::find()?;
-        let run_as = if effective_uid()? == 0 {
-            Some(system_user("postgres").context("PostgreSQL refuses to run as root")?)
-        } else {
-            None
-        };
-        let dir = temp_folder("testkit-pg-", run_as)?;
-        let mut postgres = Postgres {
-            dir,
-            bin,
-            run_as,
-            port: 0,
-        };
+        let bin = PgTools::find()?;
+        let dir = temp_folder("testkit-pg-", bin.run_as)?;
+        let mut postgres = Postgres { dir, bin, port: 0 };
         postgres.initdb()?;
 
         // Another process can take the port between free_port() and the server's bind.
@@ -216,16 +288,7 @@ impl Postgres {
     /// A PostgreSQL tool, run as the `postgres` user when we are root, from a folder that user can
     /// enter.
     fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new(program);
-        command.current_dir(self.dir.path()).stdin(Stdio::null());
-        for variable in PG_ENVIRONMENT {
-            command.env_remove(variable);
-        }
-        if let Some(user) = self.run_as {
-            std::os::unix::process::CommandExt::uid(&mut command, user.uid);
-            std::os::unix::process::CommandExt::gid(&mut command, user.gid);
-        }
-        command
+        self.bin.command(program, self.dir.path())
     }
 
     fn initdb(&self) -> anyhow::Result<()> {
@@ -233,15 +296,8 @@ impl Postgres {
             .command(&self.bin.initdb)
             .arg("-D")
             .arg(self.data_dir())
-            .args([
-                "-U",
-                "root",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
+            .args(PgTools::INITDB_ARGS)
+            .arg("--no-sync")
             .output()
             .with_context(|| format!("running {}", self.bin.initdb.display()))?;
         if !output.status.success() {
@@ -259,12 +315,10 @@ impl Postgres {
     fn launch(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         let log_offset = self.log_len();
-        // pg_ctl hands these to the postmaster through /bin/sh, hence the quoting.
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} \
-             -c default_transaction_isolation=serializable -c fsync=off -c max_connections=300",
+        let options = PgTools::server_options(
             self.port,
-            shell_quote(&self.dir.path().to_string_lossy()),
+            self.dir.path(),
+            "-c fsync=off -c max_connections=300",
         );
         let output = self
             .command(&self.bin.pg_ctl)
@@ -298,26 +352,7 @@ impl Postgres {
     }
 
     fn pg_isready(&self) -> anyhow::Result<bool> {
-        let status = self
-            .command(&self.bin.pg_isready)
-            .args([
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "root",
-                "-d",
-                "postgres",
-                "-t",
-                "2",
-                "-p",
-            ])
-            .arg(self.port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .with_context(|| format!("running {}", self.bin.pg_isready.display()))?;
-        Ok(status.success())
+        self.bin.is_ready(self.port, self.dir.path())
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> anyhow::Result<()> {

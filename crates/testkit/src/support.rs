@@ -68,7 +68,7 @@ pub(crate) fn pick_port() -> anyhow::Result<u16> {
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
-pub(crate) fn port_accepts(port: u16) -> bool {
+pub fn port_accepts(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
@@ -91,7 +91,7 @@ pub(crate) fn wait_until(
 }
 
 /// The file's contents as text, or an empty string when it does not exist (yet).
-pub(crate) fn read_lossy(path: &Path) -> String {
+pub fn read_lossy(path: &Path) -> String {
     let mut bytes = Vec::new();
     match std::fs::File::open(path) {
         Ok(mut file) => {
@@ -103,7 +103,7 @@ pub(crate) fn read_lossy(path: &Path) -> String {
 }
 
 /// The last `lines` lines of `log`, for error messages.
-pub(crate) fn tail(log: &str, lines: usize) -> String {
+pub fn tail(log: &str, lines: usize) -> String {
     let all: Vec<&str> = log.lines().collect();
     let start = all.len().saturating_sub(lines);
     let tail = all[start..].join("\n");
@@ -231,7 +231,7 @@ fn parse_version(name: &OsStr) -> Option<Vec<u32>> {
 }
 
 /// Whether process `pid` exists and is not a zombie waiting to be reaped.
-pub(crate) fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses and may contain spaces.
         Ok(stat) => stat

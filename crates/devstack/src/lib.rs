@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+// A command-line tool: what it prints on stdout is its output.
+#![allow(clippy::print_stdout)]
+
+pub mod probe;
+mod procs;
+pub mod sample;
+pub mod services;
+pub mod settings;
+pub mod stack;
+
+pub use stack::{Reported, Stack};

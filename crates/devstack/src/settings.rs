@@ -1,0 +1,239 @@
+//! The stack's settings: the caller's STACK_* variables, and the record of the stack last
+//! started (`$STACK_DIR/stack.env`), which status, stop and logs follow rather than the caller's
+//! environment, so `STACK_NATS_PORT=4333 scripts/stack start` needs no repeat afterwards.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// Where the services send their spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zipkin {
+    /// The stack's own trace store on the Zipkin port (`0` in stack.env).
+    Ours,
+    /// Someone else's Zipkin answered on the port; used and left running (`1`).
+    External,
+    /// The caller set `ZIPKIN_ENDPOINT` (empty: no export); no trace store (`none`).
+    Caller,
+}
+
+impl Zipkin {
+    fn recorded(self) -> &'static str {
+        match self {
+            Zipkin::Ours => "0",
+            Zipkin::External => "1",
+            Zipkin::Caller => "none",
+        }
+    }
+}
+
+/// Ports and what this stack found running, as stack.env records them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The cargo profile whose binaries run (recorded for scripts; devstack runs the binaries
+    /// beside itself or in `STACK_BIN_DIR`).
+    pub profile: String,
+    pub pg_port: u16,
+    pub nats_port: u16,
+    pub nats_http_port: u16,
+    pub eventstore_port: u16,
+    pub ordersvc_port: u16,
+    pub zipkin_port: u16,
+    pub zipkin: Zipkin,
+    /// A NATS with JetStream found on the port is used, not started, and left running on stop.
+    pub nats_external: bool,
+    /// The stack's NATS asks each service for its user and password.
+    pub nats_auth: bool,
+}
+
+/// A port from `variable`, `default` when unset or empty.
+fn port(variable: &str, default: u16) -> anyhow::Result<u16> {
+    match std::env::var(variable) {
+        Ok(value) if !value.is_empty() => value
+            .parse()
+            .with_context(|| format!("{variable}={value} is not a port (1-65535)")),
+        _ => Ok(default),
+    }
+}
+
+impl Settings {
+    /// From the caller's STACK_* variables (defaults: the README's ports).
+    pub fn from_env() -> anyhow::Result<Settings> {
+        Ok(Settings {
+            profile: std::env::var("STACK_PROFILE")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "release".to_owned()),
+            pg_port: port("STACK_PG_PORT", 26257)?,
+            nats_port: port("STACK_NATS_PORT", 4222)?,
+            nats_http_port: port("STACK_NATS_HTTP_PORT", 8222)?,
+            eventstore_port: port("STACK_EVENTSTORE_PORT", 50051)?,
+            ordersvc_port: port("STACK_ORDERSVC_PORT", 3000)?,
+            zipkin_port: port("STACK_ZIPKIN_PORT", 9411)?,
+            zipkin: Zipkin::Ours,
+            nats_external: false,
+            nats_auth: false,
+        })
+    }
+
+    /// The caller's settings with the recorded ones of `file` on top (when it exists).
+    pub fn recorded(file: &Path) -> anyhow::Result<Settings> {
+        let mut settings = Settings::from_env()?;
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return Ok(settings);
+        };
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let number = || -> anyhow::Result<u16> {
+                value
+                    .parse()
+                    .with_context(|| format!("{}: {key}={value} is not a port", file.display()))
+            };
+            match key {
+                "PROFILE" => settings.profile = value.to_owned(),
+                "PG_PORT" => settings.pg_port = number()?,
+                "NATS_PORT" => settings.nats_port = number()?,
+                "NATS_HTTP_PORT" => settings.nats_http_port = number()?,
+                "EVENTSTORE_PORT" => settings.eventstore_port = number()?,
+                "ORDERSVC_PORT" => settings.ordersvc_port = number()?,
+                "ZIPKIN_PORT" => settings.zipkin_port = number()?,
+                "ZIPKIN_EXTERNAL" => {
+                    settings.zipkin = match value {
+                        "1" => Zipkin::External,
+                        "none" => Zipkin::Caller,
+                        _ => Zipkin::Ours,
+                    }
+                }
+                "NATS_EXTERNAL" => settings.nats_external = value == "1",
+                "NATS_AUTH" => settings.nats_auth = value == "1",
+                _ => {}
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Writes `file` as shell assignments (scripts/bench sources it).
+    pub fn save(&self, file: &Path) -> anyhow::Result<()> {
+        let flag = |on: bool| if on { "1" } else { "0" };
+        let text = format!(
+            "PROFILE={}\nPG_PORT={}\nNATS_PORT={}\nNATS_HTTP_PORT={}\nEVENTSTORE_PORT={}\n\
+             ORDERSVC_PORT={}\nZIPKIN_PORT={}\nZIPKIN_EXTERNAL={}\nNATS_EXTERNAL={}\nNATS_AUTH={}\n",
+            self.profile,
+            self.pg_port,
+            self.nats_port,
+            self.nats_http_port,
+            self.eventstore_port,
+            self.ordersvc_port,
+            self.zipkin_port,
+            self.zipkin.recorded(),
+            flag(self.nats_external),
+            flag(self.nats_auth),
+        );
+        std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))
+    }
+}
+
+/// The folders of a stack and what does not change between its commands.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `STACK_DIR` (default `<repository>/.stack`).
+    pub dir: PathBuf,
+    /// Where the pipeline's binaries are: `STACK_BIN_DIR`, default the folder of this executable
+    /// (`target/<profile>/`, where cargo puts them all).
+    pub bin_dir: PathBuf,
+    /// `STACK_STOP_TIMEOUT` seconds (20): SIGTERM, then SIGKILL.
+    pub stop_timeout: Duration,
+    /// `STACK_NATS_AUTH` unless `0`: this stack's nats-server runs with nats-auth.conf's users.
+    pub nats_auth: bool,
+}
+
+impl Layout {
+    pub fn from_env() -> anyhow::Result<Layout> {
+        let cwd = std::env::current_dir().context("reading the current folder")?;
+        let dir = match std::env::var_os("STACK_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => cwd.join(dir),
+            None => repository_root().join(".stack"),
+        };
+        let bin_dir = match std::env::var_os("STACK_BIN_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => cwd.join(dir),
+            None => std::env::current_exe()
+                .context("finding this executable")?
+                .parent()
+                .map(Path::to_path_buf)
+                .context("the folder of this executable")?,
+        };
+        let stop_timeout = match std::env::var("STACK_STOP_TIMEOUT") {
+            Ok(value) if !value.is_empty() => match value.parse::<u64>() {
+                Ok(seconds) => Duration::from_secs(seconds),
+                Err(_) => bail!("STACK_STOP_TIMEOUT={value} is not a number of seconds"),
+            },
+            _ => Duration::from_secs(20),
+        };
+        Ok(Layout {
+            dir: normalize(&dir),
+            bin_dir,
+            stop_timeout,
+            nats_auth: std::env::var("STACK_NATS_AUTH").map_or(true, |v| v != "0"),
+        })
+    }
+
+    pub fn pg_dir(&self) -> PathBuf {
+        self.dir.join("pg")
+    }
+
+    pub fn nats_dir(&self) -> PathBuf {
+        self.dir.join("nats")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    pub fn pid_dir(&self) -> PathBuf {
+        self.dir.join("pids")
+    }
+
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.log_dir().join(format!("{name}.log"))
+    }
+
+    pub fn pid_file(&self, name: &str) -> PathBuf {
+        self.pid_dir().join(format!("{name}.pid"))
+    }
+
+    pub fn settings_file(&self) -> PathBuf {
+        self.dir.join("stack.env")
+    }
+
+    /// `NATS_<USER>_PASSWORD=...` for each user of nats-auth.conf, mode 600.
+    pub fn passwords_file(&self) -> PathBuf {
+        self.dir.join("nats-passwords.env")
+    }
+}
+
+/// The workspace this binary was built from (its default STACK_DIR is `.stack` there).
+pub fn repository_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
+}
+
+/// `a/./b/../c` as `a/c`, without touching the file system (like `realpath -m`).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}

@@ -1,0 +1,373 @@
+//! The dev stack as a user runs it: the devstack binary in a temporary STACK_DIR on free ports,
+//! with the workspace's debug binaries (build them first: cargo build --bins).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use devstack::probe::port_listening;
+use testkit::host::process_alive;
+
+/// A stack's folder and ports; `stop`ped on drop, so a failing test leaves nothing running.
+struct TestStack {
+    dir: tempfile::TempDir,
+    ports: BTreeMap<&'static str, u16>,
+}
+
+impl TestStack {
+    /// Free ports for everything; NATS on `nats_port` (a server of the test's, or a free port).
+    fn new(nats_port: Option<u16>) -> TestStack {
+        let dir = tempfile::Builder::new()
+            .prefix("devstack-it-")
+            .tempdir_in("/tmp")
+            .expect("temporary STACK_DIR");
+        // PostgreSQL runs as the postgres user when the tests run as root: it must enter.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod STACK_DIR");
+        let mut ports = BTreeMap::new();
+        for variable in [
+            "STACK_PG_PORT",
+            "STACK_NATS_HTTP_PORT",
+            "STACK_EVENTSTORE_PORT",
+            "STACK_ORDERSVC_PORT",
+            "STACK_ZIPKIN_PORT",
+        ] {
+            ports.insert(variable, testkit::free_port());
+        }
+        ports.insert(
+            "STACK_NATS_PORT",
+            nats_port.unwrap_or_else(testkit::free_port),
+        );
+        TestStack { dir, ports }
+    }
+
+    fn port(&self, variable: &str) -> u16 {
+        self.ports[variable]
+    }
+
+    fn devstack(&self, args: &[&str]) -> Output {
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_devstack"));
+        let mut command = Command::new(&exe);
+        for variable in [
+            "ZIPKIN_ENDPOINT",
+            "STACK_NATS_AUTH",
+            "STACK_BIN_DIR",
+            "NATS_URL",
+        ] {
+            command.env_remove(variable);
+        }
+        command
+            .args(args)
+            .env("STACK_DIR", self.dir.path())
+            .env("STACK_STOP_TIMEOUT", "10")
+            .envs(self.ports.iter().map(|(k, v)| (k, v.to_string())));
+        command.output().expect("devstack runs")
+    }
+
+    fn pids(&self) -> Vec<(String, u32)> {
+        std::fs::read_dir(self.dir.path().join("pids"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.path().file_stem()?.to_string_lossy().into_owned();
+                let pid = std::fs::read_to_string(entry.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((name, pid))
+            })
+            .collect()
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// Stops the stack and checks that nothing it started still runs or listens.
+    fn stop_and_check(&self, pids: &[(String, u32)], own_nats: bool) {
+        let stop = self.devstack(&["stop"]);
+        assert!(stop.status.success(), "stop: {}", text(&stop));
+        for (name, pid) in pids {
+            assert!(
+                !process_alive(*pid),
+                "{name} (pid {pid}) still runs after stop"
+            );
+        }
+        for (variable, port) in &self.ports {
+            if *variable == "STACK_NATS_PORT" && !own_nats {
+                continue;
+            }
+            assert!(
+                !port_listening(*port),
+                "{variable} {port} still listens after stop"
+            );
+        }
+        assert!(self.pids().is_empty(), "pid files left: {:?}", self.pids());
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        let _ = self.devstack(&["stop"]);
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn all_logs(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| {
+            let log = testkit::host::read_lossy(&entry.path());
+            format!(
+                "--- {}\n{}",
+                entry.path().display(),
+                testkit::host::tail(&log, 20)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An order posted through the stack's API is accepted and reaches a final status.
+fn post_order(stack: &TestStack) {
+    let api = format!("http://127.0.0.1:{}", stack.port("STACK_ORDERSVC_PORT"));
+    let http = reqwest::blocking::Client::new();
+    let answer = http
+        .post(format!("{api}/api/orders"))
+        .json(&serde_json::json!({
+            "customer_id": "c1",
+            "restaurant_id": "r1",
+            "order_items": [{"code": "p1", "name": "Pizza", "unit_price": "12.50", "quantity": 2}]
+        }))
+        .send()
+        .expect("POST answers");
+    assert_eq!(answer.status().as_u16(), 201, "order accepted");
+    let order: serde_json::Value = answer.json().expect("JSON");
+    let id = order["order_id"].as_str().expect("order_id").to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let order: serde_json::Value = http
+            .get(format!("{api}/api/orders/{id}"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_default();
+        if order["status"] == "Approved" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "order {id} not Approved: {order}\n{}",
+            all_logs(&stack.log_dir())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn start(stack: &TestStack) -> String {
+    let start = stack.devstack(&["start"]);
+    let output = text(&start);
+    assert!(
+        start.status.success(),
+        "start failed: {output}\n{}",
+        all_logs(&stack.log_dir())
+    );
+    output
+}
+
+#[test]
+fn a_stack_uses_a_nats_with_jetstream_already_on_its_port_and_leaves_it_running() {
+    let nats = testkit::NatsServer::start().expect("nats-server");
+    let stack = TestStack::new(Some(nats.port()));
+    let output = start(&stack);
+    assert!(
+        output.contains(&format!(
+            "Port {} already has a NATS server with JetStream",
+            nats.port()
+        )),
+        "{output}"
+    );
+    let status = stack.devstack(&["status"]);
+    assert!(status.status.success(), "status: {}", text(&status));
+    assert!(
+        text(&status).contains("up (external, not ours)"),
+        "{}",
+        text(&status)
+    );
+    post_order(&stack);
+
+    // A second start changes nothing.
+    let pids = stack.pids();
+    let again = start(&stack);
+    assert!(again.contains("The stack is already running"), "{again}");
+    assert_eq!(stack.pids(), pids);
+
+    stack.stop_and_check(&pids, false);
+    assert!(
+        nats.is_running(),
+        "the NATS the stack found is left running"
+    );
+}
+
+#[test]
+fn a_stack_runs_its_own_nats_server_with_a_user_per_service() {
+    let stack = TestStack::new(None);
+    let output = start(&stack);
+    assert!(output.contains("a user per service"), "{output}");
+    let passwords = stack.dir.path().join("nats-passwords.env");
+    let mode = std::fs::metadata(&passwords)
+        .expect("passwords")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the passwords are the owner's alone");
+
+    let env = text(&stack.devstack(&["env"]));
+    assert!(env.contains("export NATS_USER=orderctl"), "{env}");
+    assert!(
+        env.contains(&format!(
+            "export ORDERSVC_URL=http://127.0.0.1:{}",
+            stack.port("STACK_ORDERSVC_PORT")
+        )),
+        "{env}"
+    );
+    let status = stack.devstack(&["status"]);
+    assert!(status.status.success(), "status: {}", text(&status));
+    post_order(&stack);
+
+    let pids = stack.pids();
+    let names: Vec<&str> = pids.iter().map(|(name, _)| name.as_str()).collect();
+    for name in [
+        "postgresql",
+        "nats-server",
+        "tracestore",
+        "eventstore",
+        "deadlinewatcher",
+    ] {
+        assert!(names.contains(&name), "{name} has a pid file: {names:?}");
+    }
+    stack.stop_and_check(&pids, true);
+    let status = stack.devstack(&["status"]);
+    assert!(
+        !status.status.success(),
+        "status says down: {}",
+        text(&status)
+    );
+}
+
+#[test]
+fn a_start_on_a_busy_port_names_it_and_leaves_nothing_running() {
+    let stack = TestStack::new(None);
+    let me = std::process::id();
+
+    // A service's port: refused before anything starts.
+    let busy = std::net::TcpListener::bind(("127.0.0.1", stack.port("STACK_ORDERSVC_PORT")))
+        .expect("bind");
+    let start = stack.devstack(&["start"]);
+    let output = text(&start);
+    assert!(!start.status.success(), "{output}");
+    assert!(
+        output.contains(&format!(
+            "port {}, wanted for ordersvc, is already in use by",
+            stack.port("STACK_ORDERSVC_PORT")
+        )) && output.contains(&format!("(pid {me})"))
+            && output.contains("STACK_ORDERSVC_PORT="),
+        "{output}"
+    );
+    assert!(
+        stack.pids().is_empty(),
+        "nothing started: {:?}",
+        stack.pids()
+    );
+    drop(busy);
+
+    // The trace store's port, taken by something that is not a Zipkin: found after PostgreSQL
+    // and nats-server started, which are stopped again.
+    let zipkin = stack.port("STACK_ZIPKIN_PORT");
+    let _busy = std::net::TcpListener::bind(("127.0.0.1", zipkin)).expect("bind");
+    let start = stack.devstack(&["start"]);
+    let output = text(&start);
+    assert!(!start.status.success(), "{output}");
+    assert!(
+        output.contains(&format!("port {zipkin}, wanted for tracestore")),
+        "{output}"
+    );
+    assert!(output.contains("STACK_ZIPKIN_PORT="), "{output}");
+    assert!(
+        output.contains("stopping what this run started: postgresql nats-server"),
+        "{output}"
+    );
+    assert!(
+        stack.pids().is_empty(),
+        "pid files left: {:?}",
+        stack.pids()
+    );
+    for variable in ["STACK_PG_PORT", "STACK_NATS_PORT", "STACK_NATS_HTTP_PORT"] {
+        assert!(
+            !port_listening(stack.port(variable)),
+            "{variable} still listens after a failed start"
+        );
+    }
+}
+
+#[test]
+fn a_start_interrupted_by_ctrl_c_stops_what_it_started() {
+    let stack = TestStack::new(None);
+    let out = stack.dir.path().join("start.out");
+    let file = std::fs::File::create(&out).expect("output file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_devstack"));
+    command
+        .arg("start")
+        .env_remove("ZIPKIN_ENDPOINT")
+        .env("STACK_DIR", stack.dir.path())
+        .envs(stack.ports.iter().map(|(k, v)| (k, v.to_string())))
+        .stdout(file.try_clone().expect("output file"))
+        .stderr(file);
+    let mut start = command.spawn().expect("devstack runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !testkit::host::read_lossy(&out).contains("starting eventstore") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "start never got to the services: {}",
+            testkit::host::read_lossy(&out)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pids = stack.pids();
+    let signalled = Command::new("kill")
+        .args(["-INT", &start.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    let status = start.wait().expect("devstack exits");
+    let output = testkit::host::read_lossy(&out);
+    assert_eq!(status.code(), Some(130), "{output}");
+    assert!(
+        output.contains("interrupted; stopping what this run started: postgresql nats-server"),
+        "{output}"
+    );
+    for (name, pid) in &pids {
+        assert!(
+            !process_alive(*pid),
+            "{name} (pid {pid}) still runs: {output}"
+        );
+    }
+    assert!(
+        stack.pids().is_empty(),
+        "pid files left: {:?}",
+        stack.pids()
+    );
+    for (variable, port) in &stack.ports {
+        assert!(!port_listening(*port), "{variable} {port} still listens");
+    }
+}
