@@ -2,6 +2,7 @@
 // A command-line tool: what it prints on stdout is its output.
 #![allow(clippy::print_stdout)]
 
+pub mod bench;
 pub mod probe;
 mod procs;
 pub mod sample;

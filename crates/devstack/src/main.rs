@@ -36,11 +36,16 @@ enum Cmd {
     Env,
     /// Start the stack, post four sample orders and show their states, histories and traces.
     Run,
+    /// Benchmark the whole pipeline on a stack of its own (what scripts/bench runs).
+    Bench(devstack::bench::Args),
     /// The stack's trace store (Zipkin's v2 API in memory), run by `start` in the background.
     #[command(hide = true)]
     TraceStore {
         #[arg(long)]
         port: u16,
+        /// Spans kept at most; the oldest traces go first.
+        #[arg(long, env = "TRACESTORE_MAX_SPANS", default_value_t = tracestore::DEFAULT_MAX_SPANS)]
+        max_spans: usize,
     },
 }
 
@@ -81,13 +86,14 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Cmd::TraceStore { port } => trace_store(port)?,
+        Cmd::Bench(args) => tokio::runtime::Runtime::new()?.block_on(devstack::bench::run(args))?,
+        Cmd::TraceStore { port, max_spans } => trace_store(port, max_spans)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// tracestore's server on 127.0.0.1:`port` until SIGINT or SIGTERM.
-fn trace_store(port: u16) -> anyhow::Result<()> {
+fn trace_store(port: u16, max_spans: usize) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -95,12 +101,6 @@ fn trace_store(port: u16) -> anyhow::Result<()> {
         )
         .with_ansi(false)
         .init();
-    let max_spans = match std::env::var("TRACESTORE_MAX_SPANS") {
-        Ok(value) => value
-            .parse()
-            .map_err(|_| anyhow::anyhow!("TRACESTORE_MAX_SPANS={value} is not a number"))?,
-        Err(_) => tracestore::DEFAULT_MAX_SPANS,
-    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -1,0 +1,546 @@
+//! `devstack bench` (`scripts/bench`): benchmarks the whole pipeline on this machine: how many orders it carries end to end, what each
+//! costs, and how long one takes under load. Prints one table; `--write` adds it to BENCHMARKS.md.
+//!
+//! In one run, on one PostgreSQL (fsync on) and one nats-server of a dev stack of its own (own
+//! ports and folder, started by this same launcher and stopped at the end whatever happens):
+//! 1. pgbench: single-row INSERT transactions, 16 clients: the commits/s this server allows.
+//! 2. Saturated: `orderctl load --rate max` on 32 connections for `--duration` (1000 customers,
+//!    1-3 items), then until every accepted order is final in the read model (one count query of
+//!    ordersdb every 250 ms). Orders/s = final orders ÷ (first POST → last one final). CPU seconds
+//!    per order of every process (/proc), commits and rollbacks per order (pg_stat_database).
+//! 3. Steady 100/s and 500/s for `--duration`: `orderctl load`, POST → final in the read model,
+//!    learnt from querymodelworker's READMODEL.orders notices (no API polling): p50/p95/p99.
+//! 4. Saturated again with span export on, to the stack's own trace store (its CPU is counted).
+//!
+//! With `--baseline-bin DIR` (the binaries of another build), step 2 runs first with them on the
+//! same PostgreSQL and nats-server, for a before/after in the same run.
+
+mod measure;
+mod stack;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use sqlx::PgPool;
+
+use self::measure::{LOAD_GENERATOR, Snapshot, difference, snapshot};
+use self::stack::{Stack, Tracing};
+use self::table::{Saturated, Steady};
+use crate::settings::repository_root;
+
+/// Statistics of pg_stat_database reach it at most this long after a transaction.
+const STATS_FLUSH_WAIT: Duration = Duration::from_secs(11);
+const FINAL_STATUSES: &str = "('Approved','PaymentFailed','Rejected','Cancelled')";
+
+/// What `devstack bench` measures with.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long each load phase sends orders (`20s`, `1m`).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// A folder with the binaries of another build: the saturated phase runs with them first.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// Add the run's table to BENCHMARKS.md.
+    #[arg(long)]
+    write: bool,
+    /// Seconds of the pgbench baseline.
+    #[arg(long, env = "PGBENCH_SECONDS", default_value_t = 15)]
+    pgbench_seconds: u32,
+    /// The bench stack's folder (made by the bench, removed by the next run).
+    #[arg(long, env = "STACK_DIR")]
+    stack_dir: Option<PathBuf>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |at| text.split_at(at));
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 20s or 2m"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("{text:?} is not a duration like 20s or 2m")),
+    }
+}
+
+fn step(text: &str) {
+    eprintln!("\n==> {text}");
+}
+
+/// Runs every step and prints the table (and adds it to BENCHMARKS.md with `--write`).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let root = repository_root();
+    // `devstack bench ARGS`, as scripts/bench ARGS.
+    let command_line = std::iter::once("scripts/bench".to_owned())
+        .chain(std::env::args().skip(2))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // The binaries measured are the ones beside this launcher (`target/release/`).
+    let target = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the folder of this executable")?;
+    let orderctl = target.join("orderctl");
+    if !orderctl.is_file() {
+        bail!(
+            "{} is missing (cargo build --release --bins)",
+            orderctl.display()
+        );
+    }
+    let pgbench =
+        find_tool("pgbench").context("pgbench is needed (apt-get install -y postgresql-client)")?;
+    let stack_dir = args
+        .stack_dir
+        .clone()
+        .unwrap_or_else(|| root.join(".stack-bench"));
+    let mut stack = Stack::new(&stack_dir)?;
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute] UTC"
+        ))
+        .unwrap_or_default();
+
+    step(&format!(
+        "starting the bench stack in {}",
+        stack_dir.display()
+    ));
+    let mut bench = Bench::start(
+        &mut stack,
+        args.baseline_bin.as_deref().unwrap_or(&target),
+        Tracing::Off,
+        &orderctl,
+        &args,
+    )
+    .await?;
+
+    step(&format!(
+        "baseline: pgbench, single-row INSERTs, 16 clients, {} s",
+        args.pgbench_seconds
+    ));
+    let tps = bench.pgbench(&pgbench, args.pgbench_seconds).await?;
+    eprintln!(
+        "  {tps:.0} commits/s; the goal is {tps:.0}/20 = {:.0} orders/s",
+        tps / 20.0
+    );
+
+    let mut saturated = Vec::new();
+    let mut steady = Vec::new();
+    if let Some(dir) = &args.baseline_bin {
+        saturated.push(
+            bench
+                .saturated(&format!("saturated, baseline binaries ({})", dir.display()))
+                .await?,
+        );
+        bench = Bench::start(&mut stack, &target, Tracing::Off, &orderctl, &args).await?;
+    }
+    saturated.push(bench.saturated("saturated").await?);
+    for rate in [100.0, 500.0] {
+        steady.push(bench.steady(rate).await?);
+    }
+    step("span export on, to the stack's trace store");
+    bench = Bench::start(&mut stack, &target, Tracing::StackStore, &orderctl, &args).await?;
+    saturated.push(bench.saturated("saturated, span export on").await?);
+    drop(bench);
+    stack.stop();
+
+    step("summary");
+    let text = table::markdown(&started_at, &command_line, tps, &saturated, &steady);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
+    if args.write {
+        let path = root.join("BENCHMARKS.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+        std::fs::write(&path, table::add_run(&old, &text))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `command` to its end off the async threads.
+async fn output_of(mut command: Command) -> anyhow::Result<std::process::Output> {
+    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    on_path.or_else(|| {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|version| version.path().join("bin").join(name))
+            .filter(|path| path.is_file())
+            .collect();
+        found.sort();
+        found.pop()
+    })
+}
+
+/// What a phase needs of a started bench stack.
+struct Bench {
+    postgres: PgPool,
+    database_urls: String,
+    pg_port: u16,
+    nats_http_port: u16,
+    pid_dir: PathBuf,
+    work_dir: PathBuf,
+    orderctl: PathBuf,
+    client_env: Vec<(String, String)>,
+    duration: Duration,
+}
+
+impl Bench {
+    /// (Re)starts the stack with the binaries of `bin_dir` and connects to it.
+    async fn start(
+        stack: &mut Stack,
+        bin_dir: &Path,
+        tracing: Tracing,
+        orderctl: &Path,
+        args: &Args,
+    ) -> anyhow::Result<Bench> {
+        stack.restart(bin_dir, tracing)?;
+        let postgres = PgPool::connect(&stack.database_url("postgres"))
+            .await
+            .context("connecting to the bench stack's PostgreSQL")?;
+        Ok(Bench {
+            postgres,
+            database_urls: stack.database_url(""),
+            pg_port: stack.pg_port(),
+            nats_http_port: stack.nats_http_port(),
+            pid_dir: stack.pid_dir(),
+            work_dir: stack.work_dir(),
+            client_env: stack.client_env()?,
+            orderctl: orderctl.to_owned(),
+            duration: args.duration,
+        })
+    }
+
+    fn database_url(&self, database: &str) -> String {
+        self.database_urls
+            .replacen("/?", &format!("/{database}?"), 1)
+    }
+
+    async fn count(&self, database: &str, sql: &str) -> anyhow::Result<i64> {
+        let pool = PgPool::connect(&self.database_url(database)).await?;
+        let count: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await?;
+        pool.close().await;
+        Ok(count)
+    }
+
+    async fn pgbench(&self, pgbench: &Path, seconds: u32) -> anyhow::Result<f64> {
+        sqlx::query("DROP DATABASE IF EXISTS bench_scratch")
+            .execute(&self.postgres)
+            .await?;
+        sqlx::query("CREATE DATABASE bench_scratch")
+            .execute(&self.postgres)
+            .await?;
+        let scratch = PgPool::connect(&self.database_url("bench_scratch")).await?;
+        sqlx::query(
+            "CREATE TABLE scratch (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+             payload TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .execute(&scratch)
+        .await?;
+        scratch.close().await;
+        let script = self.work_dir.join("insert.sql");
+        std::fs::write(
+            &script,
+            "INSERT INTO scratch (payload) VALUES (repeat('x', 500));\n",
+        )?;
+        let mut command = Command::new(pgbench);
+        command
+            .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string()])
+            .args(["-U", "root", "-n", "-c", "16", "-j", "2"])
+            .args(["-T", &seconds.to_string(), "-f"])
+            .arg(&script)
+            .arg("bench_scratch");
+        let output = output_of(command).await?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find_map(|line| line.strip_prefix("tps = "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|tps| tps.parse::<f64>().ok())
+            .with_context(|| {
+                format!(
+                    "pgbench gave no tps: {}{}",
+                    text,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
+    }
+
+    async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        snapshot(&self.pid_dir, &self.postgres).await
+    }
+
+    /// `orderctl load` with `extra` arguments; its JSON report.
+    async fn load(&self, extra: &[String]) -> anyhow::Result<LoadReport> {
+        let mut command = Command::new(&self.orderctl);
+        command
+            .envs(
+                self.client_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .args(["load", "--customers", "1000", "--json"])
+            .args(extra)
+            .stderr(std::process::Stdio::inherit());
+        let output = output_of(command).await.context("running orderctl load")?;
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "orderctl load gave no report ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    async fn saturated(&self, name: &str) -> anyhow::Result<Saturated> {
+        step(&format!(
+            "{name}: orderctl load --rate max, 32 connections, {} s, then until every order is final",
+            self.duration.as_secs()
+        ));
+        let before = self.snapshot().await?;
+        let created_before = self.created().await?;
+        let finals_before = self.finals().await?;
+        let started = Instant::now();
+        let report = self
+            .load(&[
+                "--rate".into(),
+                "max".into(),
+                "--concurrency".into(),
+                "32".into(),
+                "--duration".into(),
+                format!("{}s", self.duration.as_secs()),
+                "--settle".into(),
+                "1s".into(),
+            ])
+            .await?;
+        let (seconds, finals) = self
+            .wait_final(started, created_before, finals_before)
+            .await?;
+        self.drain().await?;
+        let cpu_after = self.snapshot().await?;
+        tokio::time::sleep(STATS_FLUSH_WAIT).await;
+        let after = self.snapshot().await?;
+
+        let cpu = difference(&before.cpu, &cpu_after.cpu);
+        let cpu_ms_per_order = cpu
+            .into_iter()
+            .filter(|(process, _)| process != LOAD_GENERATOR)
+            .map(|(process, seconds)| (process, seconds * 1000.0 / finals.max(1) as f64))
+            .collect();
+        let wall = cpu_after.at.duration_since(before.at).as_secs_f64();
+        let row = Saturated {
+            name: name.to_owned(),
+            accepted: report.accepted,
+            refused: report.errors.values().sum(),
+            posts_per_s: report.post.per_second,
+            finals,
+            seconds,
+            cpu_ms_per_order,
+            commits: difference(&before.commits, &after.commits).values().sum(),
+            rollbacks: difference(&before.rollbacks, &after.rollbacks)
+                .values()
+                .sum(),
+            busy_pct: if wall > 0.0 {
+                (cpu_after.machine - before.machine) / wall * 100.0
+            } else {
+                0.0
+            },
+        };
+        eprintln!("  {}", row.summary());
+        Ok(row)
+    }
+
+    async fn steady(&self, rate: f64) -> anyhow::Result<Steady> {
+        step(&format!(
+            "steady {rate}/s for {} s (POST → final by read-model notices)",
+            self.duration.as_secs()
+        ));
+        let report = self
+            .load(&[
+                "--rate".into(),
+                rate.to_string(),
+                "--concurrency".into(),
+                "64".into(),
+                "--duration".into(),
+                format!("{}s", self.duration.as_secs()),
+                "--settle".into(),
+                "30s".into(),
+            ])
+            .await?;
+        self.drain().await?;
+        let latency = report.post_to_final.latency;
+        let row = Steady {
+            rate,
+            accepted: report.accepted,
+            errors: report.errors.values().sum(),
+            not_final: report.not_final,
+            followed_by: report.followed_by,
+            p50_ms: latency.p50_ms,
+            p95_ms: latency.p95_ms,
+            p99_ms: latency.p99_ms,
+            max_ms: latency.max_ms,
+        };
+        eprintln!("  {}", row.summary());
+        Ok(row)
+    }
+
+    async fn created(&self) -> anyhow::Result<i64> {
+        self.count(
+            "eventstoredb",
+            "SELECT count(*) FROM events WHERE event_type = 'created'",
+        )
+        .await
+    }
+
+    async fn finals(&self) -> anyhow::Result<i64> {
+        self.count(
+            "ordersdb",
+            &format!("SELECT count(*) FROM orders WHERE status IN {FINAL_STATUSES}"),
+        )
+        .await
+    }
+
+    /// Until every order created since `created_before` is final (or nothing changed for a
+    /// minute): seconds from `started` to the last one seen final, and how many became final.
+    async fn wait_final(
+        &self,
+        started: Instant,
+        created_before: i64,
+        finals_before: i64,
+    ) -> anyhow::Result<(f64, u64)> {
+        let orders = PgPool::connect(&self.database_url("ordersdb")).await?;
+        let created = u64::try_from(self.created().await? - created_before).unwrap_or(0);
+        let query = format!("SELECT count(*) FROM orders WHERE status IN {FINAL_STATUSES}");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (mut last_change, mut last_finals) = (Instant::now(), None);
+        loop {
+            let finals: i64 = sqlx::query_scalar(&query).fetch_one(&orders).await?;
+            let finals = u64::try_from(finals - finals_before).unwrap_or(0);
+            let now = Instant::now();
+            if last_finals != Some(finals) {
+                (last_change, last_finals) = (now, Some(finals));
+            }
+            if finals >= created {
+                return Ok((now.duration_since(started).as_secs_f64(), finals));
+            }
+            if now > deadline || now.duration_since(last_change) > Duration::from_secs(60) {
+                eprintln!("  not every order became final: {finals} of {created}");
+                return Ok((now.duration_since(started).as_secs_f64(), finals));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits (30 s at most each) until JetStream has delivered, and had acked, every message of
+    /// every consumer, and the event store's outbox is empty: the work of a phase is done.
+    async fn drain(&self) -> anyhow::Result<()> {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?consumers=true",
+            self.nats_http_port
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let busy = match http.get(&url).send().await {
+                Ok(response) => response
+                    .json::<Jsz>()
+                    .await
+                    .map(|jsz| jsz.unfinished())
+                    .unwrap_or(1),
+                Err(_) => 1,
+            };
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && self
+                .count("eventstoredb", "SELECT count(*) FROM outbox")
+                .await
+                .unwrap_or(1)
+                > 0
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The part of `orderctl load --json` the bench reads.
+#[derive(Debug, Deserialize)]
+struct LoadReport {
+    accepted: u64,
+    errors: std::collections::BTreeMap<String, u64>,
+    not_final: u64,
+    followed_by: String,
+    post: Phase,
+    post_to_final: Phase,
+}
+
+#[derive(Debug, Deserialize)]
+struct Phase {
+    per_second: f64,
+    latency: Latency,
+}
+
+#[derive(Debug, Deserialize)]
+struct Latency {
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+}
+
+/// nats-server's `/jsz?consumers=true`, as far as pending and unacked messages go.
+#[derive(Debug, Deserialize)]
+struct Jsz {
+    #[serde(default)]
+    account_details: Vec<Account>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Account {
+    #[serde(default)]
+    stream_detail: Vec<StreamDetail>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamDetail {
+    #[serde(default)]
+    consumer_detail: Option<Vec<ConsumerDetail>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsumerDetail {
+    #[serde(default)]
+    num_pending: u64,
+    #[serde(default)]
+    num_ack_pending: u64,
+}
+
+impl Jsz {
+    fn unfinished(&self) -> u64 {
+        self.account_details
+            .iter()
+            .flat_map(|account| &account.stream_detail)
+            .flat_map(|stream| stream.consumer_detail.iter().flatten())
+            .map(|consumer| consumer.num_pending + consumer.num_ack_pending)
+            .sum()
+    }
+}
