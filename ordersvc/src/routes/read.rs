@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use order_domain::Money;
+use order_readmodel::{ORDER_COLUMNS, OrderRow};
 use pipeline_runtime::db;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -29,21 +30,6 @@ const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
 #[derive(Debug, sqlx::FromRow)]
-struct OrderRow {
-    order_id: Uuid,
-    customer_id: String,
-    restaurant_id: String,
-    status: String,
-    amount: Decimal,
-    refunded: bool,
-    version: i64,
-    reason: Option<String>,
-    trace_id: Option<String>,
-    created_on: OffsetDateTime,
-    updated_at: OffsetDateTime,
-}
-
-#[derive(Debug, sqlx::FromRow)]
 struct ItemRow {
     order_id: Uuid,
     code: String,
@@ -51,9 +37,6 @@ struct ItemRow {
     unit_price: Decimal,
     quantity: i64,
 }
-
-const ORDER_COLUMNS: &str = "order_id, customer_id, restaurant_id, status, amount, refunded, \
-     version, reason, trace_id, created_on, updated_at";
 
 pub(super) fn path_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
     let Path(raw) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
