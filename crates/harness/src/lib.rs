@@ -103,7 +103,7 @@ impl Schema {
 }
 
 /// Creates the `ORDERS` and `DEADLETTERS` streams, and with `consumers` the workers' durable
-/// consumers, as the bootstrapper defines them.
+/// consumers, from their definitions in `pipeline_runtime::stream` (which the bootstrapper applies).
 pub async fn create_streams(js: &jetstream::Context, consumers: bool) {
     for config in [orders_stream_config(1), dead_letter_stream_config(1)] {
         js.create_stream(config).await.expect("stream created");
