@@ -8,44 +8,12 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
-use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream;
 use pipeline_runtime::stream::{
-    CONSUMERS, ConsumerSpec, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, DUPLICATE_WINDOW, STREAM,
-    SUBJECTS,
+    CONSUMERS, ConsumerSpec, STREAM, dead_letter_stream_config, orders_stream_config,
 };
 
 use crate::Outcome;
-
-/// The `ORDERS` stream: every event, on disk, kept (the event store stays the source of truth).
-pub fn orders_stream_config(replicas: usize) -> stream::Config {
-    stream::Config {
-        name: STREAM.to_owned(),
-        subjects: vec![SUBJECTS.to_owned()],
-        storage: StorageType::File,
-        retention: RetentionPolicy::Limits,
-        discard: DiscardPolicy::Old,
-        // The outbox relay may publish an event again after a crash; JetStream drops the copy by its
-        // `Nats-Msg-Id` if it arrives within this window.
-        duplicate_window: DUPLICATE_WINDOW,
-        max_age: std::time::Duration::ZERO,
-        num_replicas: replicas,
-        ..Default::default()
-    }
-}
-
-/// The `DEADLETTERS` stream: messages the workers gave up on, kept until an operator replays them.
-pub fn dead_letter_stream_config(replicas: usize) -> stream::Config {
-    stream::Config {
-        name: DEAD_LETTER_STREAM.to_owned(),
-        subjects: vec![DEAD_LETTER_SUBJECTS.to_owned()],
-        storage: StorageType::File,
-        retention: RetentionPolicy::Limits,
-        discard: DiscardPolicy::Old,
-        max_age: std::time::Duration::ZERO,
-        num_replicas: replicas,
-        ..Default::default()
-    }
-}
 
 /// Creates or updates both streams, `ORDERS` and `DEADLETTERS` (workers publish to the latter), and
 /// returns the most significant outcome: `Created` if one was created, else `Updated` if one was

@@ -11,10 +11,8 @@ pub mod roles;
 pub mod sql;
 
 pub use config::Config;
-pub use jetstream::{
-    dead_letter_stream_config, ensure_consumers, ensure_stream, ensure_stream_config,
-    ensure_streams, orders_stream_config,
-};
+pub use jetstream::{ensure_consumers, ensure_stream, ensure_stream_config, ensure_streams};
+pub use pipeline_runtime::stream::{dead_letter_stream_config, orders_stream_config};
 pub use roles::Role;
 pub use sql::{Context, Reader, Target, ensure_database, migrate};
 

@@ -5,8 +5,10 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::future::BoxFuture;
 use pipeline_runtime::db;
-use sqlx::migrate::{Migrate as _, Migrator};
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migrate as _, Migration, MigrationSource, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 
@@ -37,7 +39,7 @@ impl Context {
     /// Every context, in the order the bootstrapper migrates them.
     pub const ALL: [Context; 3] = [Context::EventStore, Context::Orders, Context::Payments];
 
-    /// The context's name, also its folder under `migrations/`.
+    /// The context's name, as the report shows it.
     pub fn name(self) -> &'static str {
         match self {
             Context::EventStore => "eventstore",
@@ -46,19 +48,36 @@ impl Context {
         }
     }
 
-    /// The migrations of the context, embedded in the binary.
-    pub fn migrator(self) -> Migrator {
-        let mut migrator = match self {
-            Context::EventStore => sqlx::migrate!("migrations/eventstore"),
-            Context::Orders => sqlx::migrate!("migrations/orders"),
-            Context::Payments => sqlx::migrate!("migrations/payments"),
-        };
+    /// The migrations of the context, as the crate that owns its schema exports them.
+    pub fn migrations(self) -> &'static Migrator {
+        match self {
+            Context::EventStore => &eventstore::MIGRATOR,
+            Context::Orders => &order_readmodel::MIGRATOR,
+            Context::Payments => &paymentworker::MIGRATOR,
+        }
+    }
+
+    /// [`Context::migrations`] as the bootstrapper runs them: without locking.
+    pub async fn migrator(self) -> anyhow::Result<Migrator> {
+        let mut migrator = Migrator::new(Embedded(self.migrations()))
+            .await
+            .map_err(|err| anyhow::anyhow!("the {self} migrations: {err}"))?;
         // CockroachDB has no advisory locks (`pg_advisory_lock`), which sqlx takes by default to keep
         // two migrators apart. Without them, a second bootstrapper running at the same moment fails on
         // the primary key of `_sqlx_migrations` (each migration commits in one transaction with its row)
         // and succeeds when run again.
         migrator.set_locking(false);
-        migrator
+        Ok(migrator)
+    }
+}
+
+/// The migrations an owner embedded, as a source for a [`Migrator`] with settings of our own.
+#[derive(Debug)]
+struct Embedded(&'static Migrator);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move { Ok(self.0.iter().cloned().collect()) })
     }
 }
 
@@ -523,7 +542,7 @@ fn unreachable(url: &str, err: sqlx::Error) -> anyhow::Error {
 /// migration that was changed after it was applied is an error, never re-run.
 #[tracing::instrument(skip_all, fields(context = %context))]
 pub async fn migrate(context: Context, pool: &PgPool) -> anyhow::Result<Outcome> {
-    let migrator = context.migrator();
+    let migrator = context.migrator().await?;
     let mut conn = pool
         .acquire()
         .await
@@ -574,10 +593,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_context_embeds_its_migrations() {
+    #[tokio::test]
+    async fn every_context_runs_its_owners_migrations_without_locking() {
         for context in Context::ALL {
-            assert!(context.migrator().iter().count() >= 1, "{context}");
+            let migrator = context.migrator().await.expect("resolved");
+            assert!(migrator.iter().count() >= 1, "{context}");
+            assert_eq!(
+                migrator.iter().count(),
+                context.migrations().iter().count(),
+                "{context}"
+            );
+            assert!(!migrator.locking, "{context}");
         }
     }
 }

@@ -11,6 +11,7 @@
 //! event that opened its status (`created` or `paymentdebited`).
 
 use order_domain::{Deadlines, Due, OrderStatus, Step};
+use order_readmodel::{OrderRow, order_columns};
 use pipeline_runtime::db;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -37,16 +38,20 @@ const START: Cursor = (OffsetDateTime::UNIX_EPOCH, Uuid::nil());
 /// The query of a step's page: `$1` cutoff, `$2`/`$3` the cursor, `$4` the page size.
 pub fn query(step: Step) -> &'static str {
     match step {
-        Step::Payment => {
-            "SELECT order_id, customer_id, version, updated_at FROM orders \
+        Step::Payment => concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders \
              WHERE status = 'Pending' AND updated_at <= $1 AND (updated_at, order_id) > ($2, $3) \
              ORDER BY updated_at, order_id LIMIT $4"
-        }
-        Step::Review => {
-            "SELECT order_id, customer_id, version, updated_at FROM orders \
+        ),
+        Step::Review => concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders \
              WHERE status = 'Paid' AND updated_at <= $1 AND (updated_at, order_id) > ($2, $3) \
              ORDER BY updated_at, order_id LIMIT $4"
-        }
+        ),
     }
 }
 
@@ -60,7 +65,7 @@ pub async fn page(
     limit: i64,
 ) -> Result<Vec<OpenOrder>, sqlx::Error> {
     let (after_since, after_id) = after.unwrap_or(START);
-    let rows: Vec<(Uuid, String, i64, OffsetDateTime)> = db::retry(|| {
+    let rows: Vec<OrderRow> = db::retry(|| {
         sqlx::query_as(query(step))
             .bind(cutoff)
             .bind(after_since)
@@ -71,12 +76,12 @@ pub async fn page(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(order_id, customer_id, version, since)| OpenOrder {
-            order_id,
-            customer_id,
+        .map(|row| OpenOrder {
+            order_id: row.order_id,
+            customer_id: row.customer_id,
             status: step.status(),
-            version,
-            since,
+            version: row.version,
+            since: row.updated_at,
         })
         .collect())
 }

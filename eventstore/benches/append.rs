@@ -223,20 +223,22 @@ async fn run(
     server: Handle,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let database_url = postgres.url("eventstoredb");
-    bootstrapper::ensure_database(&database_url)
+    let database_url = postgres
+        .create_database("eventstoredb")
         .await
         .context("eventstoredb created")?;
     let pool = sqlx::PgPool::connect(&database_url)
         .await
         .context("connect to eventstoredb")?;
-    bootstrapper::migrate(bootstrapper::Context::EventStore, &pool)
+    eventstore::MIGRATOR
+        .run(&pool)
         .await
         .context("migrations run")?;
     let nats_client = async_nats::connect(nats.url())
         .await
         .context("connect to NATS")?;
-    bootstrapper::ensure_stream(&async_nats::jetstream::new(nats_client.clone()), 1)
+    async_nats::jetstream::new(nats_client.clone())
+        .create_stream(pipeline_runtime::stream::orders_stream_config(1))
         .await
         .context("ORDERS stream created")?;
 

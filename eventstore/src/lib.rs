@@ -24,6 +24,10 @@ pub use crate::config::Config;
 pub use crate::error::StoreError;
 pub use crate::relay::publishable;
 
+/// eventstoredb's migrations (`migrations/`: events and outbox), embedded at compile time; the
+/// bootstrapper applies them, tests apply them on their own database.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
 use crate::appender::{Appender, CommitSignals};
 use crate::grpc::EventStoreService;
 use crate::model::Limits;

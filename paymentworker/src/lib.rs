@@ -18,6 +18,10 @@ use crate::worker::Worker;
 /// The durable consumer (and binary) name.
 pub const NAME: &str = "paymentworker";
 
+/// paymentsdb's migrations (`migrations/`: wallets and payments), embedded at compile time; the
+/// bootstrapper applies them, tests apply them on their own database.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
 /// The payment worker, ready to consume.
 pub struct App {
     config: Config,

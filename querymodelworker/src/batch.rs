@@ -23,16 +23,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use order_domain::Order;
+use order_readmodel::{OrderRow, order_columns};
 use pipeline_runtime::db;
 use pipeline_runtime::stream::EventEnvelope;
-use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::projection::{
-    BatchDatabaseError, Decoded, Outcome, ProjectionError, Projector, StoredRow, fold,
-    stored_columns, stored_order, validate,
+    BatchDatabaseError, Decoded, Outcome, ProjectionError, Projector, fold, stored_order, validate,
 };
 
 /// A valid event of the batch and its place in it.
@@ -204,21 +203,9 @@ async fn load_all(
     tx: &mut Transaction<'static, Postgres>,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Order>, sqlx::Error> {
-    type Row = (
-        Uuid,
-        String,
-        String,
-        String,
-        Decimal,
-        bool,
-        i64,
-        Option<String>,
-        Option<Uuid>,
-        OffsetDateTime,
-    );
-    let rows: Vec<Row> = sqlx::query_as(concat!(
-        "SELECT order_id, ",
-        stored_columns!(),
+    let rows: Vec<OrderRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
         " FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
     ))
     .persistent(false)
@@ -226,10 +213,7 @@ async fn load_all(
     .fetch_all(&mut **tx)
     .await?;
     rows.into_iter()
-        .map(|(order_id, a, b, c, d, e, f, g, h, i)| {
-            let row: StoredRow = (a, b, c, d, e, f, g, h, i);
-            Ok((order_id, stored_order(order_id, row)?))
-        })
+        .map(|row| Ok((row.order_id, stored_order(row)?)))
         .collect()
 }
 

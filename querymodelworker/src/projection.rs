@@ -14,10 +14,10 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 
 use order_domain::{AGGREGATE_TYPE, FoldError, Money, Order, OrderEvent, OrderStatus};
+use order_readmodel::{OrderRow, order_columns};
 use pipeline_runtime::db;
 use pipeline_runtime::eventstore::{ClientError, EventStoreClient};
 use pipeline_runtime::stream::{EventEnvelope, headers};
-use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -314,30 +314,10 @@ async fn attempt(
     }))
 }
 
-/// The columns of `orders` that [`stored_order`] reads, as a literal for `concat!`.
-macro_rules! stored_columns {
-    () => {
-        "customer_id, restaurant_id, status, amount, refunded, version, reason, payment_id, created_on"
-    };
-}
-pub(crate) use stored_columns;
-
-/// A row of `orders` as [`stored_columns`] lists it.
-pub(crate) type StoredRow = (
-    String,
-    String,
-    String,
-    Decimal,
-    bool,
-    i64,
-    Option<String>,
-    Option<Uuid>,
-    OffsetDateTime,
-);
-
 /// The order a stored row holds, without its items (no event changes them).
-pub(crate) fn stored_order(order_id: Uuid, row: StoredRow) -> Result<Order, sqlx::Error> {
-    let (
+pub(crate) fn stored_order(row: OrderRow) -> Result<Order, sqlx::Error> {
+    let OrderRow {
+        order_id,
         customer_id,
         restaurant_id,
         status,
@@ -347,7 +327,8 @@ pub(crate) fn stored_order(order_id: Uuid, row: StoredRow) -> Result<Order, sqlx
         reason,
         payment_id,
         created_on,
-    ) = row;
+        ..
+    } = row;
     let corrupt = |what: String| sqlx::Error::Decode(what.into());
     Ok(Order {
         order_id,
@@ -370,15 +351,15 @@ async fn load(
     tx: &mut Transaction<'static, Postgres>,
     order_id: Uuid,
 ) -> Result<Option<Order>, sqlx::Error> {
-    let row: Option<StoredRow> = sqlx::query_as(concat!(
+    let row: Option<OrderRow> = sqlx::query_as(concat!(
         "SELECT ",
-        stored_columns!(),
+        order_columns!(),
         " FROM orders WHERE order_id = $1 FOR UPDATE"
     ))
     .bind(order_id)
     .fetch_optional(&mut **tx)
     .await?;
-    row.map(|row| stored_order(order_id, row)).transpose()
+    row.map(stored_order).transpose()
 }
 
 /// Inserts a new order and its items; false if another delivery inserted it first.

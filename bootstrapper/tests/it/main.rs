@@ -77,5 +77,5 @@ fn closed_port() -> u16 {
 
 /// How many migrations `context` has, i.e. how many a first run applies.
 fn migrations(context: bootstrapper::Context) -> usize {
-    context.migrator().iter().count()
+    context.migrations().iter().count()
 }

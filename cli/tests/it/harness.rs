@@ -21,12 +21,7 @@ impl Nats {
         let server = NatsServer::start().expect("nats-server starts");
         let client = async_nats::connect(server.url()).await.expect("connect");
         let js = jetstream::new(client);
-        bootstrapper::ensure_streams(&js, 1)
-            .await
-            .expect("streams created");
-        bootstrapper::ensure_consumers(&js)
-            .await
-            .expect("consumers created");
+        pipeline_harness::create_streams(&js, true).await;
         Nats { server, js }
     }
 

@@ -1,6 +1,7 @@
 //! `orderctl load` (and the order commands) against the whole pipeline, started in this process:
 //! PostgreSQL and nats-server from the test kit, the event store, ordersvc and the three workers.
 
+use pipeline_harness::{EVENTSTORE, ORDERS, Schema};
 use serde_json::Value;
 use testkit::Postgres;
 use tokio::task::JoinHandle;
@@ -28,27 +29,25 @@ impl Pipeline {
         let nats = Nats::start().await;
         let nats_url = nats.server.url();
         let postgres = Postgres::start().expect("PostgreSQL starts");
-        let mut bootstrap = bootstrapper::Config {
-            eventstore_database_url: postgres.url("eventstoredb"),
-            orders_database_url: postgres.url("ordersdb"),
-            payments_database_url: postgres.url("paymentsdb"),
-            nats: pipeline_runtime::nats::NatsArgs::new(nats_url.clone()),
-            ..bootstrapper::Config::default()
+        let payments = Schema {
+            database: "paymentsdb",
+            migrator: &paymentworker::MIGRATOR,
         };
-        bootstrap.skip_nats = true;
-        bootstrapper::run(&bootstrap).await.expect("bootstrapped");
+        let eventstore_database_url = EVENTSTORE.create(&postgres).await;
+        let orders_database_url = ORDERS.create(&postgres).await;
+        let payments_database_url = payments.create(&postgres).await;
 
         let any_port = || "127.0.0.1:0".parse().expect("address");
         let eventstore = eventstore::App::build(eventstore::Config::new(
             any_port(),
-            &bootstrap.eventstore_database_url,
+            &eventstore_database_url,
             &nats_url,
         ))
         .await
         .expect("event store builds");
         let eventstore_url = format!("http://{}", eventstore.local_addr());
         let mut ordersvc_config =
-            ordersvc::Config::new(any_port(), &eventstore_url, &bootstrap.orders_database_url);
+            ordersvc::Config::new(any_port(), &eventstore_url, &orders_database_url);
         ordersvc_config.nats = pipeline_runtime::nats::NatsArgs::new(&nats_url);
         let ordersvc = ordersvc::App::build(ordersvc_config)
             .await
@@ -57,7 +56,7 @@ impl Pipeline {
         let payments = paymentworker::App::build(paymentworker::Config::new(
             &nats_url,
             &eventstore_url,
-            &bootstrap.payments_database_url,
+            &payments_database_url,
         ))
         .await
         .expect("paymentworker builds");
@@ -68,7 +67,7 @@ impl Pipeline {
         let query_model = querymodelworker::App::build(querymodelworker::Config::new(
             &nats_url,
             &eventstore_url,
-            &bootstrap.orders_database_url,
+            &orders_database_url,
         ))
         .await
         .expect("querymodelworker builds");

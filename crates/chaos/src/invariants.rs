@@ -11,6 +11,7 @@ use futures::StreamExt as _;
 use order_domain::{
     Deadlines, Order, OrderEvent, OrderStatus, Step, deadline_event_id, deadline_step,
 };
+use order_readmodel::{OrderRow, order_columns};
 use pipeline_runtime::deadletter::dl_headers;
 use pipeline_runtime::stream::{CONSUMERS, DEAD_LETTER_STREAM, STREAM, headers};
 use rust_decimal::Decimal;
@@ -249,18 +250,6 @@ struct Stored {
     created_at: OffsetDateTime,
 }
 
-struct ReadRow {
-    customer_id: String,
-    restaurant_id: String,
-    status: String,
-    amount: Decimal,
-    refunded: bool,
-    version: i64,
-    reason: Option<String>,
-    payment_id: Option<Uuid>,
-    created_on: OffsetDateTime,
-}
-
 struct ItemRow {
     code: String,
     name: String,
@@ -288,7 +277,7 @@ struct Message {
 struct Snapshot {
     events: Vec<Stored>,
     outbox: Vec<Uuid>,
-    orders: HashMap<Uuid, ReadRow>,
+    orders: HashMap<Uuid, OrderRow>,
     items: HashMap<Uuid, Vec<ItemRow>>,
     payments: HashMap<Uuid, PaymentRow>,
     wallets: BTreeMap<String, Decimal>,
@@ -304,18 +293,6 @@ type EventRow = (
     i64,
     Value,
     String,
-    OffsetDateTime,
-);
-type OrderRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    Decimal,
-    bool,
-    i64,
-    Option<String>,
-    Option<Uuid>,
     OffsetDateTime,
 );
 type PaymentRowTuple = (
@@ -341,13 +318,11 @@ impl Snapshot {
             .fetch_all(&stores.events)
             .await
             .context("reading eventstoredb.outbox")?;
-        let orders: Vec<OrderRow> = sqlx::query_as(
-            "SELECT order_id, customer_id, restaurant_id, status, amount, refunded, version, \
-             reason, payment_id, created_on FROM orders",
-        )
-        .fetch_all(&stores.orders)
-        .await
-        .context("reading ordersdb.orders")?;
+        let orders: Vec<OrderRow> =
+            sqlx::query_as(concat!("SELECT ", order_columns!(), " FROM orders"))
+                .fetch_all(&stores.orders)
+                .await
+                .context("reading ordersdb.orders")?;
         let items: Vec<(Uuid, String, String, Decimal, i64)> = sqlx::query_as(
             "SELECT order_id, code, name, unit_price, quantity FROM order_items \
              ORDER BY order_id, line_no",
@@ -411,25 +386,7 @@ impl Snapshot {
                 )
                 .collect(),
             outbox: outbox.into_iter().map(|(id,)| id).collect(),
-            orders: orders
-                .into_iter()
-                .map(|row| {
-                    (
-                        row.0,
-                        ReadRow {
-                            customer_id: row.1,
-                            restaurant_id: row.2,
-                            status: row.3,
-                            amount: row.4,
-                            refunded: row.5,
-                            version: row.6,
-                            reason: row.7,
-                            payment_id: row.8,
-                            created_on: row.9,
-                        },
-                    )
-                })
-                .collect(),
+            orders: orders.into_iter().map(|row| (row.order_id, row)).collect(),
             items: item_rows,
             payments: payments
                 .into_iter()

@@ -7,13 +7,15 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use bootstrapper::Context;
 use order_domain::{
     AGGREGATE_TYPE, Cancelled, Money, Order, OrderCreated, OrderEvent, OrderItem, OrderStatus,
 };
 use pipeline_runtime::eventstore::{EventStoreClient, NewEvent};
-use pipeline_runtime::stream::{EventEnvelope, STREAM};
+use pipeline_runtime::stream::{
+    CONSUMERS, EventEnvelope, STREAM, dead_letter_stream_config, orders_stream_config,
+};
 use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 use testkit::{NatsServer, Postgres};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -23,8 +25,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct Setup {
     /// Databases created and migrated next to `eventstoredb`.
-    pub databases: &'static [Context],
-    /// Creates every stream and the workers' consumers; otherwise only the `ORDERS` stream.
+    pub databases: &'static [Schema],
+    /// Creates the workers' consumers next to the streams.
     pub consumers: bool,
     /// The event store's `timeout_ms`.
     pub eventstore_timeout_ms: u64,
@@ -62,25 +64,59 @@ pub struct Stack {
     _eventstore: Running,
 }
 
-/// The database of `context` in every stack.
-pub fn database_name(context: Context) -> &'static str {
-    match context {
-        Context::EventStore => "eventstoredb",
-        Context::Orders => "ordersdb",
-        Context::Payments => "paymentsdb",
+/// A context's database in a test's stack: its name and the migrations of the crate that owns it.
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    pub database: &'static str,
+    pub migrator: &'static Migrator,
+}
+
+/// The event store's database, in every stack.
+pub const EVENTSTORE: Schema = Schema {
+    database: "eventstoredb",
+    migrator: &eventstore::MIGRATOR,
+};
+
+/// The read model's database.
+pub const ORDERS: Schema = Schema {
+    database: "ordersdb",
+    migrator: &order_readmodel::MIGRATOR,
+};
+
+impl Schema {
+    /// Creates the database on `postgres`, migrates it and returns its URL.
+    pub async fn create(self, postgres: &Postgres) -> String {
+        let url = postgres
+            .create_database(self.database)
+            .await
+            .expect("database created");
+        self.migrate(&url).await;
+        url
+    }
+
+    /// Runs the migrations on the database at `url`, which exists.
+    pub async fn migrate(self, url: &str) {
+        let pool = PgPool::connect(url).await.expect("connect");
+        self.migrator.run(&pool).await.expect("migrations run");
+        pool.close().await;
     }
 }
 
-/// Creates the database at `url` and runs the migrations of `context` on it.
-pub async fn migrate(url: &str, context: Context) {
-    bootstrapper::ensure_database(url)
-        .await
-        .expect("database created");
-    let pool = PgPool::connect(url).await.expect("connect");
-    bootstrapper::migrate(context, &pool)
-        .await
-        .expect("migrations run");
-    pool.close().await;
+/// Creates the `ORDERS` and `DEADLETTERS` streams, and with `consumers` the workers' durable
+/// consumers, from their definitions in `pipeline_runtime::stream` (which the bootstrapper applies).
+pub async fn create_streams(js: &jetstream::Context, consumers: bool) {
+    for config in [orders_stream_config(1), dead_letter_stream_config(1)] {
+        js.create_stream(config).await.expect("stream created");
+    }
+    if consumers {
+        let stream = js.get_stream(STREAM).await.expect("stream");
+        for spec in CONSUMERS {
+            stream
+                .create_consumer(spec.config())
+                .await
+                .expect("consumer created");
+        }
+    }
 }
 
 impl Stack {
@@ -94,24 +130,11 @@ impl Stack {
         testkit::init_tracing();
         let postgres = Postgres::start().expect("PostgreSQL starts");
         let nats = NatsServer::start().expect("nats-server starts");
-        let eventstore_db = postgres.url(database_name(Context::EventStore));
-        migrate(&eventstore_db, Context::EventStore).await;
-        for &context in setup.databases {
-            migrate(&postgres.url(database_name(context)), context).await;
+        let eventstore_db = EVENTSTORE.create(&postgres).await;
+        for schema in setup.databases {
+            schema.create(&postgres).await;
         }
-        let js = connect(&nats).await;
-        if setup.consumers {
-            bootstrapper::ensure_streams(&js, 1)
-                .await
-                .expect("streams created");
-            bootstrapper::ensure_consumers(&js)
-                .await
-                .expect("consumers created");
-        } else {
-            bootstrapper::ensure_stream(&js, 1)
-                .await
-                .expect("stream created");
-        }
+        create_streams(&connect(&nats).await, setup.consumers).await;
 
         let mut config = eventstore::Config::new(
             "127.0.0.1:0".parse().expect("address"),
@@ -139,14 +162,14 @@ impl Stack {
         }
     }
 
-    /// The URL of the database of `context`.
-    pub fn database_url(&self, context: Context) -> String {
-        self.postgres.url(database_name(context))
+    /// The URL of the database of `schema`.
+    pub fn database_url(&self, schema: Schema) -> String {
+        self.postgres.url(schema.database)
     }
 
-    /// A pool on the database of `context`.
-    pub async fn pool(&self, context: Context) -> PgPool {
-        PgPool::connect(&self.database_url(context))
+    /// A pool on the database of `schema`.
+    pub async fn pool(&self, schema: Schema) -> PgPool {
+        PgPool::connect(&self.database_url(schema))
             .await
             .expect("connect")
     }
@@ -287,7 +310,7 @@ impl Stack {
     pub async fn wait_idle_past(&self, consumer: &str, seen: u64) {
         let patience = self.patience;
         let js = self.jetstream().await;
-        let eventstore_db = self.pool(Context::EventStore).await;
+        let eventstore_db = self.pool(EVENTSTORE).await;
         let deadline = tokio::time::Instant::now() + patience;
         let last_sequence = || async {
             let mut stream = js.get_stream(STREAM).await.expect("stream");

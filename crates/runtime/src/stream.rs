@@ -1,11 +1,14 @@
 //! The `ORDERS` stream: its name, subjects, message headers and the workers' durable consumers.
 //!
 //! Defined once here so that the event store (which publishes), the bootstrapper (which creates the
-//! stream and consumers) and the workers (which consume) cannot disagree.
+//! streams and consumers, as do the tests) and the workers (which consume) cannot disagree.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::{
+    Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType,
+};
 use serde::{Deserialize, Serialize};
 
 /// The JetStream stream every order event is published to.
@@ -39,6 +42,37 @@ pub struct ReadModelChange {
     pub order_id: uuid::Uuid,
     pub version: i64,
     pub event_type: String,
+}
+
+/// The `ORDERS` stream: every event, on disk, kept (the event store stays the source of truth).
+pub fn orders_stream_config(replicas: usize) -> StreamConfig {
+    StreamConfig {
+        name: STREAM.to_owned(),
+        subjects: vec![SUBJECTS.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        // The outbox relay may publish an event again after a crash; JetStream drops the copy by its
+        // `Nats-Msg-Id` if it arrives within this window.
+        duplicate_window: DUPLICATE_WINDOW,
+        max_age: std::time::Duration::ZERO,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The `DEADLETTERS` stream: messages the workers gave up on, kept until an operator replays them.
+pub fn dead_letter_stream_config(replicas: usize) -> StreamConfig {
+    StreamConfig {
+        name: DEAD_LETTER_STREAM.to_owned(),
+        subjects: vec![DEAD_LETTER_SUBJECTS.to_owned()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: std::time::Duration::ZERO,
+        num_replicas: replicas,
+        ..Default::default()
+    }
 }
 
 /// Message headers set by the event store's outbox relay on every published event.

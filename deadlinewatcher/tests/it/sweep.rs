@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use bootstrapper::Context;
 use deadlinewatcher::{Outcome, Watcher, scan};
 use order_domain::{DeadlineDecision, Deadlines, OrderStatus, Step, deadline_event_id, event_type};
+use pipeline_harness::ORDERS;
 use pipeline_harness::{Setup, Stack};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -25,11 +25,11 @@ struct World {
 impl World {
     async fn start() -> World {
         let stack = Stack::start_with(Setup {
-            databases: &[Context::Orders],
+            databases: &[ORDERS],
             ..Setup::default()
         })
         .await;
-        let orders = stack.pool(Context::Orders).await;
+        let orders = stack.pool(ORDERS).await;
         World { stack, orders }
     }
 

@@ -9,6 +9,7 @@ use eventstore_proto::event_store_client::EventStoreClient;
 use eventstore_proto::{
     AppendOutcome, CreateEventRequest, CreateEventResponse, CreateEventsRequest, Event,
 };
+use pipeline_runtime::stream::orders_stream_config;
 use testkit::{NatsServer, Postgres};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -37,12 +38,13 @@ impl Stack {
         testkit::init_tracing();
         let postgres = Postgres::start().expect("PostgreSQL starts");
         let nats = NatsServer::start().expect("nats-server starts");
-        let database_url = postgres.url("eventstoredb");
-        bootstrapper::ensure_database(&database_url)
+        let database_url = postgres
+            .create_database("eventstoredb")
             .await
             .expect("database created");
         let pool = sqlx::PgPool::connect(&database_url).await.expect("connect");
-        bootstrapper::migrate(bootstrapper::Context::EventStore, &pool)
+        eventstore::MIGRATOR
+            .run(&pool)
             .await
             .expect("migrations run");
         pool.close().await;
@@ -51,7 +53,10 @@ impl Stack {
             nats,
             database_url,
         };
-        bootstrapper::ensure_stream(&stack.jetstream().await, 1)
+        stack
+            .jetstream()
+            .await
+            .create_stream(orders_stream_config(1))
             .await
             .expect("stream created");
         stack

@@ -14,6 +14,7 @@ use orders_api::{
     DEFAULT_PAGE_LIMIT, ErrorBody, GetOrderQuery, ListOrdersQuery, MAX_PAGE_LIMIT, Order,
     OrderItem, OrderPage,
 };
+use order_readmodel::{ORDER_COLUMNS, OrderRow};
 use pipeline_runtime::db;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -31,21 +32,6 @@ const DEFAULT_LIMIT: i64 = DEFAULT_PAGE_LIMIT as i64;
 const MAX_LIMIT: i64 = MAX_PAGE_LIMIT as i64;
 
 #[derive(Debug, sqlx::FromRow)]
-struct OrderRow {
-    order_id: Uuid,
-    customer_id: String,
-    restaurant_id: String,
-    status: String,
-    amount: Decimal,
-    refunded: bool,
-    version: i64,
-    reason: Option<String>,
-    trace_id: Option<String>,
-    created_on: OffsetDateTime,
-    updated_at: OffsetDateTime,
-}
-
-#[derive(Debug, sqlx::FromRow)]
 struct ItemRow {
     order_id: Uuid,
     code: String,
@@ -53,9 +39,6 @@ struct ItemRow {
     unit_price: Decimal,
     quantity: i64,
 }
-
-const ORDER_COLUMNS: &str = "order_id, customer_id, restaurant_id, status, amount, refunded, \
-     version, reason, trace_id, created_on, updated_at";
 
 pub(super) fn path_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
     let Path(raw) = path.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;

@@ -7,10 +7,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
-use bootstrapper::Context;
 use http_body_util::BodyExt as _;
 use ordersvc::{AppState, Config, router};
 use pipeline_harness::Setup;
+use pipeline_harness::{EVENTSTORE, ORDERS};
 use pipeline_runtime::nats::NatsArgs;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -36,7 +36,7 @@ pub struct Answer {
 impl Stack {
     pub async fn start() -> Stack {
         let base = pipeline_harness::Stack::start_with(Setup {
-            databases: &[Context::Orders],
+            databases: &[ORDERS],
             consumers: false,
             eventstore_timeout_ms: 1000,
             sweep_interval_ms: None,
@@ -44,13 +44,13 @@ impl Stack {
             ..Setup::default()
         })
         .await;
-        let eventstore_db = base.pool(Context::EventStore).await;
-        let orders_db = base.pool(Context::Orders).await;
+        let eventstore_db = base.pool(EVENTSTORE).await;
+        let orders_db = base.pool(ORDERS).await;
 
         let mut config = Config::new(
             "127.0.0.1:0".parse().expect("address"),
             &base.eventstore_url,
-            base.database_url(Context::Orders),
+            base.database_url(ORDERS),
         );
         config.timeout_ms = 2000;
         config.min_version_wait_ms = 400;

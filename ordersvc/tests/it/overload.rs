@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use bootstrapper::Context;
 use ordersvc::{AppState, Config, RETRY_AFTER_SECS, openapi_document, router};
+use pipeline_harness::ORDERS;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::task::JoinSet;
 
@@ -20,7 +20,7 @@ fn limited(stack: &Stack, max_in_flight: u32, timeout_ms: u64) -> Router {
     let mut config = Config::new(
         "127.0.0.1:0".parse().expect("address"),
         &stack.eventstore_url,
-        stack.database_url(Context::Orders),
+        stack.database_url(ORDERS),
     );
     config.timeout_ms = timeout_ms;
     config.max_in_flight = max_in_flight;

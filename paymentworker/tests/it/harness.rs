@@ -2,10 +2,15 @@
 
 use std::ops::Deref;
 
-use bootstrapper::Context;
-use pipeline_harness::Setup;
+use pipeline_harness::{Schema, Setup};
 
 pub use pipeline_harness::{Running, money};
+
+/// paymentworker's own database.
+pub const PAYMENTS: Schema = Schema {
+    database: "paymentsdb",
+    migrator: &paymentworker::MIGRATOR,
+};
 
 pub struct Stack {
     base: pipeline_harness::Stack,
@@ -22,13 +27,13 @@ impl Stack {
     /// [`Stack::start`], its `wait_*` helpers waiting up to `patience`.
     pub async fn start_with_patience(patience: std::time::Duration) -> Stack {
         let base = pipeline_harness::Stack::start_with(Setup {
-            databases: &[Context::Payments],
+            databases: &[PAYMENTS],
             patience,
             ..Setup::default()
         })
         .await;
-        let payments_url = base.database_url(Context::Payments);
-        let payments = base.pool(Context::Payments).await;
+        let payments_url = base.database_url(PAYMENTS);
+        let payments = base.pool(PAYMENTS).await;
         Stack {
             base,
             payments_url,

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use bootstrapper::Context;
 use order_domain::{OrderCreated, OrderEvent};
 use pipeline_runtime::consumer::is_outage;
 use pipeline_runtime::db;
@@ -69,8 +68,12 @@ async fn a_mixed_batch_gives_each_event_its_outcome_and_ends_where_one_by_one_wo
     let stack = Stack::start().await;
     let projector = Projector::new(stack.orders.clone(), stack.store.clone());
     // A second read model, fed the same deliveries one at a time.
-    let reference_url = stack.postgres.url("ordersdb_reference");
-    migrate(&reference_url, Context::Orders).await;
+    let reference_url = Schema {
+        database: "ordersdb_reference",
+        ..ORDERS
+    }
+    .create(&stack.postgres)
+    .await;
     let reference_pool = PgPool::connect(&reference_url).await.expect("connect");
     let reference = Projector::new(reference_pool.clone(), stack.store.clone());
 

@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::time::Duration;
 
-use bootstrapper::Context;
 use order_domain::{OrderCreated, OrderEvent, OrderItem, PaymentDebited, payment_id};
+use order_readmodel::OrderRow;
 use pipeline_harness::Setup;
 use pipeline_runtime::stream::headers;
 use querymodelworker::{App, Config};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use pipeline_harness::{Running as Service, envelope, migrate, money};
+pub use pipeline_harness::{ORDERS, Running as Service, Schema, envelope, money};
 
 pub const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 pub const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -31,14 +31,14 @@ impl Stack {
     /// consumers, and an event store; the worker is started by [`Stack::worker`].
     pub async fn start() -> Stack {
         let base = pipeline_harness::Stack::start_with(Setup {
-            databases: &[Context::Orders],
+            databases: &[ORDERS],
             eventstore_timeout_ms: 1000,
             patience: PATIENCE,
             ..Setup::default()
         })
         .await;
-        let orders_url = base.database_url(Context::Orders);
-        let orders = base.pool(Context::Orders).await;
+        let orders_url = base.database_url(ORDERS);
+        let orders = base.pool(ORDERS).await;
         Stack {
             base,
             orders_url,
@@ -134,23 +134,12 @@ impl Deref for Stack {
     }
 }
 
-/// The columns of a read model row that tests look at.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct OrderRow {
-    pub status: String,
-    pub version: i64,
-    pub refunded: bool,
-    pub reason: Option<String>,
-    pub trace_id: Option<String>,
-    pub amount: rust_decimal::Decimal,
-    pub updated_at: time::OffsetDateTime,
-}
-
 pub async fn row(pool: &PgPool, order_id: Uuid) -> Option<OrderRow> {
-    sqlx::query_as(
-        "SELECT status, version, refunded, reason, trace_id, amount, updated_at
-           FROM orders WHERE order_id = $1",
-    )
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_readmodel::order_columns!(),
+        " FROM orders WHERE order_id = $1"
+    ))
     .bind(order_id)
     .fetch_optional(pool)
     .await

@@ -47,7 +47,7 @@ async fn a_rebuild_into_a_fresh_database_equals_the_live_read_model_row_for_row(
     worker.stop().await;
 
     let fresh = stack.postgres.fresh_database().await.expect("fresh db");
-    migrate(&fresh, bootstrapper::Context::Orders).await;
+    ORDERS.migrate(&fresh).await;
     let mut config = stack.config();
     config.orders_database_url = fresh.clone();
     let report = querymodelworker::rebuild(&config).await.expect("rebuilds");

@@ -316,14 +316,13 @@ async fn rebuilding_the_read_model_yields_the_live_rows() {
         .last_sequence;
     wait_idle_past(&pipeline, "querymodelworker", last).await;
 
-    let fresh = pipeline.database_url("ordersdb_rebuilt");
-    bootstrapper::ensure_database(&fresh)
+    let fresh = pipeline
+        .postgres
+        .create_database("ordersdb_rebuilt")
         .await
         .expect("fresh database");
     let pool = sqlx::PgPool::connect(&fresh).await.expect("connect");
-    bootstrapper::migrate(bootstrapper::Context::Orders, &pool)
-        .await
-        .expect("migrate");
+    order_readmodel::MIGRATOR.run(&pool).await.expect("migrate");
     pool.close().await;
 
     let output = std::process::Command::new(e2e_tests::pipeline::binary("querymodelworker"))
