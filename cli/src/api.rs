@@ -8,7 +8,6 @@ use orders_api::{
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use uuid::Uuid;
 
 /// How long one API request may take. Above ordersvc's `min_version` wait (3 s by default), so a
@@ -146,25 +145,6 @@ impl ApiClient {
         }
         answer(request.send().await).await
     }
-
-    /// [`ApiClient::place`], its answer as JSON: what `orderctl load` reads (it is being rewritten
-    /// on another branch; once it reads [`CreatedOrder`], this goes).
-    pub async fn create(
-        &self,
-        body: &Value,
-        idempotency_key: Option<&str>,
-    ) -> Result<Value, ApiError> {
-        as_json(self.place(body, idempotency_key).await?)
-    }
-
-    /// [`ApiClient::order`], its answer as JSON, for `orderctl load` like [`ApiClient::create`].
-    pub async fn get(&self, order_id: Uuid, min_version: Option<i64>) -> Result<Value, ApiError> {
-        as_json(self.order(order_id, min_version).await?)
-    }
-}
-
-fn as_json(answer: impl Serialize) -> Result<Value, ApiError> {
-    serde_json::to_value(answer).map_err(|err| ApiError::Invalid(err.to_string()))
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

@@ -2,18 +2,11 @@
 
 use std::time::Duration;
 
-use order_domain::{Money, OrderStatus};
+use order_domain::Money;
 use orders_api::{CreatedOrder, Order, OrderItem};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
-
-/// Whether an order in `status` never changes status again (an unknown status is not final).
-pub fn is_final(status: &str) -> bool {
-    status
-        .parse::<OrderStatus>()
-        .is_ok_and(OrderStatus::is_final)
-}
 
 /// `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -10,11 +10,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use order_domain::{Money, OrderStatus};
+use order_readmodel::{ORDER_COLUMNS, OrderRow};
 use orders_api::{
     DEFAULT_PAGE_LIMIT, ErrorBody, GetOrderQuery, ListOrdersQuery, MAX_PAGE_LIMIT, Order,
     OrderItem, OrderPage,
 };
-use order_readmodel::{ORDER_COLUMNS, OrderRow};
 use pipeline_runtime::db;
 use rust_decimal::Decimal;
 use sqlx::PgPool;

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use self::report::{Report, Samples};
 use crate::Endpoints;
-use crate::api::{ApiClient, ApiError};
-use crate::format::{is_final, parse_duration};
+use crate::api::ApiClient;
+use crate::format::parse_duration;
 
 /// Place orders for a while (or a number of them) and report throughput and latencies.
 #[derive(Debug, clap::Args)]
@@ -403,14 +403,10 @@ impl Finals {
             if let Ok(Ok(found)) = tokio::time::timeout(patience, receiver).await {
                 return found;
             }
-            if let Ok(order) = api.get(order_id, None).await {
-                let status = order
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if is_final(status) {
-                    return (status.to_owned(), Instant::now());
-                }
+            if let Ok(order) = api.order(order_id, None).await
+                && order.status.is_final()
+            {
+                return (order.status.to_string(), Instant::now());
             }
         }
     }
@@ -437,7 +433,7 @@ impl Order {
         let sent_at = Instant::now();
         let mut attempt = 0;
         let answer = loop {
-            match self.api.create(body, Some(&key)).await {
+            match self.api.place(body, Some(&key)).await {
                 Err(err) if err.is_transport() && attempt < retries => {
                     attempt += 1;
                     record(&self.samples, |s| s.retries += 1);
@@ -447,13 +443,7 @@ impl Order {
             }
         };
         let answered = Instant::now();
-        let order_id = answer.and_then(|order| {
-            order
-                .get("order_id")
-                .and_then(Value::as_str)
-                .and_then(|id| Uuid::parse_str(id).ok())
-                .ok_or_else(|| ApiError::Invalid("a 201 without an order_id".into()))
-        });
+        let order_id = answer.map(|order| order.order_id);
         record(&self.samples, |s| {
             s.post_window = s.post_window.max(answered - self.start)
         });
@@ -493,17 +483,12 @@ impl Order {
             // Version 1 is the created order (Pending); any final status comes later.
             let mut next = 2;
             loop {
-                match self.api.get(order_id, Some(next)).await {
+                match self.api.order(order_id, Some(next)).await {
                     Ok(order) => {
-                        let status = order
-                            .get("status")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        if is_final(status) {
-                            return Some((status.to_owned(), Instant::now()));
+                        if order.status.is_final() {
+                            return Some((order.status.to_string(), Instant::now()));
                         }
-                        let version = order.get("version").and_then(Value::as_i64).unwrap_or(1);
-                        next = next.max(version + 1);
+                        next = next.max(order.version + 1);
                     }
                     // ordersvc waits for `next` before answering, so a hot loop is not possible on
                     // success; errors (not projected yet, a restart) get a short pause.
