@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use pipeline_runtime::nats::NatsArgs;
@@ -11,7 +13,8 @@ use pipeline_runtime::pem::{self, Pem};
 use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Configuration of the event store. Every field can be given as a flag or an environment variable.
-#[derive(Clone, clap::Parser)]
+/// `Debug` hides the database URL and the NATS credentials.
+#[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "eventstore",
     version,
@@ -29,7 +32,7 @@ pub struct Config {
         default_value = "postgresql://root@127.0.0.1:26257/eventstoredb?sslmode=disable",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
 
     /// NATS: servers, user, TLS (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
     #[command(flatten)]
@@ -88,7 +91,7 @@ impl Config {
         Self {
             telemetry: TelemetryConfig::default(),
             addr,
-            database_url: database_url.into(),
+            database_url: SecretString::from(database_url.into()),
             nats: NatsArgs::new(nats_url),
             max_event_bytes: 1024 * 1024,
             db_connections: 16,
@@ -107,6 +110,17 @@ impl Config {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(100))
+    }
+
+    /// Checks every value clap's types do not (the database URL, NATS, TLS files, the span
+    /// collector), before anything is bound or contacted; the error names the variable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        pipeline_runtime::db::connect_options(self.database_url.expose_secret())
+            .context("EVENTSTORE_DATABASE_URL")?;
+        self.nats.validate()?;
+        self.telemetry.endpoint()?;
+        self.server_tls()?;
+        Ok(())
     }
 
     /// The server's TLS identity, read and checked now, or `None` for plaintext. Exactly one of
@@ -147,29 +161,6 @@ impl Config {
     }
 }
 
-// The database URL may carry a password: never print it.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("addr", &self.addr)
-            .field(
-                "database_url",
-                &pipeline_runtime::db::redact(&self.database_url),
-            )
-            .field("nats", &self.nats)
-            .field("max_event_bytes", &self.max_event_bytes)
-            .field("db_connections", &self.db_connections)
-            .field("batch_size", &self.batch_size)
-            .field("batch_workers", &self.batch_workers)
-            .field("sweep_interval_ms", &self.sweep_interval_ms)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("telemetry", &self.telemetry)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory as _, Parser as _};
@@ -200,5 +191,17 @@ mod tests {
             ..config
         };
         assert!(!format!("{config:?}").contains("hunter3"));
+    }
+
+    #[test]
+    fn a_bad_database_url_names_the_variable_without_its_password() {
+        let config = Config::new(
+            "127.0.0.1:0".parse().expect("address"),
+            "postgresql://es:hunter2@db:port/eventstoredb",
+            "nats://127.0.0.1:4222",
+        );
+        let message = format!("{:#}", config.validate().expect_err("refused"));
+        assert!(message.contains("EVENTSTORE_DATABASE_URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
     }
 }

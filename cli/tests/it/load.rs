@@ -29,9 +29,9 @@ impl Pipeline {
         let nats_url = nats.server.url();
         let postgres = Postgres::start().expect("PostgreSQL starts");
         let mut bootstrap = bootstrapper::Config {
-            eventstore_database_url: postgres.url("eventstoredb"),
-            orders_database_url: postgres.url("ordersdb"),
-            payments_database_url: postgres.url("paymentsdb"),
+            eventstore_database_url: postgres.url("eventstoredb").into(),
+            orders_database_url: postgres.url("ordersdb").into(),
+            payments_database_url: postgres.url("paymentsdb").into(),
             nats: pipeline_runtime::nats::NatsArgs::new(nats_url.clone()),
             ..bootstrapper::Config::default()
         };
@@ -41,14 +41,14 @@ impl Pipeline {
         let any_port = || "127.0.0.1:0".parse().expect("address");
         let eventstore = eventstore::App::build(eventstore::Config::new(
             any_port(),
-            &bootstrap.eventstore_database_url,
+            postgres.url("eventstoredb"),
             &nats_url,
         ))
         .await
         .expect("event store builds");
         let eventstore_url = format!("http://{}", eventstore.local_addr());
         let mut ordersvc_config =
-            ordersvc::Config::new(any_port(), &eventstore_url, &bootstrap.orders_database_url);
+            ordersvc::Config::new(any_port(), &eventstore_url, postgres.url("ordersdb"));
         ordersvc_config.nats = pipeline_runtime::nats::NatsArgs::new(&nats_url);
         let ordersvc = ordersvc::App::build(ordersvc_config)
             .await
@@ -57,7 +57,7 @@ impl Pipeline {
         let payments = paymentworker::App::build(paymentworker::Config::new(
             &nats_url,
             &eventstore_url,
-            &bootstrap.payments_database_url,
+            postgres.url("paymentsdb"),
         ))
         .await
         .expect("paymentworker builds");
@@ -68,7 +68,7 @@ impl Pipeline {
         let query_model = querymodelworker::App::build(querymodelworker::Config::new(
             &nats_url,
             &eventstore_url,
-            &bootstrap.orders_database_url,
+            postgres.url("ordersdb"),
         ))
         .await
         .expect("querymodelworker builds");

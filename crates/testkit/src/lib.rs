@@ -5,6 +5,7 @@ mod nats;
 mod nats_cluster;
 mod postgres;
 mod support;
+pub mod tls;
 mod zipkin;
 
 pub use nats::NatsServer;
