@@ -22,13 +22,19 @@ use pipeline_runtime::telemetry::TelemetryConfig;
 )]
 pub struct Config {
     /// Address the gRPC server listens on.
-    #[arg(long, env = "EVENTSTORE_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "EVENTSTORE_ADDR",
+        value_name = "EVENTSTORE_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub addr: SocketAddr,
 
     /// SQL database of the event store (CockroachDB or PostgreSQL).
     #[arg(
         long,
         env = "EVENTSTORE_DATABASE_URL",
+        value_name = "EVENTSTORE_DATABASE_URL",
         default_value = "postgresql://root@127.0.0.1:26257/eventstoredb?sslmode=disable",
         hide_env_values = true
     )]
@@ -39,41 +45,56 @@ pub struct Config {
     pub nats: NatsArgs,
 
     /// Largest accepted `event_data`, in bytes.
-    #[arg(long, env = "EVENTSTORE_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "EVENTSTORE_MAX_EVENT_BYTES", value_name = "EVENTSTORE_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     pub max_event_bytes: usize,
 
     /// Connections in the SQL pool.
-    #[arg(long, env = "EVENTSTORE_DB_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "EVENTSTORE_DB_CONNECTIONS",
+        value_name = "EVENTSTORE_DB_CONNECTIONS",
+        default_value_t = 16
+    )]
     pub db_connections: u32,
 
     /// Events committed together in one transaction, at most (group commit). A `CreateEvents` call
     /// is never split: one with more events commits alone.
-    #[arg(long, env = "EVENTSTORE_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    #[arg(long, env = "EVENTSTORE_BATCH_SIZE", value_name = "EVENTSTORE_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub batch_size: u16,
 
     /// Transactions appending at the same time, at most. One is fastest on PostgreSQL at
     /// SERIALIZABLE: concurrent batches touch the same index pages and abort each other (measured
     /// with `cargo bench -p eventstore --bench append`); raise it for a multi-node CockroachDB.
-    #[arg(long, env = "EVENTSTORE_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    #[arg(long, env = "EVENTSTORE_BATCH_WORKERS", value_name = "EVENTSTORE_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     pub batch_workers: u8,
 
     /// How often the outbox relay sweeps for events its memory path did not publish, in
     /// milliseconds. Rows older than twice this (or twice `EVENTSTORE_TIMEOUT_MS`, if longer) are
     /// taken by any instance's sweep.
-    #[arg(long, env = "EVENTSTORE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "EVENTSTORE_SWEEP_INTERVAL_MS",
+        value_name = "EVENTSTORE_SWEEP_INTERVAL_MS",
+        default_value_t = 1000
+    )]
     pub sweep_interval_ms: u64,
 
     /// How long to wait for the database or JetStream before answering UNAVAILABLE, in milliseconds.
-    #[arg(long, env = "EVENTSTORE_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(
+        long,
+        env = "EVENTSTORE_TIMEOUT_MS",
+        value_name = "EVENTSTORE_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
     pub timeout_ms: u64,
 
     /// Certificate chain (PEM) the gRPC server presents. With `EVENTSTORE_TLS_KEY`, the server
     /// speaks TLS only; without both, plaintext.
-    #[arg(long, env = "EVENTSTORE_TLS_CERT")]
+    #[arg(long, env = "EVENTSTORE_TLS_CERT", value_name = "EVENTSTORE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// Private key (PEM, PKCS#8, PKCS#1 or SEC1) of `EVENTSTORE_TLS_CERT`.
-    #[arg(long, env = "EVENTSTORE_TLS_KEY")]
+    #[arg(long, env = "EVENTSTORE_TLS_KEY", value_name = "EVENTSTORE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// Span export (`ZIPKIN_ENDPOINT`).
