@@ -551,8 +551,8 @@ mod tests {
         tls: ClientTls,
     }
 
-    #[test]
-    fn a_tls_ca_that_holds_no_readable_certificate_is_refused_by_the_command_line() {
+    #[tokio::test]
+    async fn a_tls_ca_that_holds_no_readable_certificate_is_refused_by_the_command_line() {
         use clap::Parser as _;
         let dir = tempfile::tempdir().expect("temporary folder");
         let not_pem = dir.path().join("ca.txt");

@@ -419,8 +419,9 @@ mod tests {
             ("--otel-bsp-max-queue-size", "OTEL_BSP_MAX_QUEUE_SIZE"),
             ("--otel-bsp-schedule-delay", "OTEL_BSP_SCHEDULE_DELAY"),
         ] {
-            for bad in ["0", "lots", "-5", "1.5"] {
-                let err = Cli::try_parse_from(["x", flag, bad]).expect_err("refused");
+            for bad in ["0", "lots", "-5", "1.5", ""] {
+                let err = Cli::try_parse_from(["x".to_owned(), format!("{flag}={bad}")])
+                    .expect_err("refused");
                 assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
                 assert!(err.to_string().contains(variable), "{variable}: {err}");
             }
