@@ -224,11 +224,31 @@ async fn poison_messages_are_dead_lettered_by_every_consumer_while_other_orders_
     let letters: RefCell<Vec<DeadLetter>> = RefCell::new(Vec::new());
     let all_dead = RefCell::new(false);
     let placed_all = RefCell::new(false);
+    let retried_letters = expected
+        .values()
+        .filter(|&&deliveries| deliveries > 1)
+        .count();
+    // Orders placed after the poison and seen final while some retried poison message was not yet
+    // dead-lettered: counted before each listing that still misses one, so they were final while
+    // it was still being retried, whatever the machine's speed.
+    let final_while_retried = RefCell::new(0);
     tokio::join!(
         async {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
+                let final_now = during
+                    .borrow()
+                    .iter()
+                    .filter(|order: &&Tracked| order.final_after.is_some())
+                    .count();
                 let listed = deadletter::list(&js, None).await.expect("dead letters");
+                let retried_dead = listed
+                    .iter()
+                    .filter(|letter| letter.reason.starts_with("gave up after"))
+                    .count();
+                if retried_dead < retried_letters {
+                    *final_while_retried.borrow_mut() = final_now;
+                }
                 if listed.len() >= expected.len() {
                     *letters.borrow_mut() = listed;
                     *all_dead.borrow_mut() = true;
@@ -389,11 +409,14 @@ async fn poison_messages_are_dead_lettered_by_every_consumer_while_other_orders_
          before: {before}; while poisoned: {meanwhile}",
         letters.len()
     );
-    // A poison message holds one of 16 slots only while it is handled, not during its nak delay:
-    // the others must not queue behind it.
-    let slowest = latencies(&during).into_iter().max().unwrap_or_default();
+    // A poison message holds the worker only while it is handled, not during its nak delay: the
+    // other orders must not queue behind it, so some went through the whole saga before the last
+    // retried poison message was given up on.
+    let final_while_retried = final_while_retried.into_inner();
+    eprintln!("{final_while_retried} orders placed after the poison were final before it was dead");
     assert!(
-        slowest < Duration::from_secs(10),
-        "orders placed while poison was retried became final within 10 s, not {slowest:?}"
+        final_while_retried > 0,
+        "no order placed after the poison became final while the poison was still retried: \
+         they queued behind it"
     );
 }
