@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use pipeline_runtime::nats::{self, NatsArgs};
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// Default of `EVENTSTORE_DATABASE_URL`.
 pub const DEFAULT_EVENTSTORE_DATABASE_URL: &str =
@@ -19,20 +20,22 @@ pub const DEFAULT_NATS_URL: &str = nats::DEFAULT_URL;
 
 /// Creates the databases, runs the migrations and creates or updates the JetStream streams and
 /// durable consumers of the order pipeline. Running it again changes nothing.
+///
+/// Every URL may hold a password: `Debug` shows none of them.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "bootstrapper", version, about, long_about = None)]
 pub struct Config {
     /// The event store's database, created if missing.
     #[arg(long, env = "EVENTSTORE_DATABASE_URL", default_value = DEFAULT_EVENTSTORE_DATABASE_URL, hide_env_values = true)]
-    pub eventstore_database_url: String,
+    pub eventstore_database_url: SecretString,
 
     /// The read model's database (querymodelworker, ordersvc), created if missing.
     #[arg(long, env = "ORDERS_DATABASE_URL", default_value = DEFAULT_ORDERS_DATABASE_URL, hide_env_values = true)]
-    pub orders_database_url: String,
+    pub orders_database_url: SecretString,
 
     /// paymentworker's database, created if missing.
     #[arg(long, env = "PAYMENTS_DATABASE_URL", default_value = DEFAULT_PAYMENTS_DATABASE_URL, hide_env_values = true)]
-    pub payments_database_url: String,
+    pub payments_database_url: SecretString,
 
     /// The server's administrator, who creates the databases and the contexts' roles
     /// (`BOOTSTRAP_DATABASE_URL`). Default: each database's server as `root`, without a password, on
@@ -42,18 +45,18 @@ pub struct Config {
         env = "BOOTSTRAP_DATABASE_URL",
         hide_env_values = true
     )]
-    pub admin_database_url: Option<String>,
+    pub admin_database_url: Option<SecretString>,
 
     /// The URL ordersvc reads ordersdb with (give it to ordersvc as its `ORDERS_DATABASE_URL`): its
     /// user gets a role that may only read (`ORDERS_READER_DATABASE_URL`). Default: none.
     #[arg(long, env = "ORDERS_READER_DATABASE_URL", hide_env_values = true)]
-    pub orders_reader_database_url: Option<String>,
+    pub orders_reader_database_url: Option<SecretString>,
 
     /// The URL deadlinewatcher reads ordersdb with (give it to deadlinewatcher as its
     /// `ORDERS_DATABASE_URL`): its user gets a role that may only read the `orders` table
     /// (`ORDERS_WATCHER_DATABASE_URL`). Default: none.
     #[arg(long, env = "ORDERS_WATCHER_DATABASE_URL", hide_env_values = true)]
-    pub orders_watcher_database_url: Option<String>,
+    pub orders_watcher_database_url: Option<SecretString>,
 
     /// NATS server(s) with JetStream and how to log in (`NATS_URL`, comma-separated for a cluster;
     /// `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
@@ -81,9 +84,9 @@ impl Default for Config {
     /// The same values as the command line without flags or environment variables.
     fn default() -> Self {
         Self {
-            eventstore_database_url: DEFAULT_EVENTSTORE_DATABASE_URL.to_owned(),
-            orders_database_url: DEFAULT_ORDERS_DATABASE_URL.to_owned(),
-            payments_database_url: DEFAULT_PAYMENTS_DATABASE_URL.to_owned(),
+            eventstore_database_url: DEFAULT_EVENTSTORE_DATABASE_URL.into(),
+            orders_database_url: DEFAULT_ORDERS_DATABASE_URL.into(),
+            payments_database_url: DEFAULT_PAYMENTS_DATABASE_URL.into(),
             admin_database_url: None,
             orders_reader_database_url: None,
             orders_watcher_database_url: None,
@@ -110,7 +113,8 @@ impl Config {
             ("ORDERS_DATABASE_URL", &self.orders_database_url),
             ("PAYMENTS_DATABASE_URL", &self.payments_database_url),
         ] {
-            crate::sql::database_name(url).with_context(|| format!("{variable} is invalid"))?;
+            crate::sql::database_name(url.expose_secret())
+                .with_context(|| format!("{variable} is invalid"))?;
         }
         // Administrator, roles and reader: names, passwords and databases that fit together.
         crate::sql::check(self)?;
@@ -140,10 +144,13 @@ mod tests {
         let parsed = Config::try_parse_from(["bootstrapper"]).expect("defaults parse");
         let default = Config::default();
         assert_eq!(
-            parsed.eventstore_database_url,
-            default.eventstore_database_url
+            parsed.eventstore_database_url.expose_secret(),
+            default.eventstore_database_url.expose_secret()
         );
-        assert_eq!(parsed.nats, default.nats);
+        assert_eq!(
+            parsed.nats.url.expose_secret(),
+            default.nats.url.expose_secret()
+        );
         assert_eq!(parsed.replicas, default.replicas);
         default.validate().expect("defaults are valid");
     }
@@ -157,11 +164,24 @@ mod tests {
     #[test]
     fn a_bad_database_name_names_the_variable_without_the_password() {
         let config = Config {
-            orders_database_url: "postgresql://app:secret@db:26257/orders-db".to_owned(),
+            orders_database_url: "postgresql://app:secret@db:26257/orders-db".into(),
             ..Config::default()
         };
         let message = format!("{:#}", config.validate().expect_err("refused"));
         assert!(message.contains("ORDERS_DATABASE_URL"), "{message}");
         assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn debug_output_shows_no_password() {
+        let config = Config {
+            eventstore_database_url: "postgresql://es:hunter1@db/eventstoredb".into(),
+            admin_database_url: Some("postgresql://root:hunter2@db/postgres".into()),
+            orders_reader_database_url: Some("postgresql://r:hunter3@db/ordersdb".into()),
+            nats: NatsArgs::new("nats://u:hunter4@127.0.0.1:4222").with_user("b", "hunter5"),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter"), "{debug}");
     }
 }

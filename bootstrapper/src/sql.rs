@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use pipeline_runtime::db;
+use secrecy::ExposeSecret as _;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migrate as _, Migration, MigrationSource, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -259,22 +260,25 @@ pub fn default_admin_url(url: &str) -> anyhow::Result<String> {
 
 /// The three contexts of `config`, each with its administrator.
 pub fn targets(config: &Config) -> anyhow::Result<Vec<Target>> {
-    let admin = config.admin_database_url.as_deref();
+    let admin = config
+        .admin_database_url
+        .as_ref()
+        .map(|url| url.expose_secret());
     [
         (
             Context::EventStore,
             "EVENTSTORE_DATABASE_URL",
-            &config.eventstore_database_url,
+            config.eventstore_database_url.expose_secret(),
         ),
         (
             Context::Orders,
             "ORDERS_DATABASE_URL",
-            &config.orders_database_url,
+            config.orders_database_url.expose_secret(),
         ),
         (
             Context::Payments,
             "PAYMENTS_DATABASE_URL",
-            &config.payments_database_url,
+            config.payments_database_url.expose_secret(),
         ),
     ]
     .into_iter()
@@ -303,12 +307,18 @@ pub fn orders_readers(config: &Config, targets: &[Target]) -> anyhow::Result<Vec
     for (variable, url, tables) in [
         (
             "ORDERS_READER_DATABASE_URL",
-            config.orders_reader_database_url.as_deref(),
+            config
+                .orders_reader_database_url
+                .as_ref()
+                .map(|url| url.expose_secret()),
             None,
         ),
         (
             "ORDERS_WATCHER_DATABASE_URL",
-            config.orders_watcher_database_url.as_deref(),
+            config
+                .orders_watcher_database_url
+                .as_ref()
+                .map(|url| url.expose_secret()),
             Some(WATCHER_TABLES),
         ),
     ] {

@@ -44,6 +44,10 @@ pub struct Endpoints {
     )]
     pub eventstore_url: String,
 
+    /// How the event store's certificate is checked (`EVENTSTORE_TLS_CA`).
+    #[command(flatten)]
+    pub eventstore_tls: pipeline_runtime::eventstore::ClientTls,
+
     /// ordersvc, the HTTP order API (`ORDERSVC_URL`).
     #[arg(
         long,
@@ -63,8 +67,12 @@ impl Endpoints {
 
     /// A client of the event store at `eventstore_url`.
     pub fn event_store(&self) -> anyhow::Result<pipeline_runtime::eventstore::EventStoreClient> {
-        pipeline_runtime::eventstore::EventStoreClient::connect_lazy(&self.eventstore_url, TIMEOUT)
-            .context("EVENTSTORE_URL")
+        pipeline_runtime::eventstore::EventStoreClient::connect_lazy_with(
+            &self.eventstore_url,
+            TIMEOUT,
+            &self.eventstore_tls,
+        )
+        .context("EVENTSTORE_URL")
     }
 
     /// A client of ordersvc at `api_url`.

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use order_domain::Deadlines;
+use pipeline_runtime::eventstore::ClientTls;
 use pipeline_runtime::telemetry::TelemetryConfig;
+use secrecy::SecretString;
 
 /// Default of `ORDERS_DATABASE_URL`, as every service that reads ordersdb has it.
 pub const DEFAULT_ORDERS_DATABASE_URL: &str =
@@ -60,8 +62,9 @@ impl Default for DeadlineArgs {
     }
 }
 
-/// Everything deadlinewatcher reads at start. `--help` lists the variables.
-#[derive(Clone, clap::Parser)]
+/// Everything deadlinewatcher reads at start. `--help` lists the variables; `Debug` hides the
+/// database URL.
+#[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "deadlinewatcher",
     version,
@@ -85,6 +88,10 @@ pub struct Config {
     #[arg(long, env = "EVENTSTORE_URL", default_value = DEFAULT_EVENTSTORE_URL)]
     pub eventstore_url: String,
 
+    /// How the event store's certificate is checked (`EVENTSTORE_TLS_CA`).
+    #[command(flatten)]
+    pub eventstore_tls: ClientTls,
+
     /// The read model (`ORDERS_DATABASE_URL`), where the open orders are found; read only (the
     /// dev stack gives the watcher a role that may only read `orders`).
     #[arg(
@@ -93,7 +100,7 @@ pub struct Config {
         default_value = DEFAULT_ORDERS_DATABASE_URL,
         hide_env_values = true
     )]
-    pub orders_database_url: String,
+    pub orders_database_url: SecretString,
 
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
@@ -107,7 +114,8 @@ impl Config {
             deadlines: DeadlineArgs::default(),
             scan_interval: Duration::from_secs(1),
             eventstore_url: eventstore_url.into(),
-            orders_database_url: orders_database_url.into(),
+            eventstore_tls: ClientTls::default(),
+            orders_database_url: SecretString::from(orders_database_url.into()),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -115,22 +123,6 @@ impl Config {
     /// How long an event store call or a database connection may take.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(5)
-    }
-}
-
-// The database URL may carry a password: never print it.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("deadlines", &self.deadlines)
-            .field("scan_interval", &self.scan_interval)
-            .field("eventstore_url", &self.eventstore_url)
-            .field(
-                "orders_database_url",
-                &pipeline_runtime::db::redact(&self.orders_database_url),
-            )
-            .field("telemetry", &self.telemetry)
-            .finish()
     }
 }
 

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use order_domain::Deadlines;
 use pipeline_runtime::db;
 use pipeline_runtime::eventstore::EventStoreClient;
+use secrecy::ExposeSecret as _;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -37,10 +38,18 @@ impl App {
     /// Checks the configuration and prepares the connections; neither the read model nor the
     /// event store needs to be up: each sweep tries them again.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        let store = EventStoreClient::connect_lazy(&config.eventstore_url, config.timeout())
-            .context("EVENTSTORE_URL")?;
-        let pool = db::lazy_pool(&config.orders_database_url, 2, config.timeout())
-            .context("ORDERS_DATABASE_URL")?;
+        let store = EventStoreClient::connect_lazy_with(
+            &config.eventstore_url,
+            config.timeout(),
+            &config.eventstore_tls,
+        )
+        .context("EVENTSTORE_URL")?;
+        let pool = db::lazy_pool(
+            config.orders_database_url.expose_secret(),
+            2,
+            config.timeout(),
+        )
+        .context("ORDERS_DATABASE_URL")?;
         Ok(App {
             watcher: Arc::new(Watcher::new(store, pool, config.deadlines.deadlines())),
             scan_interval: config.scan_interval,

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use tonic::transport::{Identity, ServerTlsConfig};
 
 use pipeline_runtime::nats::NatsArgs;
@@ -11,7 +13,8 @@ use pipeline_runtime::pem::{self, Pem};
 use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Configuration of the event store. Every field can be given as a flag or an environment variable.
-#[derive(Clone, clap::Parser)]
+/// `Debug` hides the database URL and the NATS credentials.
+#[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "eventstore",
     version,
@@ -19,58 +22,79 @@ use pipeline_runtime::telemetry::TelemetryConfig;
 )]
 pub struct Config {
     /// Address the gRPC server listens on.
-    #[arg(long, env = "EVENTSTORE_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "EVENTSTORE_ADDR",
+        value_name = "EVENTSTORE_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub addr: SocketAddr,
 
     /// SQL database of the event store (CockroachDB or PostgreSQL).
     #[arg(
         long,
         env = "EVENTSTORE_DATABASE_URL",
+        value_name = "EVENTSTORE_DATABASE_URL",
         default_value = "postgresql://root@127.0.0.1:26257/eventstoredb?sslmode=disable",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
 
     /// NATS: servers, user, TLS (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
     #[command(flatten)]
     pub nats: NatsArgs,
 
     /// Largest accepted `event_data`, in bytes.
-    #[arg(long, env = "EVENTSTORE_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "EVENTSTORE_MAX_EVENT_BYTES", value_name = "EVENTSTORE_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     pub max_event_bytes: usize,
 
     /// Connections in the SQL pool.
-    #[arg(long, env = "EVENTSTORE_DB_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "EVENTSTORE_DB_CONNECTIONS",
+        value_name = "EVENTSTORE_DB_CONNECTIONS",
+        default_value_t = 16
+    )]
     pub db_connections: u32,
 
     /// Events committed together in one transaction, at most (group commit). A `CreateEvents` call
     /// is never split: one with more events commits alone.
-    #[arg(long, env = "EVENTSTORE_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    #[arg(long, env = "EVENTSTORE_BATCH_SIZE", value_name = "EVENTSTORE_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub batch_size: u16,
 
     /// Transactions appending at the same time, at most. One is fastest on PostgreSQL at
     /// SERIALIZABLE: concurrent batches touch the same index pages and abort each other (measured
     /// with `cargo bench -p eventstore --bench append`); raise it for a multi-node CockroachDB.
-    #[arg(long, env = "EVENTSTORE_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
+    #[arg(long, env = "EVENTSTORE_BATCH_WORKERS", value_name = "EVENTSTORE_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     pub batch_workers: u8,
 
     /// How often the outbox relay sweeps for events its memory path did not publish, in
     /// milliseconds. Rows older than twice this (or twice `EVENTSTORE_TIMEOUT_MS`, if longer) are
     /// taken by any instance's sweep.
-    #[arg(long, env = "EVENTSTORE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "EVENTSTORE_SWEEP_INTERVAL_MS",
+        value_name = "EVENTSTORE_SWEEP_INTERVAL_MS",
+        default_value_t = 1000
+    )]
     pub sweep_interval_ms: u64,
 
     /// How long to wait for the database or JetStream before answering UNAVAILABLE, in milliseconds.
-    #[arg(long, env = "EVENTSTORE_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(
+        long,
+        env = "EVENTSTORE_TIMEOUT_MS",
+        value_name = "EVENTSTORE_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
     pub timeout_ms: u64,
 
     /// Certificate chain (PEM) the gRPC server presents. With `EVENTSTORE_TLS_KEY`, the server
     /// speaks TLS only; without both, plaintext.
-    #[arg(long, env = "EVENTSTORE_TLS_CERT")]
+    #[arg(long, env = "EVENTSTORE_TLS_CERT", value_name = "EVENTSTORE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// Private key (PEM, PKCS#8, PKCS#1 or SEC1) of `EVENTSTORE_TLS_CERT`.
-    #[arg(long, env = "EVENTSTORE_TLS_KEY")]
+    #[arg(long, env = "EVENTSTORE_TLS_KEY", value_name = "EVENTSTORE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// Span export (`ZIPKIN_ENDPOINT`).
@@ -88,7 +112,7 @@ impl Config {
         Self {
             telemetry: TelemetryConfig::default(),
             addr,
-            database_url: database_url.into(),
+            database_url: SecretString::from(database_url.into()),
             nats: NatsArgs::new(nats_url),
             max_event_bytes: 1024 * 1024,
             db_connections: 16,
@@ -107,6 +131,17 @@ impl Config {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(100))
+    }
+
+    /// Checks every value clap's types do not (the database URL, NATS, TLS files, the span
+    /// collector), before anything is bound or contacted; the error names the variable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        pipeline_runtime::db::connect_options(self.database_url.expose_secret())
+            .context("EVENTSTORE_DATABASE_URL")?;
+        self.nats.validate()?;
+        self.telemetry.endpoint()?;
+        self.server_tls()?;
+        Ok(())
     }
 
     /// The server's TLS identity, read and checked now, or `None` for plaintext. Exactly one of
@@ -147,29 +182,6 @@ impl Config {
     }
 }
 
-// The database URL may carry a password: never print it.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("addr", &self.addr)
-            .field(
-                "database_url",
-                &pipeline_runtime::db::redact(&self.database_url),
-            )
-            .field("nats", &self.nats)
-            .field("max_event_bytes", &self.max_event_bytes)
-            .field("db_connections", &self.db_connections)
-            .field("batch_size", &self.batch_size)
-            .field("batch_workers", &self.batch_workers)
-            .field("sweep_interval_ms", &self.sweep_interval_ms)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("telemetry", &self.telemetry)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory as _, Parser as _};
@@ -200,5 +212,17 @@ mod tests {
             ..config
         };
         assert!(!format!("{config:?}").contains("hunter3"));
+    }
+
+    #[test]
+    fn a_bad_database_url_names_the_variable_without_its_password() {
+        let config = Config::new(
+            "127.0.0.1:0".parse().expect("address"),
+            "postgresql://es:hunter2@db:port/eventstoredb",
+            "nats://127.0.0.1:4222",
+        );
+        let message = format!("{:#}", config.validate().expect_err("refused"));
+        assert!(message.contains("EVENTSTORE_DATABASE_URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
     }
 }

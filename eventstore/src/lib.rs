@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use eventstore_proto::event_store_server::EventStoreServer;
+use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -52,20 +53,22 @@ pub struct App {
 }
 
 impl App {
-    /// Binds the listener and prepares the connections. Neither the database nor NATS needs to be up:
-    /// appends answer UNAVAILABLE while the database is down and wait in the outbox while NATS is.
+    /// Checks the whole configuration, then binds the listener and prepares the connections. Neither
+    /// the database nor NATS needs to be up: appends answer UNAVAILABLE while the database is down
+    /// and wait in the outbox while NATS is.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        // Before binding: a TLS misconfiguration stops the start at once.
+        // Before binding: a bad value stops the start with no port taken.
+        config.validate()?;
         let tls = config.server_tls()?;
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (EVENTSTORE_ADDR)", config.addr))?;
         let pool = pipeline_runtime::db::lazy_pool(
-            &config.database_url,
+            config.database_url.expose_secret(),
             config.db_connections,
             config.timeout(),
         )
         .context("EVENTSTORE_DATABASE_URL")?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (EVENTSTORE_ADDR)", config.addr))?;
         let nats =
             pipeline_runtime::nats::connect_in_background(&config.nats, "eventstore").await?;
         Ok(Self {

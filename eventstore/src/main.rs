@@ -1,12 +1,19 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use eventstore::{App, Config};
 use pipeline_runtime::{service, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The whole configuration is parsed and checked before anything starts: a bad value exits 2,
+    // like one clap refuses, with no port bound.
     let config = Config::parse();
+    if let Err(err) = config.validate() {
+        Config::command()
+            .error(clap::error::ErrorKind::ValueValidation, format!("{err:#}"))
+            .exit();
+    }
     let _telemetry = match service::telemetry("eventstore", &config.telemetry) {
         Ok(guard) => guard,
         Err(code) => return code,

@@ -1,12 +1,13 @@
 //! Start-up configuration: environment variables with `--flags` of the same meaning.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use pipeline_runtime::db::redact;
+use pipeline_runtime::eventstore::ClientTls;
 use pipeline_runtime::nats::NatsArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
+use secrecy::{ExposeSecret as _, SecretString};
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:3000";
 pub const DEFAULT_EVENTSTORE_URL: &str = "http://127.0.0.1:50051";
@@ -20,8 +21,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
 /// that got lost, so it can be slow and cheap.
 pub const DEFAULT_MIN_VERSION_REREAD_MS: u64 = 500;
 
-/// How ordersvc listens and where its dependencies are.
-#[derive(Clone, clap::Parser)]
+/// How ordersvc listens and where its dependencies are. `Debug` hides the database URL and the NATS
+/// credentials.
+#[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "ordersvc",
     version,
@@ -36,10 +38,14 @@ pub struct Config {
     #[arg(long, env = "EVENTSTORE_URL", value_name = "EVENTSTORE_URL", default_value = DEFAULT_EVENTSTORE_URL)]
     pub eventstore_url: String,
 
+    /// How the event store's certificate is checked (`EVENTSTORE_TLS_CA`).
+    #[command(flatten)]
+    pub eventstore_tls: ClientTls,
+
     /// The read model's database (`ORDERS_DATABASE_URL`, default
     /// postgresql://root@127.0.0.1:26257/ordersdb?sslmode=disable).
-    #[arg(long, env = "ORDERS_DATABASE_URL", value_name = "ORDERS_DATABASE_URL", default_value = DEFAULT_ORDERS_DATABASE_URL)]
-    pub orders_database_url: String,
+    #[arg(long, env = "ORDERS_DATABASE_URL", value_name = "ORDERS_DATABASE_URL", default_value = DEFAULT_ORDERS_DATABASE_URL, hide_env_values = true)]
+    pub orders_database_url: SecretString,
 
     /// Upper bound of one call to the event store or one database connection attempt, in
     /// milliseconds (`ORDERSVC_TIMEOUT_MS`, default 5000).
@@ -95,7 +101,8 @@ impl Config {
             telemetry: TelemetryConfig::default(),
             addr,
             eventstore_url: eventstore_url.into(),
-            orders_database_url: orders_database_url.into(),
+            eventstore_tls: ClientTls::default(),
+            orders_database_url: SecretString::from(orders_database_url.into()),
             timeout_ms: 5000,
             db_connections: 10,
             min_version_wait_ms: 3000,
@@ -107,7 +114,7 @@ impl Config {
 
     /// Checks what clap's types cannot; the error names the variable.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let url = self.orders_database_url.as_str();
+        let url = self.orders_database_url.expose_secret();
         if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
             anyhow::bail!(
                 "ORDERS_DATABASE_URL must be a postgresql:// URL, not {}",
@@ -134,24 +141,6 @@ impl Config {
     }
 }
 
-/// Database URLs may hold a password: shown redacted.
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("addr", &self.addr)
-            .field("eventstore_url", &self.eventstore_url)
-            .field("orders_database_url", &redact(&self.orders_database_url))
-            .field("timeout_ms", &self.timeout_ms)
-            .field("db_connections", &self.db_connections)
-            .field("min_version_wait_ms", &self.min_version_wait_ms)
-            .field("min_version_reread_ms", &self.min_version_reread_ms)
-            .field("nats", &self.nats)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("telemetry", &self.telemetry)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +156,10 @@ mod tests {
         let config = Config::try_parse_from(["ordersvc"]).expect("defaults parse");
         assert_eq!(config.addr.to_string(), DEFAULT_ADDR);
         assert_eq!(config.eventstore_url, DEFAULT_EVENTSTORE_URL);
-        assert_eq!(config.orders_database_url, DEFAULT_ORDERS_DATABASE_URL);
+        assert_eq!(
+            config.orders_database_url.expose_secret(),
+            DEFAULT_ORDERS_DATABASE_URL
+        );
         assert_eq!(config.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
     }
 
@@ -198,6 +190,14 @@ mod tests {
             DEFAULT_EVENTSTORE_URL,
             "postgresql://app:secret@db:26257/ordersdb",
         );
-        assert!(!format!("{config:?}").contains("secret"));
+        let config = Config {
+            nats: config.nats.with_user("ordersvc", "hunter3"),
+            ..config
+        };
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("secret") && !debug.contains("hunter3"),
+            "{debug}"
+        );
     }
 }

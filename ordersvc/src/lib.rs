@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pipeline_runtime::eventstore::EventStoreClient;
 use pipeline_runtime::nats::NatsArgs;
+use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -49,10 +50,14 @@ impl AppState {
     /// so the service starts (and answers `/readyz` with 503) while its dependencies are down.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let events = EventStoreClient::connect_lazy(&config.eventstore_url, config.timeout())
-            .context("EVENTSTORE_URL")?;
+        let events = EventStoreClient::connect_lazy_with(
+            &config.eventstore_url,
+            config.timeout(),
+            &config.eventstore_tls,
+        )
+        .context("EVENTSTORE_URL")?;
         let db = pipeline_runtime::db::lazy_pool(
-            &config.orders_database_url,
+            config.orders_database_url.expose_secret(),
             config.db_connections,
             config.timeout(),
         )

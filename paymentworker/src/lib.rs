@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use pipeline_runtime::{consumer, db};
+use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 
 pub use config::Config;
@@ -35,7 +36,7 @@ impl App {
     /// the worker waits for them.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let pool = db::lazy_pool(
-            &config.payments_database_url,
+            config.payments_database_url.expose_secret(),
             config.db_connections,
             config.worker.timeout(),
         )

@@ -3,12 +3,15 @@
 use std::time::Duration;
 
 use pipeline_runtime::consumer;
+use pipeline_runtime::eventstore::ClientTls;
 use pipeline_runtime::nats::NatsArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
+use secrecy::SecretString;
 
 /// Configuration of querymodelworker. Every field can be given as a flag or an environment variable;
-/// the flags are accepted before or after the subcommand.
-#[derive(Clone, clap::Args)]
+/// the flags are accepted before or after the subcommand. `Debug` hides the database URL and the
+/// NATS credentials.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// NATS: servers, user, TLS (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
     #[command(flatten)]
@@ -23,6 +26,10 @@ pub struct Config {
     )]
     pub eventstore_url: String,
 
+    /// How the event store's certificate is checked (`EVENTSTORE_TLS_CA`).
+    #[command(flatten)]
+    pub eventstore_tls: ClientTls,
+
     /// The read model's database (`ORDERS_DATABASE_URL`); this worker is its only writer.
     #[arg(
         long,
@@ -31,7 +38,7 @@ pub struct Config {
         hide_env_values = true,
         global = true
     )]
-    pub orders_database_url: String,
+    pub orders_database_url: SecretString,
 
     /// Deliveries of a message that keeps failing before it is dead-lettered (`MAX_DELIVERIES`).
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5,
@@ -60,7 +67,8 @@ impl Config {
             telemetry: TelemetryConfig::default(),
             nats: NatsArgs::new(nats_url),
             eventstore_url: eventstore_url.into(),
-            orders_database_url: orders_database_url.into(),
+            eventstore_tls: ClientTls::default(),
+            orders_database_url: SecretString::from(orders_database_url.into()),
             max_deliveries: 5,
             worker_concurrency: consumer::DEFAULT_CONCURRENCY as u16,
         }
@@ -78,23 +86,6 @@ impl Config {
     /// How long a database or event store call may take before it counts as unavailable.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(5)
-    }
-}
-
-// The database URL may carry a password: never print it.
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("nats", &self.nats)
-            .field("eventstore_url", &self.eventstore_url)
-            .field(
-                "orders_database_url",
-                &pipeline_runtime::db::redact(&self.orders_database_url),
-            )
-            .field("max_deliveries", &self.max_deliveries)
-            .field("worker_concurrency", &self.worker_concurrency)
-            .field("telemetry", &self.telemetry)
-            .finish()
     }
 }
 

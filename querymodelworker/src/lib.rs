@@ -7,6 +7,7 @@ use pipeline_runtime::consumer::{self, Delivery, Failure};
 use pipeline_runtime::eventstore::EventStoreClient;
 use pipeline_runtime::stream::{READ_MODEL_SUBJECT, ReadModelChange};
 use pipeline_runtime::{db, nats};
+use secrecy::ExposeSecret as _;
 
 mod batch;
 mod config;
@@ -122,9 +123,17 @@ async fn notify(client: &async_nats::Client, moved: &[ReadModelChange]) {
 fn connect(config: &Config) -> anyhow::Result<Projector> {
     // One batch transaction at a time, plus the one-at-a-time fallbacks after it.
     let connections = 4;
-    let pool = db::lazy_pool(&config.orders_database_url, connections, config.timeout())
-        .context("ORDERS_DATABASE_URL")?;
-    let events = EventStoreClient::connect_lazy(&config.eventstore_url, config.timeout())
-        .context("EVENTSTORE_URL")?;
+    let pool = db::lazy_pool(
+        config.orders_database_url.expose_secret(),
+        connections,
+        config.timeout(),
+    )
+    .context("ORDERS_DATABASE_URL")?;
+    let events = EventStoreClient::connect_lazy_with(
+        &config.eventstore_url,
+        config.timeout(),
+        &config.eventstore_tls,
+    )
+    .context("EVENTSTORE_URL")?;
     Ok(Projector::new(pool, events))
 }

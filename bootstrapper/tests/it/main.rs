@@ -49,9 +49,9 @@ impl Servers {
             ..Config::default()
         };
         if let Some(postgres) = &self.postgres {
-            config.eventstore_database_url = postgres.url("eventstoredb");
-            config.orders_database_url = postgres.url("ordersdb");
-            config.payments_database_url = postgres.url("paymentsdb");
+            config.eventstore_database_url = postgres.url("eventstoredb").into();
+            config.orders_database_url = postgres.url("ordersdb").into();
+            config.payments_database_url = postgres.url("paymentsdb").into();
         }
         config
     }

@@ -34,10 +34,10 @@ fn url(servers: &Servers, user: &str, password: Option<&str>, database: &str) ->
 /// SQL only, each context as its own role (payments with a password), `root` as administrator.
 fn role_config(servers: &Servers) -> Config {
     Config {
-        eventstore_database_url: url(servers, "eventstore", None, "eventstoredb"),
-        orders_database_url: url(servers, "orders", None, "ordersdb"),
-        payments_database_url: url(servers, "payments", Some("s3cr%27t"), "paymentsdb"),
-        admin_database_url: Some(servers.postgres().url("postgres")),
+        eventstore_database_url: url(servers, "eventstore", None, "eventstoredb").into(),
+        orders_database_url: url(servers, "orders", None, "ordersdb").into(),
+        payments_database_url: url(servers, "payments", Some("s3cr%27t"), "paymentsdb").into(),
+        admin_database_url: Some(servers.postgres().url("postgres").into()),
         skip_nats: true,
         ..servers.config()
     }
@@ -280,7 +280,7 @@ async fn a_deployment_bootstrapped_as_root_is_handed_over_to_the_roles() {
 async fn the_orders_reader_reads_the_read_model_and_cannot_write_it() {
     let servers = Servers::start();
     let config = Config {
-        orders_reader_database_url: Some(url(&servers, "ordersvc", Some("pw"), "ordersdb")),
+        orders_reader_database_url: Some(url(&servers, "ordersvc", Some("pw"), "ordersdb").into()),
         ..role_config(&servers)
     };
     let report = bootstrapper::run(&config)
@@ -339,8 +339,10 @@ async fn the_orders_reader_reads_the_read_model_and_cannot_write_it() {
 async fn the_deadline_watcher_reads_the_orders_and_nothing_else() {
     let servers = Servers::start();
     let config = Config {
-        orders_reader_database_url: Some(url(&servers, "ordersvc", None, "ordersdb")),
-        orders_watcher_database_url: Some(url(&servers, "deadlinewatcher", None, "ordersdb")),
+        orders_reader_database_url: Some(url(&servers, "ordersvc", None, "ordersdb").into()),
+        orders_watcher_database_url: Some(
+            url(&servers, "deadlinewatcher", None, "ordersdb").into(),
+        ),
         ..role_config(&servers)
     };
     let report = bootstrapper::run(&config)
@@ -398,20 +400,20 @@ async fn the_deadline_watcher_reads_the_orders_and_nothing_else() {
 #[test]
 fn settings_that_do_not_fit_together_are_refused_naming_the_variable() {
     let base = Config {
-        admin_database_url: Some("postgresql://root@db:26257/postgres".to_owned()),
+        admin_database_url: Some("postgresql://root@db:26257/postgres".into()),
         ..Config::default()
     };
     let cases = [
         (
             Config {
-                orders_database_url: "postgresql://Orders:hunter2@db:26257/ordersdb".to_owned(),
+                orders_database_url: "postgresql://Orders:hunter2@db:26257/ordersdb".into(),
                 ..base.clone()
             },
             "ORDERS_DATABASE_URL",
         ),
         (
             Config {
-                payments_database_url: "postgresql://pg_pay:hunter2@db:26257/paymentsdb".to_owned(),
+                payments_database_url: "postgresql://pg_pay:hunter2@db:26257/paymentsdb".into(),
                 ..base.clone()
             },
             "PAYMENTS_DATABASE_URL",
@@ -419,7 +421,7 @@ fn settings_that_do_not_fit_together_are_refused_naming_the_variable() {
         (
             Config {
                 orders_reader_database_url: Some(
-                    "postgresql://ordersvc:hunter2@db:26257/paymentsdb".to_owned(),
+                    "postgresql://ordersvc:hunter2@db:26257/paymentsdb".into(),
                 ),
                 ..base.clone()
             },
@@ -427,9 +429,9 @@ fn settings_that_do_not_fit_together_are_refused_naming_the_variable() {
         ),
         (
             Config {
-                orders_database_url: "postgresql://orders@db:26257/ordersdb".to_owned(),
+                orders_database_url: "postgresql://orders@db:26257/ordersdb".into(),
                 orders_reader_database_url: Some(
-                    "postgresql://orders:hunter2@db:26257/ordersdb".to_owned(),
+                    "postgresql://orders:hunter2@db:26257/ordersdb".into(),
                 ),
                 ..base.clone()
             },
@@ -438,10 +440,10 @@ fn settings_that_do_not_fit_together_are_refused_naming_the_variable() {
         (
             Config {
                 orders_reader_database_url: Some(
-                    "postgresql://ordersvc:hunter2@db:26257/ordersdb".to_owned(),
+                    "postgresql://ordersvc:hunter2@db:26257/ordersdb".into(),
                 ),
                 orders_watcher_database_url: Some(
-                    "postgresql://ordersvc:hunter2@db:26257/ordersdb".to_owned(),
+                    "postgresql://ordersvc:hunter2@db:26257/ordersdb".into(),
                 ),
                 ..base.clone()
             },
@@ -449,7 +451,7 @@ fn settings_that_do_not_fit_together_are_refused_naming_the_variable() {
         ),
         (
             Config {
-                admin_database_url: Some("postgresql://root:hunter2@db:port/postgres".to_owned()),
+                admin_database_url: Some("postgresql://root:hunter2@db:port/postgres".into()),
                 ..base.clone()
             },
             "BOOTSTRAP_DATABASE_URL",

@@ -61,9 +61,9 @@ async fn an_unreachable_database_is_named_without_its_password() {
 async fn a_database_that_went_down_fails_the_run() {
     let mut postgres = testkit::Postgres::start().expect("PostgreSQL starts");
     let config = Config {
-        eventstore_database_url: postgres.url("eventstoredb"),
-        orders_database_url: postgres.url("ordersdb"),
-        payments_database_url: postgres.url("paymentsdb"),
+        eventstore_database_url: postgres.url("eventstoredb").into(),
+        orders_database_url: postgres.url("ordersdb").into(),
+        payments_database_url: postgres.url("paymentsdb").into(),
         skip_nats: true,
         connect_timeout_secs: 2,
         ..Config::default()

@@ -169,7 +169,7 @@ impl Default for Options {
 
 /// What a worker that consumes `ORDERS` and appends to the event store reads at start; flattened
 /// into its `Config` (`#[command(flatten)]`).
-#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
     /// NATS: servers, user, TLS (`NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`).
     #[command(flatten)]
@@ -178,6 +178,10 @@ pub struct WorkerArgs {
     /// The event store's gRPC address (`EVENTSTORE_URL`).
     #[arg(long, env = "EVENTSTORE_URL", default_value = "http://127.0.0.1:50051")]
     pub eventstore_url: String,
+
+    /// How the event store's certificate is checked (`EVENTSTORE_TLS_CA`).
+    #[command(flatten)]
+    pub eventstore_tls: crate::eventstore::ClientTls,
 
     /// Deliveries of a failing message before it is dead-lettered (`MAX_DELIVERIES`).
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
@@ -200,6 +204,7 @@ impl WorkerArgs {
         Self {
             nats: crate::nats::NatsArgs::new(nats_url),
             eventstore_url: eventstore_url.into(),
+            eventstore_tls: crate::eventstore::ClientTls::default(),
             max_deliveries: 5,
             concurrency: DEFAULT_CONCURRENCY as u16,
             timeout_ms: 5000,
@@ -216,9 +221,12 @@ impl WorkerArgs {
         &self,
         name: &str,
     ) -> anyhow::Result<(crate::eventstore::EventStoreClient, async_nats::Client)> {
-        let store =
-            crate::eventstore::EventStoreClient::connect_lazy(&self.eventstore_url, self.timeout())
-                .context("EVENTSTORE_URL")?;
+        let store = crate::eventstore::EventStoreClient::connect_lazy_with(
+            &self.eventstore_url,
+            self.timeout(),
+            &self.eventstore_tls,
+        )
+        .context("EVENTSTORE_URL")?;
         let nats = crate::nats::connect_in_background(&self.nats, name).await?;
         Ok((store, nats))
     }

@@ -96,26 +96,36 @@ impl From<tonic::Status> for ClientError {
 /// against.
 pub const TLS_CA_VARIABLE: &str = "EVENTSTORE_TLS_CA";
 
-/// How a client trusts the event store's certificate.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How a client trusts the event store's certificate; flattened (`#[command(flatten)]`) into the
+/// configuration of every binary that talks to the event store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct ClientTls {
-    /// PEM file of the certificate authorities to trust (`EVENTSTORE_TLS_CA`), required by an
-    /// `https://` URL and refused with an `http://` one. The system's trust store is not consulted:
-    /// name it here (e.g. `/etc/ssl/certs/ca-certificates.crt`) to trust it.
+    /// PEM file of the certificate authorities an `https://` `EVENTSTORE_URL` is checked against
+    /// (`EVENTSTORE_TLS_CA`), required by an `https://` URL and refused with an `http://` one. The
+    /// system's trust store is not consulted: name it here (e.g.
+    /// `/etc/ssl/certs/ca-certificates.crt`) to trust it. Read and checked at start: a file that
+    /// cannot be read or holds no certificate stops it.
+    #[arg(
+        id = "eventstore_tls_ca",
+        long = "eventstore-tls-ca",
+        env = TLS_CA_VARIABLE,
+        value_name = TLS_CA_VARIABLE,
+        value_parser = ca_file,
+        global = true
+    )]
     pub ca: Option<PathBuf>,
 }
 
-impl ClientTls {
-    /// `EVENTSTORE_TLS_CA` from the environment (unset or empty: none). Read here, once, so that
-    /// every service and `orderctl` take it without a flag of their own.
-    pub fn from_env() -> Self {
-        ClientTls {
-            ca: std::env::var_os(TLS_CA_VARIABLE)
-                .filter(|value| !value.is_empty())
-                .map(PathBuf::from),
-        }
+/// The value of `EVENTSTORE_TLS_CA`: a readable PEM file with a certificate, or empty (none).
+fn ca_file(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    if !value.is_empty() {
+        pem::read(TLS_CA_VARIABLE, &path, Pem::Certificate).map_err(|err| format!("{err:#}"))?;
     }
+    Ok(path)
+}
 
+impl ClientTls {
     /// Trusts the authorities in the PEM file at `ca`.
     pub fn with_ca(ca: impl Into<PathBuf>) -> Self {
         ClientTls {
@@ -126,7 +136,9 @@ impl ClientTls {
     /// Puts TLS on `endpoint` for an `https://` URL; checks that TLS settings and scheme agree.
     fn apply(&self, endpoint: Endpoint, url: &str) -> anyhow::Result<Endpoint> {
         let https = endpoint.uri().scheme_str() == Some("https");
-        match (&self.ca, https) {
+        // An empty `EVENTSTORE_TLS_CA` is no CA, as if unset.
+        let ca = self.ca.as_ref().filter(|ca| !ca.as_os_str().is_empty());
+        match (ca, https) {
             (None, false) => Ok(endpoint),
             (Some(_), false) => anyhow::bail!(
                 "{TLS_CA_VARIABLE} is set but the event store URL {url:?} is not https://: use \
@@ -170,15 +182,16 @@ pub struct EventStoreClient {
 }
 
 impl EventStoreClient {
-    /// Prepares a channel to `url` (e.g. `http://127.0.0.1:50051`) that connects on first use and
-    /// reconnects by itself; calls fail with `Unavailable` after `timeout`. An `https://` URL
-    /// speaks TLS, trusting the authorities of `EVENTSTORE_TLS_CA` ([`ClientTls::from_env`]).
+    /// Prepares a channel to `url` (e.g. `http://127.0.0.1:50051`) without TLS settings: an
+    /// `https://` URL is refused. Services take theirs from the configuration
+    /// ([`EventStoreClient::connect_lazy_with`]).
     pub fn connect_lazy(url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        Self::connect_lazy_with(url, timeout, &ClientTls::from_env())
+        Self::connect_lazy_with(url, timeout, &ClientTls::default())
     }
 
-    /// [`EventStoreClient::connect_lazy`] with the TLS settings given rather than read from the
-    /// environment.
+    /// Prepares a channel to `url` (e.g. `http://127.0.0.1:50051`) that connects on first use and
+    /// reconnects by itself; calls fail with `Unavailable` after `timeout`. An `https://` URL
+    /// speaks TLS, trusting the authorities of `tls` (`EVENTSTORE_TLS_CA`).
     pub fn connect_lazy_with(
         url: &str,
         timeout: Duration,
@@ -530,5 +543,43 @@ mod tests {
         }
         EventStoreClient::connect_lazy_with("http://127.0.0.1:50051", timeout, &no_tls)
             .expect("plaintext needs no CA");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tls: ClientTls,
+    }
+
+    #[tokio::test]
+    async fn a_tls_ca_that_holds_no_readable_certificate_is_refused_by_the_command_line() {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "no certificate here\n").expect("writing");
+        let missing = dir.path().join("missing.pem");
+        for bad in [&not_pem, &missing] {
+            let err = Cli::try_parse_from(["x", "--eventstore-tls-ca", &bad.display().to_string()])
+                .expect_err("refused");
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+            assert!(err.to_string().contains(TLS_CA_VARIABLE), "{err}");
+        }
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("writing");
+        let cli = Cli::try_parse_from(["x", "--eventstore-tls-ca", &ca.display().to_string()])
+            .expect("a PEM certificate is taken");
+        assert_eq!(cli.tls, ClientTls::with_ca(&ca));
+        // Empty, as an unset variable: no CA, and plaintext works.
+        let cli = Cli::try_parse_from(["x", "--eventstore-tls-ca", ""]).expect("empty is none");
+        EventStoreClient::connect_lazy_with(
+            "http://127.0.0.1:50051",
+            Duration::from_secs(1),
+            &cli.tls,
+        )
+        .expect("an empty CA is no CA");
     }
 }

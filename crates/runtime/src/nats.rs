@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::pem::Pem;
 
@@ -13,8 +14,9 @@ pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
 /// Where NATS is and how to log in; flattened (`#[command(flatten)]`) into each binary's `Config`.
 ///
-/// The password is never shown: not by `Debug`, not in `--help`, not in any error.
-#[derive(Clone, PartialEq, Eq, clap::Args)]
+/// The password is never shown: not by `Debug` (the URLs, which may hold one, neither), not in
+/// `--help`, not in any error.
+#[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS servers, comma-separated for a cluster (`NATS_URL`); a `tls://` URL requires TLS.
     #[arg(
@@ -25,7 +27,7 @@ pub struct NatsArgs {
         hide_env_values = true,
         global = true
     )]
-    pub url: String,
+    pub url: SecretString,
 
     /// User on the NATS servers (`NATS_USER`), with `NATS_PASSWORD`; unset when they ask for none.
     #[arg(id = "nats_user", long = "nats-user", env = "NATS_USER", global = true)]
@@ -39,7 +41,7 @@ pub struct NatsArgs {
         hide_env_values = true,
         global = true
     )]
-    pub password: Option<Password>,
+    pub password: Option<SecretString>,
 
     /// PEM file of the CA that signed the NATS servers' certificates (`NATS_TLS_CA`); when set,
     /// TLS is required and only this CA is trusted.
@@ -50,40 +52,6 @@ pub struct NatsArgs {
         global = true
     )]
     pub tls_ca: Option<PathBuf>,
-}
-
-/// A password: `Debug` shows `***` and there is no `Display`, so it cannot reach a log by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    /// The password itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Password {
-    fn from(password: String) -> Self {
-        Password(password)
-    }
-}
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl std::fmt::Debug for NatsArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsArgs")
-            .field("url", &redact_urls(&self.url))
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("tls_ca", &self.tls_ca)
-            .finish()
-    }
 }
 
 impl Default for NatsArgs {
@@ -97,7 +65,7 @@ impl NatsArgs {
     /// The servers at `url`, without a user or TLS.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: SecretString::from(url.into()),
             user: None,
             password: None,
             tls_ca: None,
@@ -107,7 +75,7 @@ impl NatsArgs {
     /// Logs in as `user`.
     pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.user = Some(user.into());
-        self.password = Some(Password(password.into()));
+        self.password = Some(SecretString::from(password.into()));
         self
     }
 
@@ -125,14 +93,14 @@ impl NatsArgs {
     fn password(&self) -> Option<&str> {
         self.password
             .as_ref()
-            .map(Password::expose)
+            .map(|password| password.expose_secret())
             .filter(|password| !password.is_empty())
     }
 
     /// The servers and the user, for messages: `nats://h:4222 as user "eventstore"`, any password
     /// in a URL replaced by `***`.
     pub fn describe(&self) -> String {
-        let urls = redact_urls(&self.url);
+        let urls = redact_urls(self.url.expose_secret());
         match self.user() {
             Some(user) => format!("{urls} as user {user:?}"),
             None => urls,
@@ -141,7 +109,7 @@ impl NatsArgs {
 
     /// Checks every value before anything is contacted; the error names the variable at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
-        parse_urls(&self.url).context("NATS_URL is invalid")?;
+        parse_urls(self.url.expose_secret()).context("NATS_URL is invalid")?;
         match (self.user(), self.password()) {
             (Some(_), None) => anyhow::bail!("NATS_USER is set but NATS_PASSWORD is not"),
             (None, Some(_)) => anyhow::bail!("NATS_PASSWORD is set but NATS_USER is not"),
@@ -202,7 +170,7 @@ pub async fn connect_in_background(
     name: &str,
 ) -> anyhow::Result<async_nats::Client> {
     args.validate()?;
-    let servers = parse_urls(&args.url)?;
+    let servers = parse_urls(args.url.expose_secret())?;
     // One attempt first, to tell a refusal from an outage: the background client only reports
     // "authorization violation" to its event callback, and retries it forever.
     let first = args.options(name).connect(servers.as_slice()).await;
@@ -334,6 +302,9 @@ mod tests {
 
     #[test]
     fn the_password_is_never_shown() {
+        let args = NatsArgs::new("nats://u:hunter1@127.0.0.1:4222").with_user("app", "hunter2");
+        let debug = format!("{args:?}");
+        assert!(!debug.contains("hunter"), "{debug}");
         let args = NatsArgs::new("nats://127.0.0.1:4222").with_user("app", "hunter2");
         let debug = format!("{args:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
@@ -362,12 +333,10 @@ mod tests {
             "/ca.pem",
         ])
         .expect("parses");
-        assert_eq!(
-            cli.nats,
-            NatsArgs::new("tls://n1:4222")
-                .with_user("u", "p")
-                .with_tls_ca("/ca.pem")
-        );
+        assert_eq!(cli.nats.url.expose_secret(), "tls://n1:4222");
+        assert_eq!(cli.nats.user(), Some("u"));
+        assert_eq!(cli.nats.password(), Some("p"));
+        assert_eq!(cli.nats.tls_ca, Some(PathBuf::from("/ca.pem")));
     }
 
     #[test]

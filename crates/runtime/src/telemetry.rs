@@ -31,8 +31,11 @@ pub const DEFAULT_ZIPKIN_ENDPOINT: &str = "http://127.0.0.1:9411/api/v2/spans";
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Export failures are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-/// Spans waiting for export, at most; the SDK's default, overridable with `OTEL_BSP_MAX_QUEUE_SIZE`.
-const MAX_QUEUE: usize = 2048;
+/// Spans waiting for export, at most: the SDK's default (`OTEL_BSP_MAX_QUEUE_SIZE`).
+const MAX_QUEUE: u32 = 2048;
+/// How long finished spans wait to be sent in one batch, in milliseconds: the SDK's default
+/// (`OTEL_BSP_SCHEDULE_DELAY`).
+const SCHEDULE_DELAY_MS: u64 = 5000;
 /// How long the final flush on exit may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,8 +43,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct TelemetryConfig {
     /// Zipkin v2 span collector (`ZIPKIN_ENDPOINT`, default
-    /// http://127.0.0.1:9411/api/v2/spans); an empty value turns span export off. The batch delay
-    /// follows `OTEL_BSP_SCHEDULE_DELAY` (milliseconds, default 5000).
+    /// http://127.0.0.1:9411/api/v2/spans); an empty value turns span export off.
     #[arg(
         long,
         env = "ZIPKIN_ENDPOINT",
@@ -50,12 +52,38 @@ pub struct TelemetryConfig {
         global = true
     )]
     pub zipkin_endpoint: String,
+
+    /// Finished spans waiting for export, at most (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048); while
+    /// Zipkin is slow or away, more are dropped.
+    #[arg(
+        long = "otel-bsp-max-queue-size",
+        env = "OTEL_BSP_MAX_QUEUE_SIZE",
+        value_name = "OTEL_BSP_MAX_QUEUE_SIZE",
+        default_value_t = MAX_QUEUE,
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000),
+        global = true
+    )]
+    pub max_queue_size: u32,
+
+    /// How long finished spans wait to be sent together, in milliseconds
+    /// (`OTEL_BSP_SCHEDULE_DELAY`, default 5000).
+    #[arg(
+        long = "otel-bsp-schedule-delay",
+        env = "OTEL_BSP_SCHEDULE_DELAY",
+        value_name = "OTEL_BSP_SCHEDULE_DELAY",
+        default_value_t = SCHEDULE_DELAY_MS,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000),
+        global = true
+    )]
+    pub schedule_delay_ms: u64,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             zipkin_endpoint: DEFAULT_ZIPKIN_ENDPOINT.to_owned(),
+            max_queue_size: MAX_QUEUE,
+            schedule_delay_ms: SCHEDULE_DELAY_MS,
         }
     }
 }
@@ -65,6 +93,7 @@ impl TelemetryConfig {
     pub fn off() -> Self {
         Self {
             zipkin_endpoint: String::new(),
+            ..Self::default()
         }
     }
 
@@ -129,8 +158,11 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
             endpoint: endpoint.to_owned(),
             state: Mutex::new(ExportState::default()),
         };
+        // Both set here, from the configuration: the SDK's own reading of these variables ignores
+        // a bad value.
         let batch = BatchConfigBuilder::default()
-            .with_max_queue_size(queue_size())
+            .with_max_queue_size(usize::try_from(config.max_queue_size).unwrap_or(usize::MAX))
+            .with_scheduled_delay(Duration::from_millis(config.schedule_delay_ms))
             .build();
         provider = provider.with_span_processor(
             BatchSpanProcessor::builder(exporter)
@@ -173,14 +205,6 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
     Ok(Telemetry {
         provider: Some(provider),
     })
-}
-
-fn queue_size() -> usize {
-    std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(MAX_QUEUE)
 }
 
 /// The blocking HTTP client must be built (and later used) outside the async runtime: it runs a
@@ -366,10 +390,44 @@ mod tests {
         for bad in ["not a url", "https://zipkin:9411/api/v2/spans", "ftp://x/"] {
             let config = TelemetryConfig {
                 zipkin_endpoint: bad.to_owned(),
+                ..TelemetryConfig::default()
             };
             let err = config.endpoint().expect_err("refused");
             assert!(err.to_string().contains("ZIPKIN_ENDPOINT"), "{err}");
         }
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        telemetry: TelemetryConfig,
+    }
+
+    #[test]
+    fn the_batch_settings_default_to_the_sdk_s_and_bad_ones_are_refused_naming_the_variable() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["x"]).expect("defaults");
+        assert_eq!(cli.telemetry, TelemetryConfig::default());
+        assert_eq!(
+            (
+                cli.telemetry.max_queue_size,
+                cli.telemetry.schedule_delay_ms
+            ),
+            (2048, 5000)
+        );
+        for (flag, variable) in [
+            ("--otel-bsp-max-queue-size", "OTEL_BSP_MAX_QUEUE_SIZE"),
+            ("--otel-bsp-schedule-delay", "OTEL_BSP_SCHEDULE_DELAY"),
+        ] {
+            for bad in ["0", "lots", "-5", "1.5", ""] {
+                let err = Cli::try_parse_from(["x".to_owned(), format!("{flag}={bad}")])
+                    .expect_err("refused");
+                assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+                assert!(err.to_string().contains(variable), "{variable}: {err}");
+            }
+        }
+        let cli = Cli::try_parse_from(["x", "--otel-bsp-max-queue-size", "100"]).expect("valid");
+        assert_eq!(cli.telemetry.max_queue_size, 100);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod nats;
 mod nats_cluster;
 mod postgres;
 mod support;
+pub mod tls;
 mod zipkin;
 
 pub use nats::NatsServer;

@@ -7,4 +7,5 @@ mod harness;
 mod hostile;
 mod outbox;
 mod reads;
+mod startup;
 mod tls;

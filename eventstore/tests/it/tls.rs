@@ -1,75 +1,19 @@
 //! gRPC over TLS: the event store serves with `EVENTSTORE_TLS_CERT` and `EVENTSTORE_TLS_KEY`, the
-//! services' client trusts `EVENTSTORE_TLS_CA`. Certificates are made for each test with the
-//! openssl command-line tool.
+//! services' client trusts `EVENTSTORE_TLS_CA`. Certificates are made for each test in-process
+//! ([`testkit::tls`]).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use eventstore::App;
 use pipeline_runtime::eventstore::{ClientError, ClientTls, EventStoreClient, NewEvent};
+use testkit::tls::Certificates;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::harness::Stack;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A certificate authority, a server certificate it signed for 127.0.0.1 and localhost, and a
-/// second authority that signed nothing of ours.
-struct Certificates {
-    dir: tempfile::TempDir,
-}
-
-impl Certificates {
-    fn make() -> Certificates {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let certs = Certificates { dir };
-        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-        for ca in ["ca", "other-ca"] {
-            certs.openssl(&format!(
-                "req -x509 {ec} -days 2 -subj /CN={ca} \
-                 -addext basicConstraints=critical,CA:TRUE \
-                 -addext keyUsage=critical,keyCertSign,cRLSign -keyout {ca}.key -out {ca}.pem"
-            ));
-        }
-        certs.openssl(&format!(
-            "req {ec} -subj /CN=eventstore -keyout server.key -out server.csr"
-        ));
-        // rustls wants the address in subjectAltName and a leaf that is not a CA.
-        std::fs::write(
-            certs.path("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
-             basicConstraints=critical,CA:FALSE\n\
-             keyUsage=critical,digitalSignature\n\
-             extendedKeyUsage=serverAuth\n",
-        )
-        .expect("extensions file");
-        certs.openssl(
-            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial 2 -days 2 \
-             -extfile server.ext -out server.pem",
-        );
-        certs
-    }
-
-    /// Runs openssl with `args`, split at whitespace, in the certificates' folder.
-    fn openssl(&self, args: &str) {
-        let output = Command::new("openssl")
-            .args(args.split_whitespace())
-            .current_dir(self.dir.path())
-            .output()
-            .expect("the openssl command-line tool runs (apt-get install openssl)");
-        assert!(
-            output.status.success(),
-            "openssl {args} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
 
 /// An event store serving TLS; stopped when dropped.
 struct TlsInstance {
@@ -115,7 +59,7 @@ fn created(aggregate: &str) -> NewEvent {
 
 #[tokio::test]
 async fn appends_and_reads_succeed_over_tls_and_clients_without_the_ca_are_refused() {
-    let certs = Certificates::make();
+    let certs = Certificates::make().expect("test certificates");
     let stack = Stack::start().await;
     let instance = serve_tls(&stack, &certs.path("server.pem"), &certs.path("server.key")).await;
     let https = format!("https://127.0.0.1:{}", instance.addr.port());
@@ -182,10 +126,11 @@ async fn appends_and_reads_succeed_over_tls_and_clients_without_the_ca_are_refus
 
 #[tokio::test]
 async fn a_tls_misconfiguration_stops_the_start_naming_the_variable() {
-    let certs = Certificates::make();
+    let certs = Certificates::make().expect("test certificates");
     let stack = Stack::start().await;
     let missing = certs.path("missing.pem");
-    let not_pem = certs.path("server.ext");
+    let not_pem = certs.path("not-pem.txt");
+    std::fs::write(&not_pem, "no PEM here\n").expect("a file that is not PEM");
     let cases: [(Option<PathBuf>, Option<PathBuf>, &str); 5] = [
         (Some(certs.path("server.pem")), None, "EVENTSTORE_TLS_KEY"),
         (None, Some(certs.path("server.key")), "EVENTSTORE_TLS_CERT"),

@@ -49,7 +49,7 @@ async fn a_rebuild_into_a_fresh_database_equals_the_live_read_model_row_for_row(
     let fresh = stack.postgres.fresh_database().await.expect("fresh db");
     ORDERS.migrate(&fresh).await;
     let mut config = stack.config();
-    config.orders_database_url = fresh.clone();
+    config.orders_database_url = fresh.clone().into();
     let report = querymodelworker::rebuild(&config).await.expect("rebuilds");
     assert_eq!(report.events, 8);
     assert_eq!(report.applied, 8);

@@ -10,8 +10,12 @@ use e2e_tests::pipeline::SERVICES;
 use e2e_tests::{Options, Pipeline, order_body};
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::jetstream::wait_consumer_idle;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+
+/// The workers, each with its durable consumer of the same name.
+const WORKERS: [&str; 3] = ["paymentworker", "reviewworker", "querymodelworker"];
 
 /// POSTs sent at once.
 const BURST: usize = 1000;
@@ -194,12 +198,6 @@ async fn a_burst_far_above_capacity_is_answered_and_every_accepted_order_complet
         refused.len(),
         spread(&mut took_refused)
     );
-    let slowest = took_accepted
-        .iter()
-        .chain(&took_refused)
-        .max()
-        .copied()
-        .unwrap_or_default();
     assert!(
         !refused.is_empty(),
         "a burst of {BURST} at once is above {MAX_IN_FLIGHT} in flight"
@@ -210,13 +208,8 @@ async fn a_burst_far_above_capacity_is_answered_and_every_accepted_order_complet
             .contains("overloaded: refusing requests"),
         "ordersvc says it is refusing requests"
     );
-    // An event store call gives up after ORDERSVC_TIMEOUT_MS (5 s), and a POST makes at most two.
-    // On top: a thousand connections opened at once on two shared cores, and SYN retries (1, 2,
-    // 4 s) should the listen backlog overflow.
-    assert!(
-        slowest < Duration::from_secs(30),
-        "every answer came within the request timeouts, the slowest after {slowest:?}"
-    );
+    // Every request was answered (a hang would have been the client's 60 s timeout, a failure
+    // above); how fast is reported, not asserted: on two shared cores it says little.
 
     // An order placed right after the burst waits behind the accepted ones, but gets through.
     let right_after_started = Instant::now();
@@ -324,17 +317,25 @@ async fn a_burst_far_above_capacity_is_answered_and_every_accepted_order_complet
         "created, paymentdebited, approved per order and nothing else"
     );
 
-    // Recovered without a restart: a normal order goes through at normal speed.
+    // Recovered without a restart: once every worker's consumer is idle (the burst's backlog all
+    // delivered and acknowledged), a new order goes through the whole saga and leaves them idle.
+    let js = pipeline.jetstream().await;
+    for worker in WORKERS {
+        wait_consumer_idle(&js, "ORDERS", worker, 0, Duration::from_secs(60)).await;
+    }
     let started = Instant::now();
     let id = pipeline.place("after-drain", "10.00", 1).await;
     let order = pipeline.wait_final(&id).await;
-    let took = started.elapsed();
     assert_eq!(order["status"], "Approved", "{order}");
-    eprintln!("an order after the drain: final in {took:?}");
-    assert!(
-        took < Duration::from_secs(10),
-        "a normal order after the drain is final within 10 s, not {took:?}"
+    eprintln!("an order after the drain: final in {:?}", started.elapsed());
+    assert_eq!(
+        pipeline.event_types(&id).await,
+        ["created", "paymentdebited", "approved"],
+        "the order after the drain has its saga and nothing else"
     );
+    for worker in WORKERS {
+        wait_consumer_idle(&js, "ORDERS", worker, 0, Duration::from_secs(60)).await;
+    }
     for service in SERVICES {
         assert!(
             pipeline.is_running(service, 0),

@@ -1,13 +1,14 @@
 //! NATS security: every service on a user of its own with only the subjects it needs
 //! (`nats-auth.conf`), credentials from the environment and never shown, and TLS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use pipeline_runtime::nats::NatsArgs;
 use testkit::NatsServer;
+use testkit::tls::Certificates;
 
 use e2e_tests::pipeline::binary;
 use e2e_tests::{Options, Pipeline};
@@ -631,97 +632,15 @@ async fn no_help_text_shows_a_password_from_the_environment() {
     }
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it, made with the `openssl` command line in
-/// `dir`: returns (CA certificate, server certificate, server key).
-fn make_certificates(dir: &Path) -> (String, String, String) {
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap_or_else(|err| {
-                panic!("the TLS test needs the openssl command (apt-get install openssl): {err}")
-            });
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=orders test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("extensions file");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "server.ext",
-    ]);
-    let path = |name: &str| dir.join(name).display().to_string();
-    (path("ca.pem"), path("server.pem"), path("server.key"))
-}
-
 #[tokio::test]
 async fn nats_over_tls_takes_clients_with_the_ca_and_refuses_those_without() {
-    let certificates = tempfile::tempdir().expect("certificate folder");
-    let (ca, cert, key) = make_certificates(certificates.path());
+    let certificates = Certificates::make().expect("test certificates");
+    let path = |file: PathBuf| file.display().to_string();
+    let (ca, cert, key) = (
+        path(certificates.ca()),
+        path(certificates.server_cert()),
+        path(certificates.server_key()),
+    );
     let nats = NatsServer::start_with_config(&format!(
         "tls {{\n    cert_file: \"{cert}\"\n    key_file: \"{key}\"\n}}\n"
     ))
