@@ -38,13 +38,15 @@ enum Cmd {
     Run,
     /// Benchmark the whole pipeline on a stack of its own (what scripts/bench runs).
     Bench(devstack::bench::Args),
-    /// The stack's trace store (Zipkin's v2 API in memory), run by `start` in the background.
+    /// The stack's trace store (tracestore: Zipkin's v2 API and a trace viewer, in memory) on
+    /// 127.0.0.1:PORT until SIGINT or SIGTERM; `start` runs it in the background.
     #[command(hide = true)]
     TraceStore {
         #[arg(long)]
         port: u16,
-        /// Spans kept at most; the oldest traces go first.
-        #[arg(long, env = "TRACESTORE_MAX_SPANS", default_value_t = tracestore::DEFAULT_MAX_SPANS)]
+        /// Spans kept at most; beyond, the oldest traces are dropped whole.
+        #[arg(long, env = "TRACESTORE_MAX_SPANS", default_value_t = tracestore::DEFAULT_MAX_SPANS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000_000))]
         max_spans: usize,
     },
 }

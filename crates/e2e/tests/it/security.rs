@@ -10,19 +10,10 @@ use pipeline_runtime::nats::NatsArgs;
 use testkit::NatsServer;
 use testkit::tls::Certificates;
 
+// The users of nats-auth.conf, as the dev stack gives them passwords.
+use devstack::stack::NATS_USERS as USERS;
 use e2e_tests::pipeline::binary;
 use e2e_tests::{Options, Pipeline};
-
-/// The users of `nats-auth.conf`.
-const USERS: [&str; 7] = [
-    "eventstore",
-    "ordersvc",
-    "paymentworker",
-    "reviewworker",
-    "querymodelworker",
-    "bootstrapper",
-    "orderctl",
-];
 
 /// Services without a NATS user: they need no subject (nats-auth.conf says why), so they get no
 /// credentials and never connect.
