@@ -17,9 +17,14 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a request to the API did not give the expected answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The API answered with an error status; `message` is its `{"error": ...}`.
+    /// The API answered with an error status; `message` is its `{"error": ...}`, `retry_after`
+    /// its `Retry-After` (in seconds) when it sent one.
     #[error("{message} (HTTP {status})")]
-    Status { status: u16, message: String },
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// No answer: connection refused or reset, DNS, a body cut short.
     #[error("cannot reach ordersvc: {0}")]
     Network(String),
@@ -46,6 +51,23 @@ impl ApiError {
     /// same `Idempotency-Key`) is the way to find out.
     pub fn is_transport(&self) -> bool {
         matches!(self, ApiError::Network(_) | ApiError::Timeout)
+    }
+
+    /// Whether the same request (with the same `Idempotency-Key`) may succeed later: a transport
+    /// error, an overload (429) or a server error (5xx).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Status { status, .. } => *status == 429 || *status >= 500,
+            other => other.is_transport(),
+        }
+    }
+
+    /// How long the API asked to wait before trying again (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     fn from_reqwest(err: reqwest::Error) -> ApiError {
@@ -165,6 +187,12 @@ async fn answer<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let response = sent.map_err(ApiError::from_reqwest)?;
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let body = response.bytes().await.map_err(ApiError::from_reqwest)?;
     if status.is_success() {
         return serde_json::from_slice(&body).map_err(|err| {
@@ -176,6 +204,7 @@ async fn answer<T: DeserializeOwned>(
     Err(ApiError::Status {
         status: status.as_u16(),
         message: error_message(status, &body),
+        retry_after,
     })
 }
 
@@ -223,9 +252,19 @@ mod tests {
         let status = ApiError::Status {
             status: 422,
             message: "x".into(),
+            retry_after: None,
         };
         assert_eq!(status.kind(), "HTTP 422");
         assert!(!status.is_transport());
+        assert!(!status.is_retryable());
+        let overloaded = ApiError::Status {
+            status: 503,
+            message: "busy".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        assert!(overloaded.is_retryable());
+        assert_eq!(overloaded.retry_after(), Some(Duration::from_secs(1)));
+        assert!(ApiError::Timeout.is_retryable());
         assert_eq!(ApiError::Timeout.kind(), "timeout");
         assert!(ApiError::Network("refused".into()).is_transport());
     }

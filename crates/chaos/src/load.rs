@@ -1,5 +1,5 @@
 //! The chaos run's load: orders at a steady rate (`orderctl load`'s pace and orders, with the
-//! chaos mix), each posted as a careful client does (one `Idempotency-Key` per order, the same body
+//! chaos mix, sent through orderctl's API client), each posted as a careful client does (one `Idempotency-Key` per order, the same body
 //! and key again after a transport error, a 5xx or a 429, with capped exponential backoff and
 //! jitter, up to a deadline), and about one in ten cancelled a moment after it was accepted.
 
@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use orderctl::api::{ApiClient, ApiError};
 use orderctl::commands::load::Rate;
 use orderctl::commands::load::orders::{self, Mix};
 use orderctl::commands::load::pace::{self, Pace};
@@ -16,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -115,11 +116,7 @@ struct Generated {
 /// Offers orders until `stop` is cancelled, then waits for every order's requests to end (each
 /// bounded by the deadline).
 pub(crate) async fn run(config: LoadConfig, stop: CancellationToken) -> anyhow::Result<LoadStats> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .context("building the HTTP client")?;
+    let api = ApiClient::new(&config.base_url).context("the API's URL")?;
     let shared: Shared = Arc::default();
     let mut rng = StdRng::seed_from_u64(config.seed);
     let progress = tokio::spawn(log_progress(Arc::clone(&shared)));
@@ -131,16 +128,15 @@ pub(crate) async fn run(config: LoadConfig, stop: CancellationToken) -> anyhow::
     };
     let offered = pace::offer(pace, &stop, |n| {
         let order = generate(&mut rng, &config, n);
-        let client = client.clone();
-        let base_url = config.base_url.clone();
+        let api = api.clone();
         let shared = Arc::clone(&shared);
         let deadline = config.deadline;
         record(&shared, |s| s.offered = n);
         async move {
-            let accepted = place(&client, &base_url, &order, deadline, &shared).await;
+            let accepted = place(&api, &order, deadline, &shared).await;
             if let (Some(order_id), Some(delay)) = (accepted, order.cancel_after) {
                 tokio::time::sleep(delay).await;
-                cancel(&client, &base_url, order_id, deadline, &shared).await;
+                cancel(&api, order_id, deadline, &shared).await;
             }
         }
     })
@@ -191,50 +187,21 @@ fn generate(rng: &mut StdRng, config: &LoadConfig, n: u64) -> Generated {
     }
 }
 
-/// How an answer is taken.
-enum Verdict {
-    /// A 2xx, with its body.
-    Success(u16, String),
-    /// Worth trying again (transport error, 5xx, 429), at the earliest after the `Retry-After`.
-    Retry(Option<Duration>),
-    /// Any other status, with its body.
-    Other(u16, String),
-}
-
-/// The answer's label for the counts, and what to do about it.
-async fn classify(answer: Result<reqwest::Response, reqwest::Error>) -> (String, Verdict) {
-    let response = match answer {
-        Ok(response) => response,
-        Err(error) => return (transport_label(&error), Verdict::Retry(None)),
-    };
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .map(|seconds| Duration::from_secs(seconds.min(10)));
-    let label = status.as_u16().to_string();
-    if status.as_u16() == 429 || status.is_server_error() {
-        return (label, Verdict::Retry(retry_after));
-    }
-    match response.text().await {
-        Ok(body) if status.is_success() => (label, Verdict::Success(status.as_u16(), body)),
-        Ok(body) => (label, Verdict::Other(status.as_u16(), body)),
-        // The answer broke off: the request may or may not have taken effect; the key makes a
-        // retry safe.
-        Err(error) => (transport_label(&error), Verdict::Retry(None)),
+/// An answer's label in the report's counts: `HTTP 201`, `HTTP 503`, `network`, `timeout`, ….
+fn label<T>(answer: &Result<T, ApiError>, success: u16) -> String {
+    match answer {
+        Ok(_) => format!("HTTP {success}"),
+        Err(error) => error.kind(),
     }
 }
 
-fn transport_label(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "timeout".to_owned()
-    } else if error.is_connect() {
-        "connect error".to_owned()
-    } else {
-        "transport error".to_owned()
-    }
+/// The wait before the next attempt: the backoff, never less than the server's `Retry-After`
+/// (taken up to 10 s).
+fn wait_before(attempt: u32, error: &ApiError) -> Duration {
+    let retry_after = error
+        .retry_after()
+        .map(|asked| asked.min(Duration::from_secs(10)));
+    BACKOFF.delay_after(attempt, retry_after)
 }
 
 /// 100 ms doubling up to 5 s, plus up to half of it at random so that clients cut off together do
@@ -248,8 +215,7 @@ const BACKOFF: Backoff = Backoff::new(
 /// POSTs the order until it is accepted, refused for good, or the deadline passes; the order id
 /// when accepted.
 async fn place(
-    client: &reqwest::Client,
-    base_url: &str,
+    api: &ApiClient,
     order: &Generated,
     deadline: Duration,
     shared: &Shared,
@@ -259,49 +225,26 @@ async fn place(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let answer = client
-            .post(format!("{base_url}/api/orders"))
-            .header("Idempotency-Key", &order.key)
-            .json(&order.body)
-            .send()
-            .await;
-        let (label, verdict) = classify(answer).await;
+        let answer = api.place(&order.body, Some(&order.key)).await;
+        let label = label(&answer, 201);
         record(shared, |s| *s.post_answers.entry(label).or_default() += 1);
-        match verdict {
-            Verdict::Success(status, body) => {
-                let order_id = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v["order_id"].as_str().and_then(|id| id.parse().ok()));
-                let Some(order_id) = order_id else {
-                    record(shared, |s| {
-                        s.unexpected(format!(
-                            "POST {}: {status} without an order id: {body}",
-                            order.key
-                        ))
-                    });
-                    return None;
-                };
+        match answer {
+            Ok(created) => {
                 let took = first.elapsed().as_secs_f64();
                 record(shared, |s| {
                     s.accepted += 1;
                     s.longest_accept_seconds = s.longest_accept_seconds.max(took);
                     s.placed.push(PlacedOrder {
-                        order_id,
+                        order_id: created.order_id,
                         customer_id: order.customer_id.clone(),
                         amount: order.amount,
                         kind: order.kind,
                     });
                 });
-                return Some(order_id);
+                return Some(created.order_id);
             }
-            Verdict::Other(status, body) => {
-                record(shared, |s| {
-                    s.unexpected(format!("POST {}: {status} {}", order.key, snippet(&body)))
-                });
-                return None;
-            }
-            Verdict::Retry(retry_after) => {
-                let wait = BACKOFF.delay_after(attempt, retry_after);
+            Err(error) if error.is_retryable() => {
+                let wait = wait_before(attempt, &error);
                 if Instant::now() + wait > give_up_at {
                     record(shared, |s| s.gave_up += 1);
                     return None;
@@ -314,50 +257,40 @@ async fn place(
                 });
                 tokio::time::sleep(wait).await;
             }
+            Err(error) => {
+                record(shared, |s| {
+                    s.unexpected(format!("POST {}: {error}", order.key))
+                });
+                return None;
+            }
         }
     }
 }
 
 /// Cancels an accepted order: 200 and 409 are both answers a client takes; 5xx, 429 and transport
 /// errors are retried up to the deadline.
-async fn cancel(
-    client: &reqwest::Client,
-    base_url: &str,
-    order_id: Uuid,
-    deadline: Duration,
-    shared: &Shared,
-) {
+async fn cancel(api: &ApiClient, order_id: Uuid, deadline: Duration, shared: &Shared) {
     record(shared, |s| s.cancels.requested += 1);
     let give_up_at = Instant::now() + deadline;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let answer = client
-            .post(format!("{base_url}/api/orders/{order_id}/cancel"))
-            .json(&json!({"reason": "chaos: changed my mind"}))
-            .send()
-            .await;
-        let (label, verdict) = classify(answer).await;
+        let answer = api.cancel(order_id, Some("chaos: changed my mind")).await;
+        let label = label(&answer, 200);
         record(shared, |s| {
             *s.cancels.answers.entry(label).or_default() += 1
         });
-        match verdict {
-            Verdict::Success(..) => {
+        match answer {
+            Ok(_) => {
                 record(shared, |s| s.cancels.cancelled += 1);
                 return;
             }
-            Verdict::Other(409, _) => {
+            Err(ApiError::Status { status: 409, .. }) => {
                 record(shared, |s| s.cancels.too_late += 1);
                 return;
             }
-            Verdict::Other(status, body) => {
-                record(shared, |s| {
-                    s.unexpected(format!("cancel {order_id}: {status} {}", snippet(&body)))
-                });
-                return;
-            }
-            Verdict::Retry(retry_after) => {
-                let wait = BACKOFF.delay_after(attempt, retry_after);
+            Err(error) if error.is_retryable() => {
+                let wait = wait_before(attempt, &error);
                 if Instant::now() + wait > give_up_at {
                     record(shared, |s| s.cancels.gave_up += 1);
                     return;
@@ -365,12 +298,14 @@ async fn cancel(
                 record(shared, |s| s.cancels.retried_requests += 1);
                 tokio::time::sleep(wait).await;
             }
+            Err(error) => {
+                record(shared, |s| {
+                    s.unexpected(format!("cancel {order_id}: {error}"))
+                });
+                return;
+            }
         }
     }
-}
-
-fn snippet(body: &str) -> String {
-    body.chars().take(200).collect()
 }
 
 #[cfg(test)]
