@@ -30,7 +30,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -42,7 +41,7 @@ use eventstore_proto::{CreateEventRequest, Event};
 use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use sqlx::{Connection as _, Executor as _, PgConnection};
-use testkit::{NatsServer, Postgres};
+use testkit::{NatsServer, Postgres, procfs};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -58,8 +57,6 @@ const CHANNELS: usize = 4;
 const CLIENTS: [usize; 3] = [1, 16, 64];
 /// Longest wait for the relay to publish what a run appended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
-/// Clock ticks per second of /proc/*/stat (USER_HZ, 100 on every mainstream Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
 const SCRATCH_DB: &str = "benchscratch";
 
 fn main() -> anyhow::Result<()> {
@@ -405,7 +402,7 @@ impl Machine {
         .context("read the PostgreSQL settings")?;
         let postmaster = u32::try_from(backend)
             .ok()
-            .and_then(|pid| proc_stat(&PathBuf::from(format!("/proc/{pid}/stat"))))
+            .and_then(|pid| procfs::process(&pid.to_string()))
             .map(|stat| stat.ppid);
         let kernel = std::process::Command::new("uname")
             .arg("-r")
@@ -478,33 +475,6 @@ fn loadavg() -> String {
 // ---------------------------------------------------------------------------------------------
 // CPU accounting from /proc
 
-struct ProcStat {
-    comm: String,
-    ppid: u32,
-    /// utime + stime + cutime + cstime, in ticks.
-    ticks: u64,
-}
-
-fn proc_stat(path: &Path) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // After the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
-    let ppid = fields.get(1)?.parse().ok()?;
-    let mut ticks = 0u64;
-    for index in 11..=14 {
-        ticks += fields
-            .get(index)?
-            .parse::<i64>()
-            .ok()?
-            .max(0)
-            .unsigned_abs();
-    }
-    Some(ProcStat { comm, ppid, ticks })
-}
-
 #[derive(Default, Clone, Copy)]
 struct CpuSnapshot {
     postgres: u64,
@@ -527,41 +497,29 @@ impl CpuSnapshot {
                 else {
                     continue;
                 };
-                let Some(stat) = proc_stat(&entry.path().join("stat")) else {
+                let Some(stat) = procfs::stat(&entry.path().join("stat")) else {
                     continue;
                 };
                 if Some(pid) == postmaster || (Some(stat.ppid) == postmaster) {
-                    snapshot.postgres += stat.ticks;
+                    snapshot.postgres += stat.own_ticks + stat.reaped_ticks;
                 } else if stat.ppid == me && stat.comm == "nats-server" {
-                    snapshot.nats += stat.ticks;
+                    snapshot.nats += stat.own_ticks + stat.reaped_ticks;
                 }
             }
         }
         if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
             for task in tasks.flatten() {
-                let Some(stat) = proc_stat(&task.path().join("stat")) else {
+                let Some(stat) = procfs::stat(&task.path().join("stat")) else {
                     continue;
                 };
                 if stat.comm.starts_with("eventstore") {
-                    snapshot.eventstore += stat.ticks;
+                    snapshot.eventstore += stat.own_ticks + stat.reaped_ticks;
                 } else {
-                    snapshot.client += stat.ticks;
+                    snapshot.client += stat.own_ticks + stat.reaped_ticks;
                 }
             }
         }
-        if let Some(line) = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| s.lines().next().map(str::to_owned))
-        {
-            let values: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            let total: u64 = values.iter().take(8).sum();
-            let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-            snapshot.machine_busy = total.saturating_sub(idle);
-        }
+        snapshot.machine_busy = procfs::machine_busy_ticks().unwrap_or(0);
         snapshot
     }
 }
@@ -578,7 +536,7 @@ struct CpuUse {
 
 impl CpuUse {
     fn between(before: CpuSnapshot, after: CpuSnapshot, elapsed: Duration) -> CpuUse {
-        let secs = elapsed.as_secs_f64().max(1e-3) * TICKS_PER_SECOND;
+        let secs = elapsed.as_secs_f64().max(1e-3) * procfs::TICKS_PER_SECOND;
         let cores = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
         let postgres = cores(before.postgres, after.postgres);
         let nats = cores(before.nats, after.nats);

@@ -5,6 +5,7 @@ pub mod jetstream;
 mod nats;
 mod nats_cluster;
 mod postgres;
+pub mod procfs;
 mod support;
 pub mod tls;
 mod zipkin;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 use self::measure::{LOAD_GENERATOR, Snapshot, difference, snapshot};
 use self::stack::{Stack, Tracing};
@@ -187,7 +188,11 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 
 /// What a phase needs of a started bench stack.
 struct Bench {
+    /// The `postgres` database (statistics, pgbench's scratch database), eventstoredb and
+    /// ordersdb: one connection each, made once, so the polls of a phase fork no backends.
     postgres: PgPool,
+    events: PgPool,
+    orders: PgPool,
     database_urls: String,
     pg_port: u16,
     nats_http_port: u16,
@@ -208,11 +213,20 @@ impl Bench {
         args: &Args,
     ) -> anyhow::Result<Bench> {
         stack.restart(bin_dir, tracing)?;
-        let postgres = PgPool::connect(&stack.database_url("postgres"))
-            .await
-            .context("connecting to the bench stack's PostgreSQL")?;
+        let connect = |database: &str| {
+            let url = stack.database_url(database);
+            async move {
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .with_context(|| format!("connecting to the bench stack's {url}"))
+            }
+        };
         Ok(Bench {
-            postgres,
+            postgres: connect("postgres").await?,
+            events: connect("eventstoredb").await?,
+            orders: connect("ordersdb").await?,
             database_urls: stack.database_url(""),
             pg_port: stack.pg_port(),
             nats_http_port: stack.nats_http_port(),
@@ -229,11 +243,8 @@ impl Bench {
             .replacen("/?", &format!("/{database}?"), 1)
     }
 
-    async fn count(&self, database: &str, sql: &str) -> anyhow::Result<i64> {
-        let pool = PgPool::connect(&self.database_url(database)).await?;
-        let count: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await?;
-        pool.close().await;
-        Ok(count)
+    async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
     }
 
     async fn pgbench(&self, pgbench: &Path, seconds: u32) -> anyhow::Result<f64> {
@@ -397,16 +408,16 @@ impl Bench {
     }
 
     async fn created(&self) -> anyhow::Result<i64> {
-        self.count(
-            "eventstoredb",
+        Bench::count(
+            &self.events,
             "SELECT count(*) FROM events WHERE event_type = 'created'",
         )
         .await
     }
 
     async fn finals(&self) -> anyhow::Result<i64> {
-        self.count(
-            "ordersdb",
+        Bench::count(
+            &self.orders,
             &format!("SELECT count(*) FROM orders WHERE status IN {FINAL_STATUSES}"),
         )
         .await
@@ -420,14 +431,11 @@ impl Bench {
         created_before: i64,
         finals_before: i64,
     ) -> anyhow::Result<(f64, u64)> {
-        let orders = PgPool::connect(&self.database_url("ordersdb")).await?;
         let created = u64::try_from(self.created().await? - created_before).unwrap_or(0);
-        let query = format!("SELECT count(*) FROM orders WHERE status IN {FINAL_STATUSES}");
         let deadline = Instant::now() + Duration::from_secs(600);
         let (mut last_change, mut last_finals) = (Instant::now(), None);
         loop {
-            let finals: i64 = sqlx::query_scalar(&query).fetch_one(&orders).await?;
-            let finals = u64::try_from(finals - finals_before).unwrap_or(0);
+            let finals = u64::try_from(self.finals().await? - finals_before).unwrap_or(0);
             let now = Instant::now();
             if last_finals != Some(finals) {
                 (last_change, last_finals) = (now, Some(finals));
@@ -470,8 +478,7 @@ impl Bench {
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline
-            && self
-                .count("eventstoredb", "SELECT count(*) FROM outbox")
+            && Bench::count(&self.events, "SELECT count(*) FROM outbox")
                 .await
                 .unwrap_or(1)
                 > 0

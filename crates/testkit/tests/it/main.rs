@@ -3,5 +3,6 @@
 mod nats;
 mod nats_cluster;
 mod postgres;
+mod procfs;
 mod support;
 mod zipkin;
