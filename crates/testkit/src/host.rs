@@ -2,5 +2,5 @@
 //! which runs its own long-lived PostgreSQL and nats-server the same way.
 
 pub use crate::nats::{NATS_FOLDERS, find_nats_server, spawn_logged, wait_ready};
-pub use crate::postgres::PgTools;
+pub use crate::postgres::{PgTools, find_tool as find_postgres_tool};
 pub use crate::support::{port_accepts, process_alive, read_lossy, tail};

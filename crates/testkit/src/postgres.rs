@@ -42,6 +42,12 @@ pub struct Postgres {
     port: u16,
 }
 
+/// Another PostgreSQL program (`pgbench`, `psql`, …), found as [`PgTools::find`] finds initdb:
+/// on PATH, then in the highest /usr/lib/postgresql/*/bin.
+pub fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
+    find_binary(name, &postgres_bin_folders())
+}
+
 /// PostgreSQL's tools (initdb, pg_ctl, pg_isready) and the user they run as: the `postgres` system
 /// user when this process is root, since PostgreSQL refuses to run as root. [`Postgres`] and the
 /// dev stack (crates/devstack) run their clusters with them.

@@ -95,8 +95,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             orderctl.display()
         );
     }
-    let pgbench =
-        find_tool("pgbench").context("pgbench is needed (apt-get install -y postgresql-client)")?;
+    let pgbench = testkit::host::find_postgres_tool("pgbench")
+        .context("pgbench is needed (apt-get install -y postgresql-client)")?;
     let stack_dir = args
         .stack_dir
         .clone()
@@ -166,24 +166,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// Runs `command` to its end off the async threads.
 async fn output_of(mut command: Command) -> anyhow::Result<std::process::Output> {
     Ok(tokio::task::spawn_blocking(move || command.output()).await??)
-}
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    });
-    on_path.or_else(|| {
-        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .flatten()
-            .map(|version| version.path().join("bin").join(name))
-            .filter(|path| path.is_file())
-            .collect();
-        found.sort();
-        found.pop()
-    })
 }
 
 /// What a phase needs of a started bench stack.
