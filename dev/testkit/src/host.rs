@@ -1,4 +1,4 @@
-//! The test kit's ways of finding and running the servers, for the dev stack (crates/devstack),
+//! The test kit's ways of finding and running the servers, for the dev stack (dev/devstack),
 //! which runs its own long-lived PostgreSQL and nats-server the same way.
 
 pub use crate::nats::{NATS_FOLDERS, find_nats_server, spawn_logged, wait_ready};

@@ -1,7 +1,7 @@
 //! The orders a load places: a [`Mix`] that, with the default limits (wallets of 1000.00, review up
 //! to 500.00), ends mostly Approved, some Rejected (over the review limit, refunded) and some
 //! PaymentFailed (over any fresh wallet, or a wallet the run has drained). `orderctl load` and the
-//! chaos run (`crates/chaos`) both make their orders here, each with its own mix.
+//! chaos run (`dev/chaos`) both make their orders here, each with its own mix.
 
 use std::ops::RangeInclusive;
 

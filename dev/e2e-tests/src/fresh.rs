@@ -3,7 +3,7 @@
 //!
 //! What a binary is built from is what cargo itself watches: the dep-info file it writes beside the
 //! binary (`target/debug/ordersvc.d`) lists every file rustc read for it and every file a build
-//! script asked to watch: the crate's own sources, those of `crates/runtime`, `crates/domain` and
+//! script asked to watch: the crate's own sources, those of `crates/pipeline-runtime`, `crates/order-domain` and
 //! `proto` (with `eventstore.proto`), the migrations. Cargo rebuilds a binary when one of them is
 //! newer than the build, so "older than one of them" is exactly "`cargo build --bins` would rebuild
 //! it", and the build always clears the refusal.

@@ -50,7 +50,7 @@ pub fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
 
 /// PostgreSQL's tools (initdb, pg_ctl, pg_isready) and the user they run as: the `postgres` system
 /// user when this process is root, since PostgreSQL refuses to run as root. [`Postgres`] and the
-/// dev stack (crates/devstack) run their clusters with them.
+/// dev stack (dev/devstack) run their clusters with them.
 #[derive(Debug, Clone)]
 pub struct PgTools {
     initdb: PathBuf,
