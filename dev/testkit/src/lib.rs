@@ -4,6 +4,7 @@ pub mod host;
 pub mod jetstream;
 mod nats;
 mod nats_cluster;
+pub mod patroni;
 mod postgres;
 pub mod procfs;
 mod support;
@@ -12,6 +13,7 @@ mod zipkin;
 
 pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
+pub use patroni::PgCluster;
 pub use postgres::Postgres;
 pub use support::free_port;
 pub use zipkin::Zipkin;

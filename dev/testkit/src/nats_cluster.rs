@@ -1,7 +1,5 @@
 //! A throwaway three-node nats-server cluster with clustered JetStream, run as child processes.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -11,8 +9,8 @@ use tempfile::TempDir;
 
 use crate::nats::{find_nats_server, spawn_logged, wait_ready};
 use crate::support::{
-    PORT_ATTEMPTS, START_TIMEOUT, pick_port, process_alive, read_lossy, tail, temp_folder,
-    wait_until,
+    PORT_ATTEMPTS, START_TIMEOUT, http_request, pick_port, process_alive, read_lossy, tail,
+    temp_folder, wait_until,
 };
 
 /// Nodes in the cluster: the smallest that keeps a majority (two) when one node is down.
@@ -398,27 +396,7 @@ impl Drop for NatsCluster {
     }
 }
 
-/// A plain HTTP/1.0 GET on 127.0.0.1:`port` (the monitoring endpoints need nothing more): the status
-/// code and the body.
+/// `GET path` on a node's monitoring port.
 fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .with_context(|| format!("asking {addr}{path}"))?;
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .with_context(|| format!("reading {addr}{path}"))?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no status line from {addr}{path}: {head:?}"))?;
-    Ok((status, body.to_owned()))
+    http_request(port, "GET", path, None, Duration::from_secs(2))
 }

@@ -2,7 +2,7 @@
 //! the `postgres` user can enter, and reading logs.
 
 use std::ffi::OsStr;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -84,7 +84,7 @@ pub(crate) fn wait_until(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("timed out after {START_TIMEOUT:?} waiting for {what}");
+            bail!("timed out waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -185,6 +185,15 @@ fn traversable_by_all(dir: &Path) -> bool {
 
 /// Finds `name` on PATH, then in `fallbacks`; the error says what is missing and how to install it.
 pub(crate) fn find_binary(name: &str, fallbacks: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    find_binary_or(name, fallbacks, INSTALL_HINT)
+}
+
+/// [`find_binary`] with the error's installation hint given (`hint`).
+pub(crate) fn find_binary_or(
+    name: &str,
+    fallbacks: &[PathBuf],
+    hint: &str,
+) -> anyhow::Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|path| {
             std::env::split_paths(&path)
@@ -196,9 +205,7 @@ pub(crate) fn find_binary(name: &str, fallbacks: &[PathBuf]) -> anyhow::Result<P
         .into_iter()
         .chain(fallbacks.iter().map(|dir| dir.join(name)))
         .find(|candidate| is_executable(candidate))
-        .with_context(|| {
-            format!("`{name}` is neither on PATH nor in {fallbacks:?}; {INSTALL_HINT}")
-        })
+        .with_context(|| format!("`{name}` is neither on PATH nor in {fallbacks:?}; {hint}"))
 }
 
 pub(crate) fn is_executable(path: &Path) -> bool {
@@ -242,6 +249,27 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// The process group of `pid` (the third field after the command name in /proc/PID/stat).
+pub(crate) fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Sends SIGKILL to every process of group `pgid` through kill(1); errors are ignored, as in
+/// [`kill_process`]. Refuses group 0 and 1 and this process's own group.
+pub(crate) fn kill_group(pgid: u32) {
+    if pgid <= 1 || process_group(std::process::id()) == Some(pgid) {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// Sends SIGKILL to `pid` through kill(1): the last resort of a `Drop`, so errors are ignored.
 pub(crate) fn kill_process(pid: u32) {
     let _ = std::process::Command::new("kill")
@@ -250,4 +278,44 @@ pub(crate) fn kill_process(pid: u32) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status();
+}
+
+/// A plain HTTP/1.0 request on 127.0.0.1:`port` (monitoring and REST endpoints need nothing more):
+/// the status code and the body. `body` is sent as JSON when given.
+pub(crate) fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("asking {addr}{path}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .with_context(|| format!("reading {addr}{path}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status line from {addr}{path}: {head:?}"))?;
+    Ok((status, body.to_owned()))
 }

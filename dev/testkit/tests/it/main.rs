@@ -2,6 +2,7 @@
 
 mod nats;
 mod nats_cluster;
+mod patroni;
 mod postgres;
 mod procfs;
 mod support;
