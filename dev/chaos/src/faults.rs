@@ -27,6 +27,18 @@ pub enum Component {
     NatsServer,
     #[serde(rename = "postgresql")]
     Postgres,
+    /// The Patroni cluster's leader node: its Patroni and its PostgreSQL together.
+    #[serde(rename = "db-leader")]
+    DbLeader,
+    /// The cluster's synchronous standby (Patroni and PostgreSQL).
+    #[serde(rename = "db-sync-standby")]
+    DbSyncStandby,
+    /// The leader's PostgreSQL alone; its Patroni lives on and starts it again.
+    #[serde(rename = "db-leader-postgres")]
+    DbLeaderPostgres,
+    /// One etcd member of the three.
+    #[serde(rename = "etcd")]
+    Etcd,
 }
 
 impl Component {
@@ -46,13 +58,29 @@ impl Component {
             Component::Deadlinewatcher => "deadlinewatcher",
             Component::NatsServer => "nats-server",
             Component::Postgres => "postgresql",
+            Component::DbLeader => "db-leader",
+            Component::DbSyncStandby => "db-sync-standby",
+            Component::DbLeaderPostgres => "db-leader-postgres",
+            Component::Etcd => "etcd",
         }
+    }
+
+    /// A part of the Patroni cluster (`--schedule db`).
+    fn is_database_cluster(self) -> bool {
+        matches!(
+            self,
+            Component::DbLeader
+                | Component::DbSyncStandby
+                | Component::DbLeaderPostgres
+                | Component::Etcd
+        )
     }
 
     /// The service's name in [`Pipeline`], for the six binaries of the workspace.
     fn service(self) -> Option<&'static str> {
         match self {
             Component::NatsServer | Component::Postgres => None,
+            cluster if cluster.is_database_cluster() => None,
             other => Some(other.name()),
         }
     }
@@ -81,6 +109,10 @@ pub enum Schedule {
     /// paymentworker, reviewworker and querymodelworker frozen past them, the watcher and the event
     /// store killed while they fall, then every process killed once.
     Deadlines,
+    /// The pipeline on three PostgreSQL nodes under Patroni: the leader's node killed, the
+    /// synchronous standby killed, an etcd member killed, the leader's PostgreSQL alone killed,
+    /// a planned switchover; repeated while the duration leaves room.
+    Db,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +125,8 @@ enum Step {
     Freeze(Component),
     /// SIGCONT.
     Thaw(Component),
+    /// A planned switchover of the Patroni cluster to its synchronous standby.
+    Switchover,
     Wait(Duration),
 }
 
@@ -119,6 +153,10 @@ impl Fault {
             .iter()
             .map(|step| match step {
                 Step::Wait(wait) => *wait,
+                // A leader election waits out Patroni's ttl (20 s); a node rejoins in seconds.
+                Step::Kill(Component::DbLeader) => Duration::from_secs(20),
+                Step::Start(c) if c.is_database_cluster() => Duration::from_secs(5),
+                Step::Switchover => Duration::from_secs(5),
                 Step::Start(_) => Duration::from_secs(2),
                 _ => Duration::ZERO,
             })
@@ -136,10 +174,10 @@ fn worker(rng: &mut StdRng) -> Component {
 }
 
 fn kill(component: Component, down: Duration) -> Fault {
-    let how = if component == Component::Postgres {
-        "crash (immediate shutdown)"
-    } else {
-        "SIGKILL"
+    let how = match component {
+        Component::Postgres => "crash (immediate shutdown)",
+        Component::DbLeader | Component::DbSyncStandby => "SIGKILL Patroni and PostgreSQL of",
+        _ => "SIGKILL",
     };
     Fault::new(
         format!(
@@ -258,6 +296,30 @@ fn deadline_round(rng: &mut StdRng, config: &Config, pause: Duration) -> Vec<Fau
     ]
 }
 
+/// The database faults of `--schedule db`, each alone: the leader's node, the synchronous
+/// standby, an etcd member and the leader's PostgreSQL alone killed, and a planned switchover.
+fn db_round(rng: &mut StdRng, config: &Config) -> Vec<Fault> {
+    use Component::*;
+    let mut faults = vec![
+        kill(DbLeader, down(rng, config, 3000, 8000)),
+        kill(DbSyncStandby, down(rng, config, 3000, 8000)),
+        kill(Etcd, down(rng, config, 3000, 8000)),
+        Fault::new(
+            "SIGKILL the leader's PostgreSQL alone (its Patroni starts it again)".to_owned(),
+            vec![Step::Kill(DbLeaderPostgres), Step::Start(DbLeaderPostgres)],
+        ),
+        Fault::new(
+            "planned switchover to the synchronous standby".to_owned(),
+            vec![Step::Switchover],
+        ),
+    ];
+    // A different order each round, so a fault also meets the aftermath of each other one.
+    for i in (1..faults.len()).rev() {
+        faults.swap(i, rng.random_range(0..=i));
+    }
+    faults
+}
+
 /// The faults of a run, each with its planned start, spread over `config.duration`: a warm-up,
 /// then each fault followed by an equal share of the remaining time to recover (at least a few
 /// seconds). The full schedule is repeated as long as each pass leaves about eight seconds of
@@ -268,6 +330,7 @@ pub(crate) fn plan(config: &Config) -> Vec<Fault> {
     let (warmup, min_recovery) = match config.schedule {
         Schedule::Full => (Duration::from_secs(5), Duration::from_secs(6)),
         Schedule::Short | Schedule::Deadlines => (Duration::from_secs(3), Duration::from_secs(4)),
+        Schedule::Db => (Duration::from_secs(5), Duration::from_secs(8)),
     };
     let mut faults = match config.schedule {
         Schedule::Short => short_round(&mut rng, config),
@@ -277,6 +340,18 @@ pub(crate) fn plan(config: &Config) -> Vec<Fault> {
                 .deadlines
                 .map_or(Duration::from_secs(60), |d| d.payment.max(d.review));
             deadline_round(&mut rng, config, longest + Duration::from_secs(2))
+        }
+        Schedule::Db => {
+            let first = db_round(&mut rng, config);
+            let pass: Duration = first.iter().map(Fault::nominal).sum::<Duration>()
+                + Duration::from_secs(10) * u32::try_from(first.len()).unwrap_or(u32::MAX);
+            let room = config.duration.saturating_sub(warmup);
+            let rounds = (room.as_secs_f64() / pass.as_secs_f64()).floor().max(1.0) as usize;
+            let mut faults = first;
+            for _ in 1..rounds {
+                faults.extend(db_round(&mut rng, config));
+            }
+            faults
         }
         Schedule::Full => {
             let first = full_round(&mut rng, config);
@@ -341,6 +416,9 @@ struct Down {
     since: Instant,
     /// "consuming" lines in a worker's log when it was killed: one more means it is back.
     consuming_mark: usize,
+    /// The database node or etcd member it was, for a part of the Patroni cluster; for a
+    /// switchover, the leader it moved away from.
+    node: Option<usize>,
     ready_at: Option<Instant>,
 }
 
@@ -399,6 +477,20 @@ async fn run_fault(
     for step in &fault.steps {
         match *step {
             Step::Wait(wait) => tokio::time::sleep(wait).await,
+            Step::Kill(component) if component.is_database_cluster() => {
+                let etcd_member = outcome.records.len() % 3;
+                match database::kill(pipeline, component, etcd_member) {
+                    Ok(node) => downs.push(Down {
+                        component,
+                        how: "SIGKILL",
+                        since: Instant::now(),
+                        consuming_mark: 0,
+                        node: Some(node),
+                        ready_at: None,
+                    }),
+                    Err(problem) => outcome.problems.push(problem),
+                }
+            }
             Step::Kill(component) => {
                 let consuming_mark = consuming_lines(pipeline, component);
                 if let Err(problem) = kill_component(pipeline, component) {
@@ -413,14 +505,38 @@ async fn run_fault(
                     },
                     since: Instant::now(),
                     consuming_mark,
+                    node: None,
                     ready_at: None,
                 });
+            }
+            Step::Start(component) if component.is_database_cluster() => {
+                let node = downs
+                    .iter()
+                    .rev()
+                    .find(|d| d.component == component)
+                    .and_then(|d| d.node);
+                if let Some(node) = node
+                    && let Err(problem) = database::start(pipeline, component, node)
+                {
+                    outcome.problems.push(problem);
+                }
             }
             Step::Start(component) => {
                 if let Err(problem) = start_component(pipeline, component) {
                     outcome.problems.push(problem);
                 }
             }
+            Step::Switchover => match database::switchover(pipeline) {
+                Ok(old_leader) => downs.push(Down {
+                    component: Component::DbLeader,
+                    how: "switchover",
+                    since: Instant::now(),
+                    consuming_mark: 0,
+                    node: Some(old_leader),
+                    ready_at: None,
+                }),
+                Err(problem) => outcome.problems.push(problem),
+            },
             Step::Freeze(component) => {
                 if let Err(problem) = signal(pipeline, component, "STOP") {
                     outcome.problems.push(problem);
@@ -430,6 +546,7 @@ async fn run_fault(
                     how: "SIGSTOP",
                     since: Instant::now(),
                     consuming_mark: 0,
+                    node: None,
                     ready_at: None,
                 });
             }
@@ -496,6 +613,9 @@ async fn wait_ready(pipeline: &mut Pipeline, downs: &mut [Down], timeout: Durati
 /// worker when its log says it is consuming again.
 async fn is_ready(pipeline: &mut Pipeline, down: &Down, http: Option<&reqwest::Client>) -> bool {
     match down.component {
+        cluster if cluster.is_database_cluster() => {
+            tokio::task::block_in_place(|| database::is_back(pipeline, down))
+        }
         Component::Postgres => pipeline.postgres.is_running(),
         Component::NatsServer => pipeline.nats.is_running(),
         Component::Eventstore => match eventstore_addr(pipeline) {
@@ -544,7 +664,114 @@ fn consuming_lines(pipeline: &Pipeline, component: Component) -> usize {
         .count()
 }
 
+/// The Patroni cluster's faults (`--schedule db`): which node a role names now, killing and
+/// starting it, and when it is back.
+mod database {
+    use testkit::patroni::{PgCluster, Role};
+
+    use super::{Component, Down, Pipeline};
+
+    fn cluster(pipeline: &mut Pipeline) -> Result<&mut PgCluster, String> {
+        pipeline
+            .pg_cluster
+            .as_mut()
+            .ok_or_else(|| "the database schedule needs the Patroni cluster".to_owned())
+    }
+
+    /// Kills what `component` names now; returns the node (or etcd member) it was.
+    pub(super) fn kill(
+        pipeline: &mut Pipeline,
+        component: Component,
+        etcd_member: usize,
+    ) -> Result<usize, String> {
+        tokio::task::block_in_place(|| {
+            let cluster = cluster(pipeline)?;
+            let failed = |error: anyhow::Error| format!("killing {component}: {error:#}");
+            match component {
+                Component::DbLeader => {
+                    let leader = cluster.leader().map_err(failed)?;
+                    cluster.kill_node(leader).map_err(failed)?;
+                    Ok(leader)
+                }
+                Component::DbSyncStandby => {
+                    let standby = cluster.sync_standby().map_err(failed)?;
+                    cluster.kill_node(standby).map_err(failed)?;
+                    Ok(standby)
+                }
+                Component::DbLeaderPostgres => {
+                    let leader = cluster.leader().map_err(failed)?;
+                    cluster.kill_postgres(leader).map_err(failed)?;
+                    Ok(leader)
+                }
+                Component::Etcd => {
+                    cluster.kill_etcd(etcd_member).map_err(failed)?;
+                    Ok(etcd_member)
+                }
+                other => Err(format!("{other} is not a part of the database cluster")),
+            }
+        })
+    }
+
+    /// Starts `node` again (its Patroni, or the etcd member); the leader's PostgreSQL alone is
+    /// started by its own Patroni.
+    pub(super) fn start(
+        pipeline: &mut Pipeline,
+        component: Component,
+        node: usize,
+    ) -> Result<(), String> {
+        tokio::task::block_in_place(|| {
+            let cluster = cluster(pipeline)?;
+            let result = match component {
+                Component::DbLeader | Component::DbSyncStandby => cluster.start_node(node),
+                Component::Etcd => cluster.start_etcd(node),
+                _ => Ok(()),
+            };
+            result.map_err(|error| format!("{component} did not start again: {error:#}"))
+        })
+    }
+
+    /// Switches the leadership over to the synchronous standby; returns the old leader.
+    pub(super) fn switchover(pipeline: &mut Pipeline) -> Result<usize, String> {
+        tokio::task::block_in_place(|| {
+            let cluster = cluster(pipeline)?;
+            let failed = |error: anyhow::Error| format!("switchover: {error:#}");
+            let leader = cluster.leader().map_err(failed)?;
+            cluster.switchover(None).map_err(failed)?;
+            Ok(leader)
+        })
+    }
+
+    /// Whether the part of `down` is back: a leader leads, every node runs and follows its
+    /// timeline (so a killed node has rejoined), a killed etcd member answers; after a
+    /// switchover, another node leads.
+    pub(super) fn is_back(pipeline: &mut Pipeline, down: &Down) -> bool {
+        let Some(cluster) = pipeline.pg_cluster.as_ref() else {
+            return false;
+        };
+        if down.component == Component::Etcd {
+            return down
+                .node
+                .is_some_and(|member| cluster.layout().etcd_healthy(member));
+        }
+        let Ok(members) = cluster.members() else {
+            return false;
+        };
+        let Some(leader) = members.iter().find(|m| m.role == Role::Leader) else {
+            return false;
+        };
+        let whole = members.len() == 3
+            && members
+                .iter()
+                .all(|m| m.is_running() && m.timeline == leader.timeline);
+        let moved = down.how != "switchover" || down.node != Some(leader.index);
+        whole && moved
+    }
+}
+
 fn is_running(pipeline: &mut Pipeline, component: Component) -> bool {
+    if component.is_database_cluster() {
+        return pipeline.pg_cluster.is_some();
+    }
     match component.service() {
         Some(service) => pipeline.is_running(service, 0),
         None if component == Component::NatsServer => pipeline.nats.is_running(),
@@ -618,6 +845,7 @@ async fn check_up(pipeline: &mut Pipeline, when: &str, config: &Config, outcome:
             how: "exited",
             since: Instant::now(),
             consuming_mark: consuming_lines(pipeline, component),
+            node: None,
             ready_at: None,
         }];
         if let Err(problem) = start_component(pipeline, component) {
@@ -631,6 +859,11 @@ async fn check_up(pipeline: &mut Pipeline, when: &str, config: &Config, outcome:
 fn log_tail(pipeline: &Pipeline, component: Component) -> String {
     let log = match component.service() {
         Some(service) => pipeline.log(service, 0),
+        None if component.is_database_cluster() => pipeline
+            .pg_cluster
+            .as_ref()
+            .map(testkit::patroni::PgCluster::logs)
+            .unwrap_or_default(),
         None if component == Component::NatsServer => pipeline.nats.log(),
         None => pipeline.postgres.log(),
     };
@@ -682,6 +915,38 @@ mod tests {
             assert_eq!(killed(&faults), every);
             assert!(frozen_longer_than_the_ack_wait(&faults), "{faults:?}");
         }
+    }
+
+    #[test]
+    fn the_database_schedule_strikes_every_part_of_the_cluster_and_repeats_when_there_is_room() {
+        let config = |seconds| Config {
+            schedule: Schedule::Db,
+            ..Config::new(Duration::from_secs(seconds), 10.0, 5)
+        };
+        let once = plan(&config(60));
+        assert_eq!(
+            killed(&once),
+            [
+                Component::DbLeader,
+                Component::DbSyncStandby,
+                Component::DbLeaderPostgres,
+                Component::Etcd
+            ],
+            "{once:?}"
+        );
+        assert!(
+            once.iter()
+                .any(|f| f.steps.iter().any(|s| matches!(s, Step::Switchover))),
+            "a switchover: {once:?}"
+        );
+        // Nothing but the cluster is struck: the services ride through on their own.
+        assert!(once.iter().flat_map(|f| &f.steps).all(|step| match step {
+            Step::Kill(c) | Step::Start(c) => c.is_database_cluster(),
+            Step::Switchover | Step::Wait(_) => true,
+            Step::Freeze(_) | Step::Thaw(_) => false,
+        }));
+        let longer = plan(&config(600));
+        assert!(longer.len() >= 2 * once.len(), "{} faults", longer.len());
     }
 
     #[test]

@@ -170,8 +170,19 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     if config.deadlines.is_some() {
         env.push(("DEADLINE_SCAN_INTERVAL".to_owned(), "250ms".to_owned()));
     }
+    // The database schedule runs the pipeline on three PostgreSQL nodes under Patroni.
+    let pg_cluster = if config.schedule == Schedule::Db {
+        let cluster = tokio::task::spawn_blocking(testkit::patroni::PgCluster::start)
+            .await
+            .context("starting the Patroni cluster")?
+            .context("starting the Patroni cluster")?;
+        Some(cluster)
+    } else {
+        None
+    };
     let mut pipeline = Pipeline::start_with(Options {
         env,
+        pg_cluster,
         ..Options::default()
     })
     .await
@@ -287,6 +298,10 @@ fn copy_logs(pipeline: &Pipeline, dir: &std::path::Path) -> anyhow::Result<()> {
         pipeline.postgres.dir().join("postgres.log"),
         "postgres.log".into(),
     ));
+    if let Some(cluster) = &pipeline.pg_cluster {
+        std::fs::write(dir.join("patroni-cluster.log"), cluster.logs())
+            .context("writing the Patroni cluster's logs")?;
+    }
     for (from, name) in files {
         if from.is_file() {
             std::fs::copy(&from, dir.join(&name))

@@ -25,8 +25,10 @@ struct Cli {
     /// `full`: every process killed alone, overlapping faults and a frozen worker, repeated while
     /// the duration leaves room; `short`: a frozen worker and one kill of every process;
     /// `deadlines`: 3 s saga deadlines, each worker frozen past them, the watcher and the event
-    /// store killed while they fall.
-    #[arg(long, default_value = "full", value_parser = ["full", "short", "deadlines"])]
+    /// store killed while they fall; `db`: the pipeline on three PostgreSQL nodes under Patroni,
+    /// its leader node, synchronous standby, an etcd member and the leader's PostgreSQL alone
+    /// killed, and planned switchovers, repeated while the duration leaves room.
+    #[arg(long, default_value = "full", value_parser = ["full", "short", "deadlines", "db"])]
     schedule: String,
     /// Multiplies how long each process stays down (1.5 to 5 s at 1).
     #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
@@ -109,6 +111,7 @@ async fn main() -> ExitCode {
     let schedule = match cli.schedule.as_str() {
         "short" => Schedule::Short,
         "deadlines" => Schedule::Deadlines,
+        "db" => Schedule::Db,
         _ => Schedule::Full,
     };
     let deadlines = (schedule == Schedule::Deadlines).then_some(chaos::SHORT_DEADLINES);

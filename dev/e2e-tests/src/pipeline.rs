@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow, bail};
 use devstack::services::{self, Detach, Endpoints};
 use rust_decimal::Decimal;
 use serde_json::Value;
-use testkit::{NatsCluster, NatsServer, Postgres};
+use testkit::{NatsCluster, NatsServer, PgCluster, Postgres};
 
 /// Binaries of the workspace, found in the profile folder (`target/<profile>/`) of the running
 /// executable: a test or benchmark runs from `target/<profile>/deps/`, a binary of this crate from
@@ -54,6 +54,9 @@ pub struct Options {
     /// A three-node cluster the caller started: every process gets its nodes as `NATS_URL` (a
     /// standalone nats-server still starts, unused).
     pub nats_cluster: Option<NatsCluster>,
+    /// Three PostgreSQL nodes under Patroni the caller started: every process reaches its
+    /// databases through the cluster's HAProxy (a standalone PostgreSQL still starts, unused).
+    pub pg_cluster: Option<PgCluster>,
     /// Bootstrap only: start no service.
     pub no_services: bool,
 }
@@ -72,6 +75,8 @@ pub struct Pipeline {
     pub nats: NatsServer,
     /// The cluster of [`Options::nats_cluster`], which `NATS_URL` then names.
     pub nats_cluster: Option<NatsCluster>,
+    /// The cluster of [`Options::pg_cluster`], whose HAProxy the database URLs then name.
+    pub pg_cluster: Option<PgCluster>,
     logs: tempfile::TempDir,
     eventstore_port: u16,
     ordersvc_port: u16,
@@ -134,6 +139,7 @@ impl Pipeline {
             postgres,
             nats,
             nats_cluster: options.nats_cluster,
+            pg_cluster: options.pg_cluster,
             logs: tempfile::tempdir().context("creating the log folder")?,
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
@@ -196,7 +202,10 @@ impl Pipeline {
 
     /// `database` as the administrator (`root`), who may read and change everything.
     pub fn database_url(&self, database: &str) -> String {
-        self.postgres.url(database)
+        match &self.pg_cluster {
+            Some(cluster) => cluster.url(database),
+            None => self.postgres.url(database),
+        }
     }
 
     /// `database` as role `user` (no password: the test kit's PostgreSQL trusts local logins, so
@@ -208,7 +217,10 @@ impl Pipeline {
     /// Where the processes find each other and their databases.
     fn endpoints(&self) -> Endpoints {
         Endpoints {
-            pg_port: self.postgres.port(),
+            pg_port: self
+                .pg_cluster
+                .as_ref()
+                .map_or_else(|| self.postgres.port(), PgCluster::port),
             nats_url: self.default_nats_url(),
             eventstore_port: self.eventstore_port,
             ordersvc_port: self.ordersvc_port,
