@@ -171,6 +171,12 @@ async fn under(fault: Fault) -> Seen {
     });
 
     let seen = seen(&offered);
+    // An outage is a 503 with Retry-After (or a connection refused), never a 500.
+    assert!(
+        seen.unexpected.is_empty(),
+        "tries answered with other failures than 503: {:?}",
+        seen.unexpected
+    );
     assert!(
         offered.len() as u64 >= RATE * 8,
         "the load ran ({} orders offered)",

@@ -16,12 +16,16 @@ use rust_decimal::Decimal;
 /// Every tenth order is above the review limit: Rejected, then refunded.
 const BIG_EVERY: usize = 10;
 
-/// One try of a POST: when it was sent and whether it was answered 2xx.
+/// One try of a POST: when it was sent, when it ended, and its HTTP status (`None`: a network
+/// error or a timeout).
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt {
     pub sent: Instant,
     pub answered: Instant,
     pub ok: bool,
+    pub status: Option<u16>,
+    /// The answer said when to come back (`Retry-After`).
+    pub retry_after: bool,
 }
 
 /// One POSTed order: its key, its customer, whether it must end Rejected, every try and how the
@@ -57,13 +61,15 @@ async fn post_with_retries(
             .json(&body)
             .send()
             .await;
-        let ok = answer
-            .as_ref()
-            .is_ok_and(|response| response.status().is_success());
+        let status = answer.as_ref().ok().map(|r| r.status().as_u16());
         attempts.push(Attempt {
             sent,
             answered: Instant::now(),
-            ok,
+            ok: status.is_some_and(|s| (200..300).contains(&s)),
+            status,
+            retry_after: answer
+                .as_ref()
+                .is_ok_and(|r| r.headers().contains_key("retry-after")),
         });
         let last = match answer {
             Ok(response) if response.status().is_success() => {
@@ -159,6 +165,9 @@ impl Load {
 pub struct Seen {
     pub tries: usize,
     pub failed: usize,
+    /// Failed tries answered with something else than a 503 with `Retry-After` (a 500, say):
+    /// each is a bug.
+    pub unexpected: Vec<u16>,
     pub outage: Duration,
     /// The slowest try that was answered 2xx.
     pub slowest_ok: Duration,
@@ -192,6 +201,11 @@ pub fn seen(offered: &[Offered]) -> Seen {
             .unwrap_or_default(),
         tries: attempts.len(),
         failed: attempts.iter().filter(|a| !a.ok).count(),
+        unexpected: attempts
+            .iter()
+            .filter(|a| !(a.ok || a.status == Some(503) && a.retry_after))
+            .filter_map(|a| a.status)
+            .collect(),
         outage: answered
             .windows(2)
             .map(|pair| pair[1] - pair[0])
