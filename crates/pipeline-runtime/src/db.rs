@@ -10,9 +10,25 @@
 //! Both engines the project runs on (CockroachDB in production, PostgreSQL at SERIALIZABLE in tests)
 //! abort a transaction that would break serializability with SQLSTATE 40001 and expect the client to
 //! run it again. [`retry`] does that, bounded and jittered; every transaction goes through it.
+//!
+//! A failover (or any network fault) breaks connections in the middle of their work: sqlx 0.8
+//! reports a socket closed or reset under a query, or under its `COMMIT`, as `sqlx::Error::Io`
+//! (`UnexpectedEof` "expected to read 5 bytes, got 0 bytes at EOF", `ConnectionReset`), never as
+//! `Protocol`; a node shutting down answers SQLSTATE 57P01/57P02; a deposed leader that is now a
+//! replica refuses writes with 25006. [`is_unavailable`] calls all of these an outage. After an
+//! outage at `COMMIT` the outcome is unknown: the caller retries, and every write is idempotent
+//! (event ids, payment ids, version checks), so a commit that did happen is found, not repeated.
+//!
+//! sqlx closes a connection whose socket broke by itself (its check on release fails), but not one
+//! to a server that is alive and now read-only. [`retry`] therefore notes every such fault
+//! ([`note_connection_fault`]) and the pools of [`lazy_pool`] refuse any idle connection opened
+//! before the last one: after a failover, every connection is opened again, through the proxy, to
+//! the new leader. That costs a clock reading per checkout, no round trip.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -24,6 +40,11 @@ use crate::backoff::{Backoff, Jitter};
 pub const SERIALIZATION_FAILURE: &str = "40001";
 /// SQLSTATE of a unique violation.
 pub const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE of a write refused by a read-only node: a deposed leader, a replica.
+pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+/// SQLSTATE CockroachDB gives when a node failed while the statement ran and its outcome is
+/// unknown ("result is ambiguous").
+pub const STATEMENT_COMPLETION_UNKNOWN: &str = "40003";
 
 /// How many times a transaction is attempted before its serialization failure is returned.
 pub const MAX_ATTEMPTS: u32 = 10;
@@ -43,6 +64,9 @@ pub fn lazy_pool(
         // server dropped fails its first statement instead, and that failure is an outage the
         // caller already retries (an HTTP 503, a `nak`, a batch planned again).
         .test_before_acquire(false)
+        // A connection older than the last connection fault may lead to a node that is no longer
+        // the leader; a new one goes where the database now is.
+        .before_acquire(|_conn, meta| Box::pin(async move { Ok(!opened_before_fault(meta.age)) }))
         .connect_lazy_with(options))
 }
 
@@ -80,25 +104,70 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
     sqlstate(err).as_deref() == Some(SERIALIZATION_FAILURE)
 }
 
-/// True for errors that mean the database cannot be reached or is restarting: the caller should
-/// answer "unavailable" and try later, not report a bug.
+/// True for errors that mean the database cannot be reached, is restarting or failing over: the
+/// caller should answer "unavailable" and try later, not report a bug.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 57P0x: admin/crash shutdown, cannot connect now;
-            // 53: insufficient resources; 40001 after all retries is also "try again later".
-            code.starts_with("08")
-                || code.starts_with("57P")
+            // 53: insufficient resources; 40001 after all retries is also "try again later";
+            // 40003: CockroachDB lost a node under the statement, the outcome is unknown.
+            is_connection_fault(err)
                 || code.starts_with("53")
                 || code == SERIALIZATION_FAILURE
+                || code == STATEMENT_COMPLETION_UNKNOWN
+        }),
+        _ => is_connection_fault(err),
+    }
+}
+
+/// True for errors that say the connection itself is no good: its socket broke, its server is
+/// shutting down, or its server no longer takes writes. Such a connection must not be used again.
+pub fn is_connection_fault(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P0x: admin/crash shutdown, cannot connect now;
+            // 25006: a read-only node (a deposed leader that is a replica now).
+            code.starts_with("08") || code.starts_with("57P") || code == READ_ONLY_SQL_TRANSACTION
         }),
         _ => false,
     }
+}
+
+/// When the last connection fault was seen, in nanoseconds since [`epoch`]; 0: never.
+static LAST_FAULT: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    // Never 0, which means "no fault"; u64 nanoseconds last 584 years.
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Records `err` if it is a [`connection fault`](is_connection_fault): from now on, the pools of
+/// [`lazy_pool`] open new connections instead of handing out those opened before. Process-wide,
+/// not per pool: a fault of one pool's server makes another's reconnect once, which costs a
+/// connection set-up, while a missed fault costs a stream of errors.
+pub fn note_connection_fault(err: &sqlx::Error) {
+    if is_connection_fault(err) {
+        LAST_FAULT.fetch_max(nanos_since_epoch(Instant::now()), Ordering::Relaxed);
+    }
+}
+
+/// Whether a connection of this `age` was opened before the last connection fault.
+fn opened_before_fault(age: Duration) -> bool {
+    let fault = LAST_FAULT.load(Ordering::Relaxed);
+    if fault == 0 {
+        return false;
+    }
+    let opened = Instant::now().checked_sub(age).unwrap_or_else(epoch);
+    nanos_since_epoch(opened) <= fault
 }
 
 /// Starts a transaction at READ COMMITTED, for a transaction whose races are caught by guards of
@@ -121,7 +190,8 @@ pub async fn begin_guarded(
 /// failed [`MAX_ATTEMPTS`] times. Sleeps a jittered, growing delay between attempts.
 ///
 /// `attempt` must run a whole transaction (begin to commit) and be safe to run again: the commit of a
-/// failed attempt never happened.
+/// failed attempt never happened. A connection fault is not retried here (the database may be gone
+/// for seconds); it is noted, so the pool drops the connections it may have broken, and returned.
 pub async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
@@ -130,7 +200,11 @@ where
     let mut tries = 0;
     loop {
         tries += 1;
-        match attempt().await {
+        let outcome = attempt().await;
+        if let Err(err) = &outcome {
+            note_connection_fault(err);
+        }
+        match outcome {
             Err(err) if is_retryable(&err) && tries < MAX_ATTEMPTS => {
                 let delay = backoff(tries);
                 tracing::debug!(
@@ -181,5 +255,108 @@ mod tests {
     fn an_unreachable_pool_is_unavailable() {
         assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
         assert!(!is_retryable(&sqlx::Error::PoolTimedOut));
+        // A pool that times out says nothing about the connections it holds.
+        assert!(!is_connection_fault(&sqlx::Error::PoolTimedOut));
+    }
+
+    /// A database error with only a SQLSTATE, as the server sends it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn database(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Sqlstate(code)))
+    }
+
+    #[test]
+    fn what_a_failover_answers_is_an_outage_of_the_connection() {
+        let eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 5 bytes, got 0 bytes at EOF",
+        );
+        let failover = [
+            sqlx::Error::Io(eof),
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+            sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into()),
+            database("57P01"),
+            database("57P02"),
+            database("57P03"),
+            database("08006"),
+            database(READ_ONLY_SQL_TRANSACTION),
+        ];
+        for err in &failover {
+            assert!(is_unavailable(err), "{err:?}");
+            assert!(is_connection_fault(err), "{err:?}");
+            assert!(!is_retryable(err), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn an_outage_of_the_database_leaves_its_connections_alone() {
+        for code in [SERIALIZATION_FAILURE, STATEMENT_COMPLETION_UNKNOWN, "53300"] {
+            let err = database(code);
+            assert!(is_unavailable(&err), "{code}");
+            assert!(!is_connection_fault(&err), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_bug_or_a_refused_statement_is_not_an_outage() {
+        let others = [
+            database(UNIQUE_VIOLATION),
+            database("42P01"),
+            database("57014"),
+            sqlx::Error::RowNotFound,
+            sqlx::Error::Protocol("unexpected message".into()),
+            sqlx::Error::Decode("bad column".into()),
+        ];
+        for err in &others {
+            assert!(!is_unavailable(err), "{err:?}");
+            assert!(!is_connection_fault(err), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_connection_fault_retires_the_connections_opened_before_it() {
+        // Opened a minute ago, the fault is now: retired.
+        note_connection_fault(&database("57P01"));
+        assert!(opened_before_fault(Duration::from_secs(60)));
+        // Opened after the fault: kept.
+        let fault = LAST_FAULT.load(Ordering::Relaxed);
+        while nanos_since_epoch(Instant::now()) <= fault {
+            std::hint::spin_loop();
+        }
+        assert!(!opened_before_fault(Duration::ZERO));
+        // Not a connection fault: nothing recorded, the fresh connection stays.
+        note_connection_fault(&database(SERIALIZATION_FAILURE));
+        assert!(!opened_before_fault(Duration::ZERO));
     }
 }

@@ -16,7 +16,7 @@ use pipeline_runtime::stream::{
 };
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use testkit::{NatsServer, Postgres};
+use testkit::{CutProxy, NatsServer, Postgres};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -36,6 +36,9 @@ pub struct Setup {
     pub client_timeout: Duration,
     /// How long the `wait_*` helpers wait for the pipeline to reach a state.
     pub patience: Duration,
+    /// The event store reaches its database through a [`CutProxy`] ([`Stack::eventstore_cut`]),
+    /// so a test can break its connections.
+    pub cut_eventstore_db: bool,
 }
 
 impl Default for Setup {
@@ -47,6 +50,7 @@ impl Default for Setup {
             sweep_interval_ms: Some(200),
             client_timeout: Duration::from_secs(5),
             patience: Duration::from_secs(30),
+            cut_eventstore_db: false,
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct Stack {
     pub store: EventStoreClient,
     /// How long the `wait_*` helpers wait.
     pub patience: Duration,
+    /// Between the event store and its database, when [`Setup::cut_eventstore_db`] asked for it.
+    pub eventstore_cut: Option<CutProxy>,
     _eventstore: Running,
 }
 
@@ -136,6 +142,19 @@ impl Stack {
         }
         create_streams(&connect(&nats).await, setup.consumers).await;
 
+        let eventstore_cut = if setup.cut_eventstore_db {
+            Some(
+                CutProxy::to_port(postgres.port())
+                    .await
+                    .expect("cut proxy starts"),
+            )
+        } else {
+            None
+        };
+        let eventstore_db = match &eventstore_cut {
+            Some(proxy) => proxy.url_for(&eventstore_db),
+            None => eventstore_db,
+        };
         let mut config = eventstore::Config::new(
             "127.0.0.1:0".parse().expect("address"),
             &eventstore_db,
@@ -158,6 +177,7 @@ impl Stack {
             eventstore_url,
             store,
             patience: setup.patience,
+            eventstore_cut,
             _eventstore: eventstore,
         }
     }

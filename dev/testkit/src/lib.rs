@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod cut;
 pub mod host;
 pub mod jetstream;
 mod nats;
@@ -11,6 +12,7 @@ mod support;
 pub mod tls;
 mod zipkin;
 
+pub use cut::CutProxy;
 pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
 pub use patroni::PgCluster;

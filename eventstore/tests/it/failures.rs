@@ -122,3 +122,55 @@ async fn a_graceful_stop_ends_followed_streams_and_publishes_what_was_committed(
         "nothing of {aggregate} left behind"
     );
 }
+
+/// A failover can end a connection after the server committed and before the store heard it. The
+/// store cannot know, so it answers UNAVAILABLE (it does not retry by itself: the database may be
+/// gone for seconds, and the client's deadline is the client's), and the client's retry with the
+/// same event id finds the event and gets its version back: one event, one publish.
+#[tokio::test]
+async fn an_append_whose_commit_was_cut_is_unavailable_and_its_retry_finds_it_committed() {
+    let stack = Stack::start().await;
+    let proxy = testkit::CutProxy::to_port(stack.postgres.port())
+        .await
+        .expect("proxy");
+    let instance = crate::harness::Instance::start(
+        stack.config_with_database(&proxy.url_for(&stack.database_url)),
+    )
+    .await;
+    let mut client = instance.client();
+    let aggregate = Uuid::new_v4().to_string();
+    append(&mut client, event(&aggregate, "created", json!({})), 0)
+        .await
+        .expect("append");
+
+    proxy.arm_commit();
+    let pending = event(&aggregate, "approved", json!({}));
+    let status = append(&mut client, pending.clone(), 1)
+        .await
+        .expect_err("the commit's answer was cut");
+    assert_eq!(proxy.cuts(), 1, "the append's COMMIT was cut");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let retry = append(&mut client, pending.clone(), 1)
+        .await
+        .expect("the retry succeeds");
+    assert_eq!(
+        retry.aggregate_version, 2,
+        "the version of the first commit"
+    );
+    assert!(retry.duplicate, "the first attempt had committed");
+
+    let pool = stack.pool().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(&aggregate)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 2, "created and approved, once each");
+    // The relay never heard of the cut commit; its sweep publishes the outbox row, once.
+    stack.wait_for_empty_outbox(Duration::from_secs(10)).await;
+    stack.wait_for_stream_count(2, Duration::from_secs(5)).await;
+    let published = crate::outbox::msg_id_counts(&stack.stream_messages().await);
+    assert_eq!(published.get(&pending.event_id), Some(&1), "{published:?}");
+    assert_eq!(published.len(), 2, "{published:?}");
+}

@@ -63,9 +63,14 @@ impl Stack {
     }
 
     pub fn config(&self) -> Config {
+        self.config_with_database(&self.database_url)
+    }
+
+    /// [`Stack::config`] with another way to the database (a proxy).
+    pub fn config_with_database(&self, database_url: &str) -> Config {
         let mut config = Config::new(
             "127.0.0.1:0".parse().expect("address"),
-            &self.database_url,
+            database_url,
             self.nats.url(),
         );
         config.timeout_ms = 1000;

@@ -217,3 +217,35 @@ async fn an_idempotency_key_makes_a_retry_answer_the_same_order_without_a_second
     assert_eq!(another.status, StatusCode::CREATED);
     assert_ne!(another.body["order_id"], first.body["order_id"]);
 }
+
+#[tokio::test]
+async fn a_post_whose_event_commit_was_cut_is_a_503_and_its_retry_answers_the_one_order() {
+    let stack = Stack::start_with_eventstore_cut().await;
+    let proxy = stack.eventstore_cut.as_ref().expect("the cut proxy");
+    // The event store commits the created event; neither it nor ordersvc hears that it did.
+    proxy.arm_commit();
+    let first = stack
+        .call(post_with_key("/api/orders", "order-77", REFERENCE_BODY))
+        .await;
+    assert_eq!(proxy.cuts(), 1, "the event store's COMMIT was cut");
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        first.body
+    );
+    assert!(first.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(stack.stored_events().await, 1, "the commit happened");
+
+    // The client's retry with the same key is answered from the committed event.
+    let retry = stack
+        .call(post_with_key("/api/orders", "order-77", REFERENCE_BODY))
+        .await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.body);
+    let order_id = retry.body["order_id"].as_str().expect("order_id");
+    assert_eq!(
+        stack.store.events(order_id).await.expect("GetEvents").len(),
+        1
+    );
+    assert_eq!(stack.stored_events().await, 1);
+}

@@ -35,12 +35,23 @@ pub struct Answer {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Stack::start_with(false).await
+    }
+
+    /// [`Stack::start`] with the event store's database behind a cut proxy
+    /// ([`pipeline_harness::Stack::eventstore_cut`]).
+    pub async fn start_with_eventstore_cut() -> Stack {
+        Stack::start_with(true).await
+    }
+
+    async fn start_with(cut_eventstore_db: bool) -> Stack {
         let base = pipeline_harness::Stack::start_with(Setup {
             databases: &[ORDERS],
             consumers: false,
             eventstore_timeout_ms: 1000,
             sweep_interval_ms: None,
             client_timeout: Duration::from_secs(2),
+            cut_eventstore_db,
             ..Setup::default()
         })
         .await;

@@ -324,3 +324,40 @@ async fn orders_in_flight_when_the_worker_stops_complete_after_a_restart() {
         assert_eq!(balance(&stack, customer).await, Some(money("958.00")));
     }
 }
+
+#[tokio::test]
+async fn a_debit_whose_commit_was_cut_is_redelivered_and_debits_once() {
+    let stack = Stack::start().await;
+    let proxy = testkit::CutProxy::to_port(stack.postgres.port())
+        .await
+        .expect("proxy");
+    let mut config = paymentworker::Config::new(
+        stack.nats.url(),
+        &stack.eventstore_url,
+        proxy.url_for(&stack.payments_url),
+    );
+    config.worker.timeout_ms = 2000;
+    // One delivery before a dead letter: only an outage may bring the message back.
+    config.worker.max_deliveries = 1;
+    let app = paymentworker::App::build(config)
+        .await
+        .expect("paymentworker builds");
+    let _worker = crate::harness::Running::spawn(|stopped| app.run_until_stopped(stopped));
+    // The ledger's transaction commits, and the worker never hears it did.
+    proxy.arm_commit();
+    let order_id = stack.place("trent", "250.00").await;
+
+    // Expected: the redelivery finds the recorded debit and appends paymentdebited; one debit.
+    stack.wait_for_status(order_id, OrderStatus::Paid).await;
+    assert_eq!(proxy.cuts(), 1, "the ledger's COMMIT was cut");
+    stack.wait_idle(paymentworker::NAME).await;
+    assert_eq!(balance(&stack, "trent").await, Some(money("750.00")));
+    assert_eq!(
+        count(&stack, order_id, event_type::PAYMENT_DEBITED).await,
+        1
+    );
+    assert_eq!(
+        payment_status(&stack, order_id).await.as_deref(),
+        Some("debited")
+    );
+}

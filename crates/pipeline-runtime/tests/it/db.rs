@@ -1,0 +1,167 @@
+//! What sqlx returns when a connection to PostgreSQL breaks or its server turns read-only (what a
+//! failover does), and that the pool does not hand such a connection out again.
+
+use std::time::Duration;
+
+use pipeline_runtime::db;
+use sqlx::PgPool;
+use testkit::{CutProxy, Postgres};
+
+struct World {
+    postgres: Postgres,
+    proxy: CutProxy,
+    /// The database, directly.
+    direct: String,
+    /// A pool of one connection, through the proxy.
+    pool: PgPool,
+}
+
+async fn world() -> World {
+    testkit::init_tracing();
+    let postgres = Postgres::start().expect("PostgreSQL starts");
+    let direct = postgres.fresh_database().await.expect("a database");
+    let proxy = CutProxy::to_port(postgres.port()).await.expect("proxy");
+    let pool = db::lazy_pool(&proxy.url_for(&direct), 1, Duration::from_secs(5)).expect("pool");
+    sqlx::query("CREATE TABLE t (id INT PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    World {
+        postgres,
+        proxy,
+        direct,
+        pool,
+    }
+}
+
+async fn insert(pool: &PgPool, id: i32) -> Result<(), sqlx::Error> {
+    db::retry(|| async {
+        let mut tx = db::begin_guarded(pool).await?;
+        sqlx::query("INSERT INTO t VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    })
+    .await
+}
+
+async fn backend_pid(pool: &PgPool) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .expect("pid")
+}
+
+async fn rows(world: &World) -> i64 {
+    let direct = PgPool::connect(&world.direct).await.expect("connect");
+    let n = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&direct)
+        .await
+        .expect("count");
+    direct.close().await;
+    n
+}
+
+/// Polls `condition` until it holds, for at most 10 s.
+async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_cut_under_its_commit_is_an_outage_although_the_commit_happened() {
+    let world = world().await;
+    world.proxy.arm_commit();
+    let err = insert(&world.pool, 1)
+        .await
+        .expect_err("the commit's answer never came");
+    assert_eq!(world.proxy.cuts(), 1, "sqlx sends COMMIT as a simple query");
+    assert!(
+        matches!(&err, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof),
+        "{err:?}"
+    );
+    assert!(db::is_unavailable(&err), "{err:?}");
+    assert_eq!(rows(&world).await, 1, "the server committed");
+    // Retried, as every caller does: the same effect, not a second one.
+    insert(&world.pool, 1).await.expect("the retry");
+    assert_eq!(rows(&world).await, 1);
+}
+
+#[tokio::test]
+async fn a_connection_cut_under_a_query_is_an_outage_and_the_pool_opens_another() {
+    let world = world().await;
+    let before = backend_pid(&world.pool).await;
+    world.proxy.arm("cut-here", 1);
+    let err = sqlx::query("SELECT 'cut-here'")
+        .execute(&world.pool)
+        .await
+        .expect_err("cut");
+    assert!(matches!(err, sqlx::Error::Io(_)), "{err:?}");
+    assert!(db::is_unavailable(&err), "{err:?}");
+    assert_ne!(backend_pid(&world.pool).await, before);
+}
+
+#[tokio::test]
+async fn a_connection_the_server_terminated_is_an_outage_and_the_pool_opens_another() {
+    let world = world().await;
+    let before = backend_pid(&world.pool).await;
+    // Back in the pool (its release check done), the connection is then ended under it.
+    wait_until("the connection is idle in the pool", || async {
+        world.pool.num_idle() == 1
+    })
+    .await;
+    // What a node's fast shutdown does to each session (SQLSTATE 57P01), without stopping the node.
+    let direct = PgPool::connect(&world.direct).await.expect("connect");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(before)
+        .execute(&direct)
+        .await
+        .expect("terminate");
+    wait_until("the backend is gone", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(before)
+            .fetch_one(&direct)
+            .await
+            .expect("pg_stat_activity");
+        left == 0
+    })
+    .await;
+    let err = insert(&world.pool, 1).await.expect_err("terminated");
+    assert_eq!(db::sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");
+    assert!(db::is_unavailable(&err), "{err:?}");
+    insert(&world.pool, 1).await.expect("a new connection");
+    assert_ne!(backend_pid(&world.pool).await, before);
+    drop(world.postgres);
+}
+
+#[tokio::test]
+async fn a_connection_to_a_node_that_turned_read_only_is_not_handed_out_again() {
+    let world = world().await;
+    // The pool's one connection now leads to a node that refuses writes, as a deposed leader's
+    // sessions would if nothing cut them; the server stays up and answers pings.
+    sqlx::query("SET default_transaction_read_only = on")
+        .execute(&world.pool)
+        .await
+        .expect("read-only session");
+    let err = insert(&world.pool, 1).await.expect_err("read-only");
+    assert_eq!(
+        db::sqlstate(&err).as_deref(),
+        Some(db::READ_ONLY_SQL_TRANSACTION)
+    );
+    assert!(db::is_unavailable(&err), "{err:?}");
+    insert(&world.pool, 1)
+        .await
+        .expect("the next write gets a new connection");
+    assert_eq!(rows(&world).await, 1);
+}
