@@ -174,7 +174,7 @@ async fn under(fault: Fault) -> Seen {
     // An outage is a 503 with Retry-After (or a connection refused), never a 500.
     assert!(
         seen.unexpected.is_empty(),
-        "tries answered with other failures than 503: {:?}",
+        "tries answered with other failures than a 503 with Retry-After (status: tries): {:?}",
         seen.unexpected
     );
     assert!(

@@ -166,8 +166,8 @@ pub struct Seen {
     pub tries: usize,
     pub failed: usize,
     /// Failed tries answered with something else than a 503 with `Retry-After` (a 500, say):
-    /// each is a bug.
-    pub unexpected: Vec<u16>,
+    /// each is a bug. Tries by status.
+    pub unexpected: std::collections::BTreeMap<u16, usize>,
     pub outage: Duration,
     /// The slowest try that was answered 2xx.
     pub slowest_ok: Duration,
@@ -205,7 +205,10 @@ pub fn seen(offered: &[Offered]) -> Seen {
             .iter()
             .filter(|a| !(a.ok || a.status == Some(503) && a.retry_after))
             .filter_map(|a| a.status)
-            .collect(),
+            .fold(Default::default(), |mut by_status, status| {
+                *by_status.entry(status).or_default() += 1;
+                by_status
+            }),
         outage: answered
             .windows(2)
             .map(|pair| pair[1] - pair[0])
