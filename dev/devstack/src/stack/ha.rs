@@ -11,6 +11,9 @@ pub(super) const ETCD: [&str; NODES] = ["etcd-1", "etcd-2", "etcd-3"];
 pub(super) const PATRONI: [&str; NODES] = ["patroni-1", "patroni-2", "patroni-3"];
 pub(super) const HAPROXY: &str = "haproxy";
 
+/// One line of `status`: name, pid, port, health, log.
+pub(super) type StatusRow<'a> = dyn FnMut(&str, Option<u32>, Option<u16>, &str, &str) + 'a;
+
 /// How long a cluster may take to elect a leader and bring every node back.
 const HA_FORM_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -330,10 +333,7 @@ impl Stack {
 
     /// The HA cluster's rows of `status`: etcd members, nodes with role, timeline and lag,
     /// HAProxy with the node it sends clients to.
-    pub(super) fn ha_status(
-        &self,
-        row: &mut dyn FnMut(&str, Option<u32>, Option<u16>, &str, &str),
-    ) {
+    pub(super) fn ha_status(&self, row: &mut StatusRow<'_>) {
         let log = |name: &str| self.layout.log(name).display().to_string();
         let ha = HaTools::find().and_then(|tools| self.ha_layout(&tools));
         let ha = match ha {

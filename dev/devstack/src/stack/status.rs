@@ -12,7 +12,7 @@ impl Stack {
         let mut row = |name: &str, pid: Option<u32>, port: Option<u16>, health: &str, log: &str| {
             let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
             println!(
-                "{:<17} {:<8} {:<6} {:<30} {}",
+                "{:<17} {:<8} {:<6} {:<40} {}",
                 name,
                 dash(pid.map(|p| p.to_string())),
                 dash(port.map(|p| p.to_string())),
@@ -22,7 +22,7 @@ impl Stack {
             all_up &= health.starts_with("up") || health.starts_with("not used");
         };
         println!(
-            "{:<17} {:<8} {:<6} {:<30} LOG",
+            "{:<17} {:<8} {:<6} {:<40} LOG",
             "NAME", "PID", "PORT", "HEALTH"
         );
         let log = |name: &str| self.layout.log(name).display().to_string();
