@@ -206,7 +206,8 @@ impl Stack {
         self.wait_ha_formed(&tools, &ha)
     }
 
-    /// A leader, a write through HAProxy, and every node running (a restarted one rejoined).
+    /// A leader, a write through HAProxy, every node running on the leader's timeline (a
+    /// restarted one rejoined) and a synchronous standby named.
     fn wait_ha_formed(&self, tools: &HaTools, ha: &HaLayout) -> anyhow::Result<()> {
         let deadline = Instant::now() + HA_FORM_TIMEOUT;
         loop {
@@ -216,18 +217,30 @@ impl Stack {
                 }
             }
             let formed = ha.members().and_then(|members| {
-                let leader = members
+                let Some(leader) = members
                     .iter()
-                    .any(|m| m.role == Role::Leader && m.is_running());
-                if !leader {
+                    .find(|m| m.role == Role::Leader && m.is_running())
+                else {
                     bail!("no running leader yet: {members:?}");
-                }
+                };
                 tools.write_through_haproxy(ha)?;
                 if let Some(behind) = members.iter().find(|m| !m.is_running()) {
                     bail!("{} is not running yet ({})", behind.name, describe(behind));
                 }
                 if members.len() < NODES {
                     bail!("only {} of {NODES} members have joined", members.len());
+                }
+                // Right after a promotion the members report their timelines one by one.
+                if let Some(other) = members.iter().find(|m| m.timeline != leader.timeline) {
+                    bail!(
+                        "{} is on timeline {:?}, the leader on {:?}",
+                        other.name,
+                        other.timeline,
+                        leader.timeline
+                    );
+                }
+                if !members.iter().any(|m| m.role == Role::SyncStandby) {
+                    bail!("no synchronous standby yet");
                 }
                 Ok(())
             });

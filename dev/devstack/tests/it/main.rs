@@ -486,6 +486,24 @@ fn an_ha_stack_serves_orders_brings_a_killed_leader_back_and_stops_without_lefto
         .expect("kill runs");
     assert!(killed.success());
 
+    // Patroni replaces the leader once its key expires (ttl 20 s); a node started again before
+    // that would simply take its own leadership back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = text(&stack.devstack(&["status"]));
+        let new_leader = (1..=3)
+            .map(|n| format!("patroni-{n}"))
+            .any(|name| name != leader && status_line(&status, &name).contains("up (leader"));
+        if new_leader {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new leader within 60 s of killing {leader}: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
     // A second start brings it back; it rejoins as a replica of the new leader.
     let again = start(&stack);
     assert!(again.contains(&leader), "{again}");
