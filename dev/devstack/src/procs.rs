@@ -9,7 +9,8 @@ use testkit::host::process_alive;
 use crate::settings::Layout;
 
 /// Whether `pid` runs its program `expected` (`argv[0]`'s file name); `tracestore` is this
-/// launcher's own binary run as `devstack trace-store`, PostgreSQL's postmaster `postgres…`.
+/// launcher's own binary run as `devstack trace-store`, PostgreSQL's postmaster `postgres…`,
+/// `etcd-N` an etcd and `patroni-N` a Patroni.
 fn runs(pid: u32, name: &str) -> bool {
     if !process_alive(pid) {
         return false;
@@ -29,6 +30,13 @@ fn runs(pid: u32, name: &str) -> bool {
     match name {
         "postgresql" => program.starts_with("postgres"),
         "tracestore" => args.iter().any(|arg| arg == "trace-store"),
+        // Patroni is a Python script: python3 /usr/bin/patroni <config>.
+        _ if name.starts_with("patroni-") => args.iter().take(2).any(|arg| {
+            Path::new(arg)
+                .file_name()
+                .is_some_and(|file| file == "patroni")
+        }),
+        _ if name.starts_with("etcd-") => program == "etcd",
         _ => program == name,
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use testkit::patroni::HaPorts;
 
 /// Where the services send their spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,36 @@ impl Zipkin {
     }
 }
 
+/// Which PostgreSQL the stack runs (`STACK_DB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// One PostgreSQL in `$STACK_DIR/pg` (`single`, the default).
+    Single,
+    /// Three PostgreSQL nodes under Patroni with three etcd members and HAProxy on
+    /// `STACK_PG_PORT`, in `$STACK_DIR/ha` (`ha`).
+    Ha,
+}
+
+impl Db {
+    pub fn parse(value: &str) -> anyhow::Result<Db> {
+        match value {
+            "" | "single" => Ok(Db::Single),
+            "ha" => Ok(Db::Ha),
+            other => bail!("STACK_DB={other} is neither `single` nor `ha`"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Db::Single => "single",
+            Db::Ha => "ha",
+        }
+    }
+}
+
+/// The default `STACK_HA_PORT_BASE`: 26300..26311, clear of every other default port.
+pub const HA_PORT_BASE: u16 = 26300;
+
 /// Ports and what this stack found running, as stack.env records them.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -40,6 +71,11 @@ pub struct Settings {
     pub eventstore_port: u16,
     pub ordersvc_port: u16,
     pub zipkin_port: u16,
+    /// `STACK_DB`: one PostgreSQL or the HA cluster behind HAProxy on `pg_port`.
+    pub db: Db,
+    /// `STACK_HA_PORT_BASE` (26300): the HA cluster's other twelve ports, see
+    /// [`Settings::ha_ports`].
+    pub ha_port_base: u16,
     pub zipkin: Zipkin,
     /// A NATS with JetStream found on the port is used, not started, and left running on stop.
     pub nats_external: bool,
@@ -71,6 +107,8 @@ impl Settings {
             eventstore_port: port("STACK_EVENTSTORE_PORT", 50051)?,
             ordersvc_port: port("STACK_ORDERSVC_PORT", 3000)?,
             zipkin_port: port("STACK_ZIPKIN_PORT", 9411)?,
+            db: Db::parse(&std::env::var("STACK_DB").unwrap_or_default())?,
+            ha_port_base: port("STACK_HA_PORT_BASE", HA_PORT_BASE)?,
             zipkin: Zipkin::Ours,
             nats_external: false,
             nats_auth: false,
@@ -100,6 +138,8 @@ impl Settings {
                 "EVENTSTORE_PORT" => settings.eventstore_port = number()?,
                 "ORDERSVC_PORT" => settings.ordersvc_port = number()?,
                 "ZIPKIN_PORT" => settings.zipkin_port = number()?,
+                "DB" => settings.db = Db::parse(value)?,
+                "HA_PORT_BASE" => settings.ha_port_base = number()?,
                 "ZIPKIN_EXTERNAL" => {
                     settings.zipkin = match value {
                         "1" => Zipkin::External,
@@ -120,7 +160,8 @@ impl Settings {
         let flag = |on: bool| if on { "1" } else { "0" };
         let text = format!(
             "PROFILE={}\nPG_PORT={}\nNATS_PORT={}\nNATS_HTTP_PORT={}\nEVENTSTORE_PORT={}\n\
-             ORDERSVC_PORT={}\nZIPKIN_PORT={}\nZIPKIN_EXTERNAL={}\nNATS_EXTERNAL={}\nNATS_AUTH={}\n",
+             ORDERSVC_PORT={}\nZIPKIN_PORT={}\nZIPKIN_EXTERNAL={}\nNATS_EXTERNAL={}\nNATS_AUTH={}\n\
+             DB={}\nHA_PORT_BASE={}\n",
             self.profile,
             self.pg_port,
             self.nats_port,
@@ -131,8 +172,19 @@ impl Settings {
             self.zipkin.recorded(),
             flag(self.nats_external),
             flag(self.nats_auth),
+            self.db.name(),
+            self.ha_port_base,
         );
         std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))
+    }
+
+    /// The HA cluster's ports: HAProxy on `STACK_PG_PORT` (where the services connect either
+    /// way), and from `STACK_HA_PORT_BASE` up: PostgreSQL of pg1..pg3 at base+0..2, their
+    /// Patroni REST APIs at base+3..5, etcd's client ports at base+6..8, its peer ports at
+    /// base+9..11.
+    pub fn ha_ports(&self) -> anyhow::Result<HaPorts> {
+        HaPorts::from_base(self.pg_port, self.ha_port_base)
+            .context("STACK_HA_PORT_BASE and STACK_PG_PORT")
     }
 }
 
@@ -182,6 +234,11 @@ impl Layout {
 
     pub fn pg_dir(&self) -> PathBuf {
         self.dir.join("pg")
+    }
+
+    /// The HA cluster's folder (`STACK_DB=ha`): etcd's, Patroni's and PostgreSQL's data.
+    pub fn ha_dir(&self) -> PathBuf {
+        self.dir.join("ha")
     }
 
     pub fn nats_dir(&self) -> PathBuf {
@@ -236,4 +293,88 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pg_port: u16, ha_port_base: u16) -> Settings {
+        Settings {
+            profile: "dev".to_owned(),
+            pg_port,
+            nats_port: 4222,
+            nats_http_port: 8222,
+            eventstore_port: 50051,
+            ordersvc_port: 3000,
+            zipkin_port: 9411,
+            db: Db::Ha,
+            ha_port_base,
+            zipkin: Zipkin::Ours,
+            nats_external: false,
+            nats_auth: true,
+        }
+    }
+
+    #[test]
+    fn ha_ports_put_haproxy_on_the_pg_port_and_the_rest_above_the_base() {
+        let ports = settings(26257, HA_PORT_BASE).ha_ports().expect("ports");
+        assert_eq!(ports.haproxy, 26257);
+        assert_eq!(ports.postgres, [26300, 26301, 26302]);
+        assert_eq!(ports.patroni, [26303, 26304, 26305]);
+        assert_eq!(ports.etcd_client, [26306, 26307, 26308]);
+        assert_eq!(ports.etcd_peer, [26309, 26310, 26311]);
+    }
+
+    #[test]
+    fn the_default_ha_block_misses_every_other_default_port() {
+        let defaults = settings(26257, HA_PORT_BASE);
+        let ha = defaults.ha_ports().expect("ports");
+        for other in [
+            defaults.nats_port,
+            defaults.nats_http_port,
+            defaults.eventstore_port,
+            defaults.ordersvc_port,
+            defaults.zipkin_port,
+        ] {
+            assert!(
+                !ha.described().iter().any(|(_, port)| *port == other),
+                "{other} is in the HA block"
+            );
+        }
+    }
+
+    #[test]
+    fn a_base_whose_block_holds_the_pg_port_is_refused_naming_the_variables() {
+        let error = settings(26305, HA_PORT_BASE)
+            .ha_ports()
+            .expect_err("overlap");
+        assert!(
+            format!("{error:#}").contains("STACK_HA_PORT_BASE"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn stack_env_records_the_profile_and_the_base() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("stack.env");
+        settings(27000, 27100).save(&file).expect("save");
+        let text = std::fs::read_to_string(&file).expect("read");
+        assert!(
+            text.contains("DB=ha\n") && text.contains("HA_PORT_BASE=27100\n"),
+            "{text}"
+        );
+        let recorded = Settings::recorded(&file).expect("recorded");
+        assert_eq!(recorded.db, Db::Ha);
+        assert_eq!(recorded.ha_port_base, 27100);
+        assert_eq!(recorded.pg_port, 27000);
+    }
+
+    #[test]
+    fn stack_db_takes_single_or_ha_only() {
+        assert_eq!(Db::parse("").expect("default"), Db::Single);
+        assert_eq!(Db::parse("ha").expect("ha"), Db::Ha);
+        assert!(format!("{:#}", Db::parse("HA").expect_err("case")).contains("STACK_DB=HA"));
+    }
 }

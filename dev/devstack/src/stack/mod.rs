@@ -1,6 +1,7 @@
 //! start, stop, status, env and logs of the dev stack: starting here, each kind of process in a
 //! module of its own.
 
+mod ha;
 mod nats;
 mod postgres;
 mod status;
@@ -22,7 +23,7 @@ use testkit::host::PgTools;
 use crate::probe::{http_ok, nats_info, port_accepts, port_listening, port_owner};
 use crate::procs::{forget_pid, live_pid, record_pid, signal, wait_gone};
 use crate::services::{self, Detach, Endpoints, Ready, SERVICES, WORKERS, died};
-use crate::settings::{Layout, Settings, Zipkin};
+use crate::settings::{Db, Layout, Settings, Zipkin};
 
 /// An error whose message was printed already (the caller only exits with failure).
 #[derive(Debug)]
@@ -135,7 +136,9 @@ impl Stack {
         }
         let part_runs = SERVICES
             .iter()
-            .chain(&["nats-server"])
+            .chain(&["nats-server", ha::HAPROXY])
+            .chain(&ha::ETCD)
+            .chain(&ha::PATRONI)
             .any(|name| live_pid(&layout, name).is_some());
         // Part of the stack runs: keep its ports rather than the caller's.
         let settings = if part_runs {
@@ -146,7 +149,7 @@ impl Stack {
         let mut stack = Stack { layout, settings };
         let pg = PgTools::find().context("the stack needs PostgreSQL")?;
 
-        if SERVICES.iter().all(|name| stack.live(name).is_some()) && stack.pg_running(&pg) {
+        if SERVICES.iter().all(|name| stack.live(name).is_some()) && stack.db_running(&pg) {
             println!("The stack is already running (scripts/stack status).");
             stack.print_env();
             return Ok(stack);
@@ -193,6 +196,7 @@ impl Stack {
         for name in started.iter().rev() {
             match &pg {
                 Some(pg) => self.stop_one(name, pg),
+                None if name.starts_with("patroni-") => self.stop_patroni(name),
                 None => self.stop_process(name, true),
             }
         }
@@ -237,8 +241,19 @@ impl Stack {
         ]
     }
 
+    /// Whether the stack's PostgreSQL (of its `STACK_DB`) runs whole.
+    fn db_running(&self, pg: &PgTools) -> bool {
+        match self.settings.db {
+            Db::Single => self.pg_running(pg),
+            Db::Ha => self.ha_running(),
+        }
+    }
+
     fn start_all(&mut self, pg: &PgTools, started: &Started) -> anyhow::Result<()> {
-        self.start_pg(pg, started)?;
+        match self.settings.db {
+            Db::Single => self.start_pg(pg, started)?,
+            Db::Ha => self.start_ha(started)?,
+        }
         self.start_nats(started)?;
         self.start_zipkin(started)?;
         self.settings.save(&self.layout.settings_file())?;

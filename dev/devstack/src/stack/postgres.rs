@@ -41,7 +41,31 @@ impl Stack {
         Ok(())
     }
 
+    /// PostgreSQL runs as the postgres user when we are root: it must reach its folder.
+    pub(super) fn check_postgres_enters(&self, pg: &PgTools) -> anyhow::Result<()> {
+        if pg.run_as().is_none() {
+            return Ok(());
+        }
+        let enters = pg
+            .command(Path::new("test"), Path::new("/"))
+            .arg("-x")
+            .arg(&self.layout.dir)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !enters {
+            bail!(
+                "the postgres user cannot enter {}; make it and its parents traversable \
+                 (chmod o+x) or choose another STACK_DIR",
+                self.layout.dir.display()
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn start_pg(&mut self, pg: &PgTools, started: &Started) -> anyhow::Result<()> {
+        if let Some(refusal) = ha::other_profile(&self.layout, Db::Single) {
+            bail!("{refusal}");
+        }
         let dir = self.layout.pg_dir();
         if self.pg_running(pg) {
             self.record_pg_pid()?;
@@ -60,21 +84,7 @@ impl Stack {
             return Err(port_taken(port, "PostgreSQL", "STACK_PG_PORT"));
         }
         let owner = pg.run_as();
-        if owner.is_some() {
-            let enters = pg
-                .command(Path::new("test"), Path::new("/"))
-                .arg("-x")
-                .arg(&self.layout.dir)
-                .status()
-                .is_ok_and(|status| status.success());
-            if !enters {
-                bail!(
-                    "the postgres user cannot enter {}; make it and its parents traversable \
-                     (chmod o+x) or choose another STACK_DIR",
-                    self.layout.dir.display()
-                );
-            }
-        }
+        self.check_postgres_enters(pg)?;
         if !dir.join("PG_VERSION").is_file() {
             let not_empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
             if not_empty {

@@ -1,5 +1,7 @@
 //! status, env and logs.
 
+use testkit::patroni::HaTools;
+
 use super::*;
 
 impl Stack {
@@ -10,7 +12,7 @@ impl Stack {
         let mut row = |name: &str, pid: Option<u32>, port: Option<u16>, health: &str, log: &str| {
             let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
             println!(
-                "{:<17} {:<8} {:<6} {:<30} {}",
+                "{:<17} {:<8} {:<6} {:<40} {}",
                 name,
                 dash(pid.map(|p| p.to_string())),
                 dash(port.map(|p| p.to_string())),
@@ -20,30 +22,34 @@ impl Stack {
             all_up &= health.starts_with("up") || health.starts_with("not used");
         };
         println!(
-            "{:<17} {:<8} {:<6} {:<30} LOG",
+            "{:<17} {:<8} {:<6} {:<40} LOG",
             "NAME", "PID", "PORT", "HEALTH"
         );
         let log = |name: &str| self.layout.log(name).display().to_string();
         let s = &self.settings;
 
-        let pg_up = pg
-            .as_ref()
-            .is_some_and(|pg| self.pg_running(pg) && self.pg_ready(pg));
-        let pg_pid = std::fs::read_to_string(self.layout.pid_file("postgresql"))
-            .ok()
-            .and_then(|text| text.trim().parse().ok());
-        let health = if pg_up {
-            "up (accepts connections)"
+        if s.db == Db::Ha {
+            self.ha_status(&mut row);
         } else {
-            "down"
-        };
-        row(
-            "postgresql",
-            pg_pid,
-            Some(s.pg_port),
-            health,
-            &log("postgresql"),
-        );
+            let pg_up = pg
+                .as_ref()
+                .is_some_and(|pg| self.pg_running(pg) && self.pg_ready(pg));
+            let pg_pid = std::fs::read_to_string(self.layout.pid_file("postgresql"))
+                .ok()
+                .and_then(|text| text.trim().parse().ok());
+            let health = if pg_up {
+                "up (accepts connections)"
+            } else {
+                "down"
+            };
+            row(
+                "postgresql",
+                pg_pid,
+                Some(s.pg_port),
+                health,
+                &log("postgresql"),
+            );
+        }
 
         if s.nats_external {
             let health = if nats_info(s.nats_port).is_some_and(|info| info.jetstream) {
@@ -139,6 +145,14 @@ impl Stack {
             s.eventstore_port
         );
         println!("  export ORDERSVC_URL=http://127.0.0.1:{}", s.ordersvc_port);
+        let psql = match s.db {
+            Db::Single => "PostgreSQL",
+            Db::Ha => "the HA cluster's leader, through HAProxy",
+        };
+        println!(
+            "  export PGURL='{}'   # psql \"$PGURL\": {psql}",
+            self.endpoints().role_url("root", "postgres")
+        );
         if let Some(url) = self.zipkin_url() {
             println!(
                 "  export ZIPKIN_URL={url}   # traces: $ZIPKIN_URL/zipkin/, orderctl trace ORDER_ID"
@@ -160,6 +174,17 @@ impl Stack {
         ];
         if let Some(url) = self.zipkin_url() {
             lines.push(format!("export ZIPKIN_URL={url}"));
+        }
+        // The superuser, through HAProxy in the HA profile: psql "$PGURL".
+        lines.push(format!("export PGURL='{}'", e.role_url("root", "postgres")));
+        if s.db == Db::Ha {
+            let urls = HaTools::find()
+                .and_then(|tools| self.ha_layout(&tools))
+                .map(|ha| ha.patroni_urls().join(","));
+            match urls {
+                Ok(urls) => lines.push(format!("export PATRONI_URLS={urls}")),
+                Err(error) => eprintln!("stack: no PATRONI_URLS: {error:#}"),
+            }
         }
         if s.nats_auth && self.layout.passwords_file().is_file() {
             // The operator's user (orderctl dead-letters); the services' passwords stay in the file.
@@ -191,9 +216,13 @@ impl Stack {
                 let log = self.layout.log(name);
                 if !log.is_file() {
                     return anyhow::anyhow!(
-                        "no log {} (names: postgresql nats-server tracestore bootstrapper {})",
+                        "no log {} (names: postgresql nats-server tracestore bootstrapper {}; \
+                         STACK_DB=ha: {} {} {})",
                         log.display(),
-                        SERVICES.join(" ")
+                        SERVICES.join(" "),
+                        ha::ETCD.join(" "),
+                        ha::PATRONI.join(" "),
+                        ha::HAPROXY
                     );
                 }
                 command.args(["-n", "50"]);

@@ -1,5 +1,5 @@
 //! stop: the services first (in parallel), the event store, the trace store, nats-server when
-//! ours, PostgreSQL.
+//! ours, PostgreSQL (or HAProxy, the Patroni nodes and etcd).
 
 use super::*;
 
@@ -25,11 +25,18 @@ impl Stack {
         if let Ok(pg) = PgTools::find() {
             self.stop_one("postgresql", &pg);
         }
+        // Whatever the recorded profile: a pid file of the HA cluster means it runs.
+        self.stop_ha();
         println!("The stack is stopped.");
     }
 
-    /// [`Stack::stop_process`], or PostgreSQL through pg_ctl.
+    /// [`Stack::stop_process`], or PostgreSQL through pg_ctl, or a Patroni node and its
+    /// PostgreSQL.
     pub(super) fn stop_one(&self, name: &str, pg: &PgTools) {
+        if name.starts_with("patroni-") {
+            self.stop_patroni(name);
+            return;
+        }
         if name != "postgresql" {
             self.stop_process(name, true);
             return;

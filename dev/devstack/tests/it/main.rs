@@ -13,6 +13,8 @@ use testkit::host::process_alive;
 struct TestStack {
     dir: tempfile::TempDir,
     ports: BTreeMap<&'static str, u16>,
+    /// Other variables of this stack (`STACK_DB=ha`).
+    env: Vec<(&'static str, String)>,
 }
 
 impl TestStack {
@@ -39,7 +41,30 @@ impl TestStack {
             "STACK_NATS_PORT",
             nats_port.unwrap_or_else(testkit::free_port),
         );
-        TestStack { dir, ports }
+        TestStack {
+            dir,
+            ports,
+            env: Vec::new(),
+        }
+    }
+
+    /// As [`TestStack::new`] with `STACK_DB=ha` and a base of twelve free ports in a row.
+    fn ha() -> TestStack {
+        let mut stack = TestStack::new(None);
+        let taken: Vec<u16> = stack.ports.values().copied().collect();
+        let base = loop {
+            let base = testkit::free_port();
+            let block = base..base.saturating_add(12);
+            let free = block.clone().all(|port| {
+                !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            });
+            if free && base < 65000 {
+                break base;
+            }
+        };
+        stack.ports.insert("STACK_HA_PORT_BASE", base);
+        stack.env.push(("STACK_DB", "ha".to_owned()));
+        stack
     }
 
     fn port(&self, variable: &str) -> u16 {
@@ -61,7 +86,10 @@ impl TestStack {
             .args(args)
             .env("STACK_DIR", self.dir.path())
             .env("STACK_STOP_TIMEOUT", "10")
-            .envs(self.ports.iter().map(|(k, v)| (k, v.to_string())));
+            .env_remove("STACK_DB")
+            .env_remove("STACK_HA_PORT_BASE")
+            .envs(self.ports.iter().map(|(k, v)| (k, v.to_string())))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command.output().expect("devstack runs")
     }
 
@@ -370,4 +398,172 @@ fn a_start_interrupted_by_ctrl_c_stops_what_it_started() {
     for (variable, port) in &stack.ports {
         assert!(!port_listening(*port), "{variable} {port} still listens");
     }
+}
+
+/// The status line of `name` (`patroni-2 …`).
+fn status_line(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Each HA node's postmaster, from its postmaster.pid.
+fn postmasters(stack: &TestStack) -> Vec<u32> {
+    (1..=3)
+        .filter_map(|n| {
+            let file = stack
+                .dir
+                .path()
+                .join(format!("ha/pg{n}/data/postmaster.pid"));
+            std::fs::read_to_string(file)
+                .ok()?
+                .lines()
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .filter(|pid| process_alive(*pid))
+        .collect()
+}
+
+#[test]
+fn an_ha_stack_serves_orders_brings_a_killed_leader_back_and_stops_without_leftovers() {
+    let stack = TestStack::ha();
+    start(&stack);
+
+    let env = text(&stack.devstack(&["env"]));
+    assert!(
+        env.contains("export PATRONI_URLS=http://127.0.0.1:"),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!(
+            "export PGURL='postgresql://root@127.0.0.1:{}/postgres?sslmode=disable'",
+            stack.port("STACK_PG_PORT")
+        )),
+        "{env}"
+    );
+    let status = stack.devstack(&["status"]);
+    let status_text = text(&status);
+    assert!(status.status.success(), "status: {status_text}");
+    assert!(
+        status_text.contains("up (leader, timeline"),
+        "{status_text}"
+    );
+    assert!(status_text.contains("up (sync standby"), "{status_text}");
+    assert!(status_text.contains("up (read-write → pg"), "{status_text}");
+    post_order(&stack);
+
+    // Crash the leader's node: Patroni and PostgreSQL, SIGKILL.
+    let leader = (1..=3)
+        .map(|n| format!("patroni-{n}"))
+        .find(|name| status_line(&status_text, name).contains("up (leader"))
+        .expect("a leader in status");
+    let patroni = stack
+        .pids()
+        .into_iter()
+        .find(|(name, _)| *name == leader)
+        .map(|(_, pid)| pid)
+        .expect("the leader's pid file");
+    let n = &leader["patroni-".len()..];
+    let postmaster: u32 = std::fs::read_to_string(
+        stack
+            .dir
+            .path()
+            .join(format!("ha/pg{n}/data/postmaster.pid")),
+    )
+    .expect("postmaster.pid")
+    .lines()
+    .next()
+    .and_then(|line| line.trim().parse().ok())
+    .expect("the postmaster's pid");
+    let killed = Command::new("kill")
+        .args(["-KILL", &patroni.to_string(), &postmaster.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+
+    // Patroni replaces the leader once its key expires (ttl 20 s); a node started again before
+    // that would simply take its own leadership back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = text(&stack.devstack(&["status"]));
+        let new_leader = (1..=3)
+            .map(|n| format!("patroni-{n}"))
+            .any(|name| name != leader && status_line(&status, &name).contains("up (leader"));
+        if new_leader {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new leader within 60 s of killing {leader}: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    // A second start brings it back; it rejoins as a replica of the new leader.
+    let again = start(&stack);
+    assert!(again.contains(&leader), "{again}");
+    let status = stack.devstack(&["status"]);
+    let status_text = text(&status);
+    assert!(status.status.success(), "status: {status_text}");
+    let line = status_line(&status_text, &leader);
+    assert!(
+        line.contains("up (replica") || line.contains("up (sync standby"),
+        "{line}\n{status_text}"
+    );
+    post_order(&stack);
+
+    // A third start on a whole stack changes nothing.
+    let pids = stack.pids();
+    let third = start(&stack);
+    assert!(third.contains("The stack is already running"), "{third}");
+    assert_eq!(stack.pids(), pids);
+
+    let postmasters = postmasters(&stack);
+    assert_eq!(postmasters.len(), 3, "three postmasters run");
+    stack.stop_and_check(&pids, true);
+    for pid in postmasters {
+        assert!(
+            !process_alive(pid),
+            "postmaster {pid} still runs after stop"
+        );
+    }
+}
+
+#[test]
+fn a_postgresql_folder_of_the_other_profile_is_refused_and_kept() {
+    let stack = TestStack::ha();
+    let version = stack.dir.path().join("pg/PG_VERSION");
+    std::fs::create_dir_all(stack.dir.path().join("pg")).expect("pg folder");
+    std::fs::write(&version, "15\n").expect("PG_VERSION");
+    let start = stack.devstack(&["start"]);
+    let output = text(&start);
+    assert!(!start.status.success(), "{output}");
+    assert!(
+        output.contains("holds the single-node PostgreSQL of this stack (STACK_DB=single)"),
+        "{output}"
+    );
+    assert!(stack.pids().is_empty(), "nothing runs: {:?}", stack.pids());
+    assert_eq!(std::fs::read_to_string(&version).expect("kept"), "15\n");
+    assert!(!stack.dir.path().join("ha").exists(), "no HA folder made");
+
+    let single = TestStack::new(None);
+    let data = single.dir.path().join("ha/pg2/data");
+    std::fs::create_dir_all(&data).expect("ha folder");
+    std::fs::write(data.join("PG_VERSION"), "15\n").expect("PG_VERSION");
+    let start = single.devstack(&["start"]);
+    let output = text(&start);
+    assert!(!start.status.success(), "{output}");
+    assert!(
+        output.contains("holds the HA PostgreSQL cluster of this stack (STACK_DB=ha)"),
+        "{output}"
+    );
+    assert!(
+        !single.dir.path().join("pg/PG_VERSION").exists(),
+        "no single cluster made"
+    );
 }

@@ -86,7 +86,18 @@ fn patroni_yaml_holds_the_chosen_settings() {
             "no line {line:?} in\n{yaml}"
         );
     }
-    assert!(!yaml.contains("/var/run/postgresql"));
+    let settings: Vec<&str> = yaml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!settings.iter().any(|l| l.contains("/var/run/postgresql")));
+    // Patroni's own superuser at READ COMMITTED; clients get `root`.
+    assert!(settings.contains(&"      username: patroni"));
+    assert!(settings.iter().any(|l| l.starts_with("  post_bootstrap: '")
+        && l.contains("CREATE ROLE root WITH LOGIN SUPERUSER")
+        && l.contains(
+            "ALTER ROLE patroni SET default_transaction_isolation TO ''read committed''"
+        )));
     assert!(!yaml.contains("synchronous_mode_strict"));
 }
 
