@@ -111,8 +111,9 @@ async fn appends_succeed_while_nats_is_down_and_each_reaches_the_stream_exactly_
     stack
         .wait_for_stream_count(40, Duration::from_secs(30))
         .await;
-    // Give a duplicate publish time to show up if there were one.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The relay publishes only what the outbox holds: once it is empty, no further publish can
+    // come, so the stream's contents are final.
+    stack.wait_for_empty_outbox(Duration::from_secs(30)).await;
     let messages = stack.stream_messages().await;
     let counts = msg_id_counts(&messages);
     assert_eq!(messages.len(), 40, "no message twice");
@@ -187,7 +188,7 @@ async fn two_instances_on_one_database_publish_every_event_once_in_aggregate_ord
     stack
         .wait_for_stream_count(200, Duration::from_secs(30))
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.wait_for_empty_outbox(Duration::from_secs(30)).await;
     let messages = stack.stream_messages().await;
     assert_eq!(messages.len(), 200, "every event once");
     let ids: HashSet<_> = msg_id_counts(&messages).into_keys().collect();

@@ -29,8 +29,14 @@ fn free_ports_are_below_the_ephemeral_range_and_spread_out() {
 }
 
 #[test]
-fn init_tracing_can_be_called_twice() {
+fn init_tracing_installs_a_subscriber_and_can_be_called_twice() {
+    // nextest runs each test in a process of its own: nothing was installed before.
+    assert!(!tracing::dispatcher::has_been_set());
     testkit::init_tracing();
+    // A second call (every test helper makes one) neither panics nor replaces the first.
     testkit::init_tracing();
-    tracing::info!("tracing works");
+    assert!(
+        tracing::dispatcher::has_been_set(),
+        "a global subscriber is installed"
+    );
 }
