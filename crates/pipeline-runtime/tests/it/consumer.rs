@@ -6,6 +6,7 @@
 //! and then times out (10 s) before it pulls again. The loop notices the silence (no idle heartbeat)
 //! and pulls again itself, as soon as the consumer has a leader.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
@@ -14,6 +15,17 @@ use pipeline_runtime::stream::{EventEnvelope, STREAM, SUBJECTS};
 use testkit::{NatsCluster, NatsServer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// A batch handler that answers each message of the batch with `handler`.
+fn each<H, Fut>(
+    handler: H,
+) -> impl Fn(Vec<Delivery>) -> futures::future::JoinAll<Fut> + Send + Sync + 'static
+where
+    H: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Failure>> + Send,
+{
+    move |batch| futures::future::join_all(batch.into_iter().map(&handler))
+}
 
 const DURABLE: &str = "querymodelworker";
 
@@ -135,11 +147,11 @@ async fn the_consumer_loop_pulls_again_when_the_consumers_leader_dies_under_it()
             Ok::<(), Failure>(())
         }
     };
-    let worker = tokio::spawn(consumer::run(
+    let worker = tokio::spawn(consumer::run_batches(
         worker_client.clone(),
         spec,
         Options::default(),
-        handler,
+        each(handler),
         stop.clone(),
     ));
 
@@ -237,11 +249,11 @@ async fn the_consumer_loop_pulls_again_when_a_lone_nats_server_comes_back() {
             Ok::<(), Failure>(())
         }
     };
-    let worker = tokio::spawn(consumer::run(
+    let worker = tokio::spawn(consumer::run_batches(
         worker_client.clone(),
         spec,
         Options::default(),
-        handler,
+        each(handler),
         stop.clone(),
     ));
     let first = envelope(1);
@@ -353,11 +365,11 @@ async fn a_dependency_outage_longer_than_the_delivery_budget_dead_letters_nothin
         ..Options::default()
     };
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(consumer::run(
+    let worker = tokio::spawn(consumer::run_batches(
         connect(&nats.url()).await,
         spec,
         options,
-        handler,
+        each(handler),
         stop.clone(),
     ));
     publish(&admin, &outage_victim).await;
