@@ -143,14 +143,15 @@ fn parse_scan_interval(text: &str) -> Result<Duration, String> {
     )
 }
 
-/// [`parse_duration`] between `min` and `max`; the error names `variable`.
+/// [`order_domain::parse_duration`] between `min` and `max`; the error names `variable`.
 fn parse_within(
     variable: &str,
     text: &str,
     min: Duration,
     max: Duration,
 ) -> Result<Duration, String> {
-    let duration = parse_duration(text).map_err(|err| format!("{variable}: {err}"))?;
+    let duration =
+        order_domain::parse_duration(text).map_err(|err| format!("{variable}: {err}"))?;
     if duration < min || duration > max {
         return Err(format!(
             "{variable} must be between {} and {}, not {text:?}",
@@ -159,36 +160,6 @@ fn parse_within(
         ));
     }
     Ok(duration)
-}
-
-/// A number with a unit: `1500ms`, `30s`, `1.5s`, `2m`, `1h`. A bare number is refused: for a
-/// deadline, 30 meaning milliseconds where seconds were meant would cancel every order.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "" => {
-            return Err(format!(
-                "{text:?} needs a unit: e.g. {trimmed}s, {trimmed}ms or {trimmed}m"
-            ));
-        }
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 1500ms or 2m"))?;
-    Duration::try_from_secs_f64(number * scale).map_err(|_| format!("{text:?} is out of range"))
 }
 
 #[cfg(test)]
@@ -230,8 +201,6 @@ mod tests {
         );
         assert_eq!(config.deadlines.review_deadline, Duration::from_secs(120));
         assert_eq!(config.scan_interval, Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration(" 1h "), Ok(Duration::from_secs(3600)));
     }
 
     #[test]
@@ -249,8 +218,6 @@ mod tests {
                 .to_string();
             assert!(err.contains(variable), "{flag} {value}: {err}");
         }
-        let err = parse_duration("30").expect_err("a bare number is refused");
-        assert!(err.contains("30s"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{
     Config, DEFAULT_EVENTSTORE_URL, DEFAULT_ORDERS_DATABASE_URL, DeadlineArgs, MAX_DEADLINE,
-    MIN_DEADLINE, parse_duration,
+    MIN_DEADLINE,
 };
 pub use watcher::{AppendGate, EnforceError, Outcome, Sweep, Watcher};
 

@@ -149,6 +149,37 @@ pub fn deadline_step(reason: &str) -> Option<Step> {
     })
 }
 
+/// The one duration grammar of the project (configuration, orderctl, the dev tools), the inverse
+/// of [`format_duration`] for single units. A number with a unit: `1500ms`, `30s`, `1.5s`, `2m`, `1h`. A bare number is refused: for a
+/// deadline, 30 meaning milliseconds where seconds were meant would cancel every order.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "" => {
+            return Err(format!(
+                "{text:?} needs a unit: e.g. {trimmed}s, {trimmed}ms or {trimmed}m"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 1500ms or 2m"))?;
+    Duration::try_from_secs_f64(number * scale).map_err(|_| format!("{text:?} is out of range"))
+}
+
 /// A duration as people write it: `30s`, `2m`, `1m30s`, `1500ms`, `1h`.
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
@@ -204,6 +235,27 @@ impl Order {
             Ok(event) => DeadlineDecision::Cancel { due, event },
             // Unreachable while Pending and Paid are both open and cancellable; kept total.
             Err(_) => DeadlineDecision::Closed(self.status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_is_a_number_with_a_unit_and_a_bare_number_is_refused() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(" 1h "), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        let err = parse_duration("30").expect_err("a bare number is refused");
+        assert!(err.contains("30s"), "{err}");
+        for bad in ["soon", "3 days", "-1s", "1.5.2s", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        for duration in [Duration::from_millis(1500), Duration::from_secs(120)] {
+            assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
         }
     }
 }

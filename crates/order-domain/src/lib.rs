@@ -13,6 +13,7 @@ mod tests;
 
 pub use deadline::{
     DeadlineDecision, Deadlines, Due, Step, deadline_reason, deadline_step, format_duration,
+    parse_duration,
 };
 pub use decide::{INSUFFICIENT_FUNDS, Refusal, review_debit};
 pub use events::{

@@ -54,24 +54,13 @@ struct Cli {
     json: bool,
 }
 
+/// The project's one duration grammar (`90s`, `1500ms`, `3m`), between 0 and 24 h.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let scale = match unit {
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("{text:?}: use seconds, or a number with s, m or h")),
-    };
-    match number.parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 && n * scale <= 86_400.0 => {
-            Ok(Duration::from_secs_f64(n * scale))
-        }
-        _ => Err(format!("{text:?} is not a duration between 0 and 24h")),
+    let duration = order_domain::parse_duration(text)?;
+    if duration.is_zero() || duration > Duration::from_secs(86_400) {
+        return Err(format!("{text:?} is not a duration between 0 and 24h"));
     }
+    Ok(duration)
 }
 
 fn parse_scale(text: &str) -> Result<f64, String> {
@@ -170,11 +159,12 @@ mod tests {
 
     #[test]
     fn durations_take_seconds_minutes_and_hours() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("90").is_err(), "a bare number is refused");
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
         assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("0s").is_err());
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("-1").is_err());
     }

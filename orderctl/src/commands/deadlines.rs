@@ -16,7 +16,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::format::parse_duration;
+use order_domain::parse_duration;
 
 /// List the open orders past their deadline or due within `--within`, soonest first.
 #[derive(Debug, clap::Args)]

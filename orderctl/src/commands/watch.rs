@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::Endpoints;
 use crate::api::ApiError;
-use crate::format::parse_duration;
+use order_domain::parse_duration;
 
 /// Follow an order until its status is final (Approved, PaymentFailed, Rejected or Cancelled),
 /// printing each change.

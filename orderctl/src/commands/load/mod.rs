@@ -21,7 +21,7 @@ use uuid::Uuid;
 use self::report::{Report, Samples};
 use crate::Endpoints;
 use crate::api::ApiClient;
-use crate::format::parse_duration;
+use order_domain::parse_duration;
 
 /// Place orders for a while (or a number of them) and report throughput and latencies.
 #[derive(Debug, clap::Args)]
