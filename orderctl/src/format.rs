@@ -1,4 +1,5 @@
-//! What several commands share: durations on the command line and orders on the screen.
+//! What several commands share: orders on the screen.
+
 use order_domain::Money;
 use orders_api::{CreatedOrder, Order, OrderItem};
 use time::OffsetDateTime;
