@@ -1,0 +1,179 @@
+//! Waiting for the pipeline to drain after the load, and the connections the checks read through.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use pipeline_runtime::stream::{CONSUMERS, STREAM};
+use sqlx::PgPool;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::load::LoadStats;
+use e2e_tests::{FINAL, Pipeline};
+
+/// Connections to everything the checks read.
+pub(crate) struct Stores {
+    pub(crate) events: PgPool,
+    pub(crate) orders: PgPool,
+    pub(crate) payments: PgPool,
+    pub(crate) js: jetstream::Context,
+}
+
+impl Stores {
+    pub(crate) async fn connect(pipeline: &Pipeline) -> anyhow::Result<Stores> {
+        let pool = |database: &str| {
+            let url = pipeline.database_url(database);
+            let database = database.to_owned();
+            async move {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url)
+                    .await
+                    .with_context(|| format!("connecting to {database}"))
+            }
+        };
+        let servers = pipeline
+            .nats_url()
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("NATS_URL")?;
+        let client = async_nats::connect(servers.as_slice())
+            .await
+            .context("connecting to nats-server")?;
+        Ok(Stores {
+            events: pool("eventstoredb").await?,
+            orders: pool("ordersdb").await?,
+            payments: pool("paymentsdb").await?,
+            js: jetstream::new(client),
+        })
+    }
+
+    pub(crate) async fn close(self) {
+        self.events.close().await;
+        self.orders.close().await;
+        self.payments.close().await;
+    }
+}
+
+/// Final, and refunded when it has to be: a Rejected order always was debited; a Cancelled one
+/// was when it holds a payment id.
+pub(crate) fn settled(status: &str, refunded: bool, payment_id: Option<Uuid>) -> bool {
+    FINAL.contains(&status)
+        && (status != "Rejected" || refunded)
+        && (status != "Cancelled" || payment_id.is_none() || refunded)
+}
+
+/// How the wait for the pipeline to drain ended.
+#[derive(Debug, Clone)]
+pub(crate) struct Drain {
+    pub seconds: f64,
+    pub complete: bool,
+    /// What was still not done when the wait ended early.
+    pub left: Option<String>,
+}
+
+/// Waits (at most `timeout`) until every order is final in the read model (refunded when it must
+/// be), the outbox is empty and no worker has a message pending or unacknowledged.
+pub(crate) async fn drain(pipeline: &Pipeline, load: &LoadStats, timeout: Duration) -> Drain {
+    let began = Instant::now();
+    let deadline = began + timeout;
+    let mut stores = None;
+    loop {
+        let left = match &stores {
+            None => match Stores::connect(pipeline).await {
+                Ok(connected) => {
+                    stores = Some(connected);
+                    continue;
+                }
+                Err(error) => format!("could not connect: {error:#}"),
+            },
+            Some(stores) => match still_busy(stores, load).await {
+                Ok(None) => {
+                    return Drain {
+                        seconds: began.elapsed().as_secs_f64(),
+                        complete: true,
+                        left: None,
+                    };
+                }
+                Ok(Some(left)) => left,
+                Err(error) => format!("could not look: {error:#}"),
+            },
+        };
+        if Instant::now() >= deadline {
+            if let Some(stores) = stores {
+                stores.close().await;
+            }
+            return Drain {
+                seconds: began.elapsed().as_secs_f64(),
+                complete: false,
+                left: Some(left),
+            };
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// What is not done yet, or `None` when the pipeline is idle with every order settled.
+pub(crate) async fn still_busy(
+    stores: &Stores,
+    load: &LoadStats,
+) -> anyhow::Result<Option<String>> {
+    let mut orders: HashSet<Uuid> = load.placed.iter().map(|p| p.order_id).collect();
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT aggregate_id FROM events")
+        .fetch_all(&stores.events)
+        .await?;
+    orders.extend(stored.iter().filter_map(|(id,)| id.parse::<Uuid>().ok()));
+    let rows: Vec<(Uuid, String, bool, Option<Uuid>)> =
+        sqlx::query_as("SELECT order_id, status, refunded, payment_id FROM orders")
+            .fetch_all(&stores.orders)
+            .await?;
+    let rows: HashMap<Uuid, (String, bool, Option<Uuid>)> = rows
+        .into_iter()
+        .map(|(id, status, refunded, payment)| (id, (status, refunded, payment)))
+        .collect();
+    let mut waiting: Vec<String> = Vec::new();
+    for id in &orders {
+        match rows.get(id) {
+            Some((status, refunded, payment)) if settled(status, *refunded, *payment) => {}
+            Some((status, refunded, _)) => {
+                waiting.push(format!("{id} is {status} (refunded: {refunded})"));
+            }
+            None => waiting.push(format!("{id} is not in the read model")),
+        }
+    }
+    let mut left: Vec<String> = Vec::new();
+    if !waiting.is_empty() {
+        waiting.sort();
+        left.push(format!(
+            "{} of {} orders not settled (e.g. {})",
+            waiting.len(),
+            orders.len(),
+            waiting[..waiting.len().min(3)].join("; ")
+        ));
+    }
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&stores.events)
+        .await?;
+    if outbox > 0 {
+        left.push(format!("the outbox holds {outbox} events"));
+    }
+    let stream = stores.js.get_stream(STREAM).await?;
+    for spec in CONSUMERS {
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(spec.durable)
+            .await
+            .map_err(|error| anyhow::anyhow!("consumer {}: {error}", spec.durable))?;
+        let info = consumer.info().await?;
+        if info.num_pending > 0 || info.num_ack_pending > 0 {
+            left.push(format!(
+                "{} has {} messages pending and {} unacknowledged",
+                spec.durable, info.num_pending, info.num_ack_pending
+            ));
+        }
+    }
+    Ok((!left.is_empty()).then(|| left.join("; ")))
+}
