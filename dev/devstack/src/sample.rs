@@ -9,8 +9,6 @@ use serde_json::{Value, json};
 
 use crate::stack::Stack;
 
-const FINAL: [&str; 4] = ["Approved", "PaymentFailed", "Rejected", "Cancelled"];
-
 struct Sample<'a> {
     stack: &'a Stack,
     http: reqwest::blocking::Client,
@@ -291,5 +289,8 @@ fn settled(order: &Value) -> bool {
     let refund_due = (status == "Rejected"
         || (status == "Cancelled" && order["version"].as_i64() >= Some(3)))
         && order["refunded"] != Value::Bool(true);
-    FINAL.contains(&status) && !refund_due
+    let is_final = status
+        .parse::<order_domain::OrderStatus>()
+        .is_ok_and(order_domain::OrderStatus::is_final);
+    is_final && !refund_due
 }

@@ -6,4 +6,4 @@
 pub mod fresh;
 pub mod pipeline;
 
-pub use pipeline::{FINAL, Options, Pipeline, order_body};
+pub use pipeline::{Options, Pipeline, is_final, order_body};

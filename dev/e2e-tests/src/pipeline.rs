@@ -86,9 +86,6 @@ pub struct Pipeline {
     pub http: reqwest::Client,
 }
 
-/// Final statuses of an order.
-pub const FINAL: [&str; 4] = ["Approved", "PaymentFailed", "Rejected", "Cancelled"];
-
 impl Pipeline {
     /// Databases, stream and consumers bootstrapped, then one process of each service. An error
     /// when a binary is missing or stale, a server does not start, the bootstrapper fails or a
@@ -527,7 +524,7 @@ impl Pipeline {
             let status = o["status"].as_str().unwrap_or_default();
             let needs_refund =
                 status == "Rejected" || (status == "Cancelled" && o["version"].as_i64() >= Some(3));
-            FINAL.contains(&status) && (!needs_refund || o["refunded"] == Value::Bool(true))
+            is_final(status) && (!needs_refund || o["refunded"] == Value::Bool(true))
         })
         .await
     }
@@ -605,4 +602,12 @@ pub fn order_body(customer: &str, unit_price: &str, quantity: u32) -> Value {
         "restaurant_id": "r1",
         "order_items": [{"code": "p1", "name": "Pizza", "unit_price": unit_price, "quantity": quantity}]
     })
+}
+
+/// Whether `status`, as the API spells it, is one an order never leaves (the domain's
+/// [`OrderStatus::is_final`]).
+pub fn is_final(status: &str) -> bool {
+    status
+        .parse::<order_domain::OrderStatus>()
+        .is_ok_and(order_domain::OrderStatus::is_final)
 }

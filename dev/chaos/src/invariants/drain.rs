@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::load::LoadStats;
-use e2e_tests::{FINAL, Pipeline};
+use e2e_tests::{Pipeline, is_final};
 
 /// Connections to everything the checks read.
 pub(crate) struct Stores {
@@ -62,7 +62,7 @@ impl Stores {
 /// Final, and refunded when it has to be: a Rejected order always was debited; a Cancelled one
 /// was when it holds a payment id.
 pub(crate) fn settled(status: &str, refunded: bool, payment_id: Option<Uuid>) -> bool {
-    FINAL.contains(&status)
+    is_final(status)
         && (status != "Rejected" || refunded)
         && (status != "Cancelled" || payment_id.is_none() || refunded)
 }

@@ -80,7 +80,7 @@ async fn track(pipeline: &Pipeline, orders: &RefCell<Vec<Tracked>>, done: &RefCe
         for (i, id) in pending {
             let (status, body) = pipeline.get_order(&id).await;
             let state = body["status"].as_str().unwrap_or_default().to_owned();
-            if status == 200 && e2e_tests::FINAL.contains(&state.as_str()) {
+            if status == 200 && e2e_tests::is_final(&state) {
                 let mut orders = orders.borrow_mut();
                 orders[i].final_after = Some(orders[i].placed.elapsed());
                 orders[i].status = state;
