@@ -17,7 +17,7 @@ pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
 pub use patroni::PgCluster;
 pub use postgres::Postgres;
-pub use support::free_port;
+pub use support::{eventually, free_port};
 pub use zipkin::Zipkin;
 
 /// Sends `tracing` output to the test harness's captured output, filtered by `RUST_LOG` (default

@@ -319,3 +319,23 @@ pub(crate) fn http_request(
         .with_context(|| format!("no status line from {addr}{path}: {head:?}"))?;
     Ok((status, body.to_owned()))
 }
+
+/// Polls `check` every 50 ms until it gives a value, for at most `patience`; panics naming
+/// `what` after that. The tests' one way to wait for a state instead of sleeping.
+pub async fn eventually<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {patience:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

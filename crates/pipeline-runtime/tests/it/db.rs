@@ -63,22 +63,6 @@ async fn rows(world: &World) -> i64 {
     n
 }
 
-/// Polls `condition` until it holds, for at most 10 s.
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_connection_cut_under_its_commit_is_an_outage_although_the_commit_happened() {
     let world = world().await;
@@ -117,9 +101,11 @@ async fn a_connection_the_server_terminated_is_an_outage_and_the_pool_opens_anot
     let world = world().await;
     let before = backend_pid(&world.pool).await;
     // Back in the pool (its release check done), the connection is then ended under it.
-    wait_until("the connection is idle in the pool", || async {
-        world.pool.num_idle() == 1
-    })
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the connection to be idle in the pool",
+        || async { (world.pool.num_idle() == 1).then_some(()) },
+    )
     .await;
     // What a node's fast shutdown does to each session (SQLSTATE 57P01), without stopping the node.
     let direct = PgPool::connect(&world.direct).await.expect("connect");
@@ -128,14 +114,19 @@ async fn a_connection_the_server_terminated_is_an_outage_and_the_pool_opens_anot
         .execute(&direct)
         .await
         .expect("terminate");
-    wait_until("the backend is gone", || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
-            .bind(before)
-            .fetch_one(&direct)
-            .await
-            .expect("pg_stat_activity");
-        left == 0
-    })
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the backend to be gone",
+        || async {
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                    .bind(before)
+                    .fetch_one(&direct)
+                    .await
+                    .expect("pg_stat_activity");
+            (left == 0).then_some(())
+        },
+    )
     .await;
     let err = insert(&world.pool, 1).await.expect_err("terminated");
     assert_eq!(db::sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");

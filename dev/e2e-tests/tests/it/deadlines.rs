@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::Value;
-use testkit::Zipkin;
+use testkit::{Zipkin, eventually};
 use tokio::time::Instant;
 
 use e2e_tests::pipeline::binary;
@@ -39,27 +39,11 @@ async fn start(payment: &str, review: &str, extra: &[(&str, &str)]) -> Pipeline 
     .expect("the pipeline starts")
 }
 
-/// Polls `check` every 100 ms until it gives a value, at most `patience`; panics with `what`.
-async fn wait_until<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + patience;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until `durable` has nothing left to deliver and nothing unacknowledged, having delivered at
 /// least `delivered` messages in all: the messages that could make it act were handled.
 async fn wait_consumed(pipeline: &Pipeline, durable: &str, delivered: u64) {
     let js = pipeline.jetstream().await;
-    wait_until(
+    eventually(
         Duration::from_secs(60),
         &format!("{durable} to handle its messages"),
         || {
@@ -187,7 +171,7 @@ async fn a_review_that_does_not_come_ends_cancelled_and_refunded_in_the_orders_t
     // its spans on its own schedule, so a child can arrive before its parent: the trace counts
     // once every parent is there.
     let trace_id = order["trace_id"].as_str().expect("trace_id").to_owned();
-    let spans = wait_until(
+    let spans = eventually(
         Duration::from_secs(30),
         "the deadline span and the refund in the order's trace, with one root",
         || {
@@ -264,7 +248,7 @@ async fn a_payment_that_does_not_come_is_cancelled_once_however_many_watchers_re
     // A second watcher next to the first; then both are killed before the next order's deadline
     // and started again after it.
     pipeline.spawn("deadlinewatcher");
-    wait_until(Duration::from_secs(30), "the second watcher", || {
+    eventually(Duration::from_secs(30), "the second watcher", || {
         let started = log_count(&pipeline, "deadlinewatcher", 1, "deadlinewatcher watching") > 0;
         async move { started.then_some(()) }
     })
@@ -329,7 +313,7 @@ async fn a_payment_that_does_not_come_is_cancelled_once_however_many_watchers_re
     assert_eq!(order["status"], "Cancelled", "{order}");
     for index in [0, 1] {
         let mark = pipeline.log("deadlinewatcher", index).len();
-        wait_until(
+        eventually(
             Duration::from_secs(30),
             "each watcher to sweep clean",
             || {
@@ -397,7 +381,7 @@ async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_st
     tokio::time::sleep_until(placed + Duration::from_millis(1500)).await;
     pipeline.signal("paymentworker", 0, "CONT");
     let (shared, id) = (&pipeline, paid.as_str());
-    wait_until(Duration::from_secs(30), "the debit", move || async move {
+    eventually(Duration::from_secs(30), "the debit", move || async move {
         let history = history(shared, id).await;
         (types(&history) == ["created", "paymentdebited"]).then_some(())
     })
@@ -409,7 +393,7 @@ async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_st
 
     // Expected: the watcher reads the order, finds it Paid (the review has its 60 s) and leaves it.
     let decided = format!("order.id={paid}");
-    wait_until(
+    eventually(
         Duration::from_secs(30),
         "the watcher to decide on it",
         || {
@@ -444,7 +428,7 @@ async fn a_debit_just_before_the_deadline_wins_and_a_deadline_during_an_event_st
 
     // Expected: the watcher tries when the deadline falls, cannot reach the event store, says so,
     // keeps trying, and cancels the order once the event store is back.
-    wait_until(
+    eventually(
         Duration::from_secs(30),
         "the watcher to meet the outage",
         || {
