@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use pipeline_runtime::nats::{self, NatsArgs};
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 
 /// Default of `EVENTSTORE_DATABASE_URL`.
 pub const DEFAULT_EVENTSTORE_DATABASE_URL: &str =
@@ -104,33 +103,13 @@ impl Config {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
     }
-
-    /// Checks every value before anything is contacted; the error names the variable at fault and
-    /// never shows a password.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        for (variable, url) in [
-            ("EVENTSTORE_DATABASE_URL", &self.eventstore_database_url),
-            ("ORDERS_DATABASE_URL", &self.orders_database_url),
-            ("PAYMENTS_DATABASE_URL", &self.payments_database_url),
-        ] {
-            crate::sql::database_name(url.expose_secret())
-                .with_context(|| format!("{variable} is invalid"))?;
-        }
-        // Administrator, roles and reader: names, passwords and databases that fit together.
-        crate::sql::check(self)?;
-        self.nats.validate()?;
-        anyhow::ensure!(
-            (1..=5).contains(&self.replicas),
-            "NATS_STREAM_REPLICAS must be between 1 and 5, not {}",
-            self.replicas
-        );
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory as _, Parser as _};
+
+    use secrecy::ExposeSecret as _;
 
     use super::*;
 

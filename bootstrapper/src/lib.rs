@@ -7,14 +7,16 @@ use pipeline_runtime::{db, nats};
 
 pub mod config;
 pub mod jetstream;
+pub mod plan;
 pub mod roles;
 pub mod sql;
 
 pub use config::Config;
 pub use jetstream::{ensure_consumers, ensure_stream, ensure_stream_config, ensure_streams};
 pub use pipeline_runtime::stream::{dead_letter_stream_config, orders_stream_config};
+pub use plan::{Context, Reader, Target};
 pub use roles::Role;
-pub use sql::{Context, Reader, Target, ensure_database, migrate};
+pub use sql::{ensure_database, migrate};
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,14 +115,14 @@ pub async fn run_with(config: &Config, mut on_step: impl FnMut(&Step)) -> anyhow
     let timeout = config.connect_timeout();
 
     if !config.skip_sql {
-        let targets = sql::targets(config)?;
-        let readers = sql::orders_readers(config, &targets)?;
+        let targets = plan::targets(config)?;
+        let readers = plan::orders_readers(config, &targets)?;
         for target in &targets {
             let outcome = sql::ensure_target_database(target, timeout).await?;
             record(format!("database {}", target.database), outcome);
         }
         // Roles belong to the whole server: each once, created by the first context that names it.
-        let mut roles: Vec<(&sql::Target, &Role)> = Vec::new();
+        let mut roles: Vec<(&plan::Target, &Role)> = Vec::new();
         for target in &targets {
             if let Some(role) = &target.role
                 && !roles.iter().any(|(_, seen)| seen.name == role.name)
