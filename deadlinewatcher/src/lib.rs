@@ -20,7 +20,9 @@ pub use config::{
     Config, DEFAULT_EVENTSTORE_URL, DEFAULT_ORDERS_DATABASE_URL, DeadlineArgs, MAX_DEADLINE,
     MIN_DEADLINE,
 };
-pub use watcher::{AppendGate, EnforceError, Outcome, Sweep, Watcher};
+#[cfg(feature = "test-util")]
+pub use watcher::AppendGate;
+pub use watcher::{EnforceError, Outcome, Sweep, Watcher};
 
 /// The binary's (and the service's) name.
 pub const NAME: &str = "deadlinewatcher";

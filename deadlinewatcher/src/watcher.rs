@@ -11,7 +11,9 @@
 //! answer) append it once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+#[cfg(feature = "test-util")]
+use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 
 use futures::StreamExt as _;
 use order_domain::{
@@ -23,6 +25,7 @@ use pipeline_runtime::stream::EventEnvelope;
 use pipeline_runtime::tracecontext;
 use sqlx::PgPool;
 use time::OffsetDateTime;
+#[cfg(feature = "test-util")]
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -132,17 +135,21 @@ pub struct Watcher {
     /// last complete sweep nominated are kept.
     known: Mutex<HashMap<Uuid, Known>>,
     /// Test seam, see [`Watcher::gate_next_append`].
+    #[cfg(feature = "test-util")]
     gate: Mutex<Option<Arc<AppendGate>>>,
 }
 
 /// Test seam: holds the next cancel between its decision and its append, so that a test can move
-/// the order meanwhile (the race of a debit against the deadline, made deterministic).
+/// the order meanwhile (the race of a debit against the deadline, made deterministic). Built only
+/// with the `test-util` feature, which only this crate's tests turn on.
+#[cfg(feature = "test-util")]
 #[derive(Debug, Default)]
 pub struct AppendGate {
     arrived: Notify,
     open: Notify,
 }
 
+#[cfg(feature = "test-util")]
 impl AppendGate {
     /// Resolves once a cancel was decided and waits at the gate.
     pub async fn arrived(&self) {
@@ -162,12 +169,14 @@ impl Watcher {
             pool,
             deadlines,
             known: Mutex::new(HashMap::new()),
+            #[cfg(feature = "test-util")]
             gate: Mutex::new(None),
         }
     }
 
     /// Test seam, off unless called: the next cancel this watcher decides waits, after its
     /// decision and before its append, until the returned gate is opened.
+    #[cfg(feature = "test-util")]
     pub fn gate_next_append(&self) -> Arc<AppendGate> {
         let gate = Arc::new(AppendGate::default());
         *self.gate.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&gate));
@@ -348,14 +357,17 @@ impl Watcher {
             // The same correlation; caused by the event that opened the step that timed out.
             metadata: last.caused_metadata(),
         };
-        let gate = self
-            .gate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(gate) = gate {
-            gate.arrived.notify_one();
-            gate.open.notified().await;
+        #[cfg(feature = "test-util")]
+        {
+            let gate = self
+                .gate
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(gate) = gate {
+                gate.arrived.notify_one();
+                gate.open.notified().await;
+            }
         }
         let appended = self
             .store

@@ -3,6 +3,7 @@
 use order_domain::Money;
 use pipeline_runtime::consumer::WorkerArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
+#[cfg(feature = "test-util")]
 use tokio::sync::watch;
 
 /// Everything reviewworker reads at start. `--help` lists the variables.
@@ -22,8 +23,10 @@ pub struct Config {
     )]
     pub max_amount: Money,
 
-    /// Test seam, off by default and not settable from the outside: while it reads `true`, every
-    /// delivered message waits before it is handled, so a test can act on the order meanwhile.
+    /// Test seam, built only with the `test-util` feature (which only this crate's tests turn on)
+    /// and not settable from the outside: while it reads `true`, every delivered message waits
+    /// before it is handled, so a test can act on the order meanwhile.
+    #[cfg(feature = "test-util")]
     #[arg(skip)]
     pub hold: Option<watch::Receiver<bool>>,
 
@@ -45,6 +48,7 @@ impl Config {
             telemetry: TelemetryConfig::default(),
             worker: WorkerArgs::new(nats_url, eventstore_url),
             max_amount: Money::from_whole_units(500).unwrap_or(Money::ZERO),
+            #[cfg(feature = "test-util")]
             hold: None,
         }
     }
@@ -72,6 +76,7 @@ mod tests {
     fn the_review_limit_defaults_to_five_hundred_and_nothing_is_held() {
         let config = Config::try_parse_from(["reviewworker"]).expect("defaults parse");
         assert_eq!(config.max_amount.to_string(), "500.00");
+        #[cfg(feature = "test-util")]
         assert!(config.hold.is_none());
     }
 }

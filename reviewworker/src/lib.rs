@@ -30,6 +30,7 @@ impl App {
         let worker = Arc::new(Worker {
             store,
             max_amount: config.max_amount,
+            #[cfg(feature = "test-util")]
             hold: config.hold.clone(),
         });
         Ok(App {

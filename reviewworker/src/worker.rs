@@ -11,6 +11,7 @@ use order_domain::{Money, OrderEvent, OrderStatus, caused_event_id, review_debit
 use pipeline_runtime::consumer::{Delivery, Failure};
 use pipeline_runtime::eventstore::{BatchAppend, ClientError, EventStoreClient};
 use pipeline_runtime::stream::EventEnvelope;
+#[cfg(feature = "test-util")]
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -20,12 +21,14 @@ use pipeline_runtime::orders::{self, History};
 pub struct Worker {
     pub store: EventStoreClient,
     pub max_amount: Money,
+    #[cfg(feature = "test-util")]
     pub hold: Option<watch::Receiver<bool>>,
 }
 
 impl Worker {
     /// Reviews a batch: one outcome per delivery, in order.
     pub async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Result<(), Failure>> {
+        #[cfg(feature = "test-util")]
         if let Some(hold) = &self.hold {
             // Test seam: a closed channel releases the hold too.
             let _ = hold.clone().wait_for(|held| !*held).await;
