@@ -281,7 +281,7 @@ fn describe(kind: &ErrorKind) -> &'static str {
         ErrorKind::ExpiredSignature => "the token has expired",
         ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
         ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
-        ErrorKind::InvalidAudience => "the token is not meant for this API (aud)",
+        ErrorKind::InvalidAudience => "the token is not meant for this API (its audience)",
         ErrorKind::InvalidSignature => "the token's signature is invalid",
         ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
             "exp" => "the token has no expiry (exp)",
