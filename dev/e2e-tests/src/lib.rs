@@ -5,5 +5,6 @@
 
 pub mod fresh;
 pub mod pipeline;
+pub mod tokens;
 
 pub use pipeline::{FINAL, Options, Pipeline, order_body};
