@@ -95,8 +95,8 @@ pub struct Config {
     #[arg(long, env = "ORDERSVC_AUTH", value_name = "ORDERSVC_AUTH", value_enum)]
     pub auth: Option<AuthMode>,
 
-    /// The keys that sign the callers' tokens (`ORDERSVC_JWKS`): a JWKS file, or an `http(s)://`
-    /// URL that is fetched at the first request and again when a token names an unknown key (at
+    /// The keys that sign the callers' tokens (`ORDERSVC_JWKS`): a JWKS file, or an `http://`
+    /// URL (not yet `https://`) that is fetched at the first request and again when a token names an unknown key (at
     /// most every 5 s). Required unless `ORDERSVC_AUTH=none`.
     #[arg(long, env = "ORDERSVC_JWKS", value_name = "ORDERSVC_JWKS")]
     pub jwks: Option<String>,
