@@ -183,7 +183,7 @@ impl Config {
                  the API open, or ORDERSVC_AUTH to check tokens"
             ),
             (_, None) => anyhow::bail!(
-                "ORDERSVC_JWKS is not set: set ORDERSVC_JWKS (a JWKS file or http(s):// URL) with \
+                "ORDERSVC_JWKS is not set: set ORDERSVC_JWKS (a JWKS file or an http:// URL) with \
                  ORDERSVC_ISSUER and ORDERSVC_AUDIENCE so that callers need a token, or \
                  ORDERSVC_AUTH=none to run the API open to anyone"
             ),
