@@ -92,15 +92,30 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// A client that sends no token (an API run with `ORDERSVC_AUTH=none`).
     pub fn new(base: &str) -> anyhow::Result<ApiClient> {
+        ApiClient::with_token(base, None)
+    }
+
+    /// A client that sends `token` as its bearer token (`ORDERCTL_TOKEN`) with every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> anyhow::Result<ApiClient> {
         let base = base.trim_end_matches('/').to_owned();
         anyhow::ensure!(
             base.starts_with("http://") || base.starts_with("https://"),
             "ORDERSVC_URL must be an http:// URL, not {base:?}"
         );
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow::anyhow!("ORDERCTL_TOKEN is not a token (printable ASCII)"))?;
+            // Kept out of debug output and HTTP/2 header compression tables.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .timeout(API_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()?;
         Ok(ApiClient { base, http })
     }

@@ -56,6 +56,30 @@ pub struct Endpoints {
         global = true
     )]
     pub api_url: String,
+
+    /// The bearer token sent to ordersvc (`ORDERCTL_TOKEN`): an operator's (scope
+    /// `orders:admin`) reaches every order, a customer's only that customer's. Unset: no token,
+    /// for an API run with `ORDERSVC_AUTH=none`.
+    #[arg(long, env = "ORDERCTL_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<Token>,
+}
+
+/// A bearer token: `Debug` does not show it.
+#[derive(Clone)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Token, Self::Err> {
+        Ok(Token(text.to_owned()))
+    }
 }
 
 impl Endpoints {
@@ -77,7 +101,7 @@ impl Endpoints {
 
     /// A client of ordersvc at `api_url`.
     pub fn api(&self) -> anyhow::Result<api::ApiClient> {
-        api::ApiClient::new(&self.api_url)
+        api::ApiClient::with_token(&self.api_url, self.token.as_ref().map(|t| t.0.as_str()))
     }
 }
 

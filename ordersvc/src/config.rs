@@ -9,6 +9,17 @@ use pipeline_runtime::nats::NatsArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 use secrecy::{ExposeSecret as _, SecretString};
 
+use crate::auth::Auth;
+
+/// `ORDERSVC_AUTH`: whether callers need a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// A bearer token checked against `ORDERSVC_JWKS` (the default).
+    Jwt,
+    /// No check: anyone reaches every order.
+    None,
+}
+
 pub const DEFAULT_ADDR: &str = "0.0.0.0:3000";
 pub const DEFAULT_EVENTSTORE_URL: &str = "http://127.0.0.1:50051";
 pub const DEFAULT_ORDERS_DATABASE_URL: &str =
@@ -78,6 +89,27 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_in_flight: u32,
 
+    /// Whether callers need a token (`ORDERSVC_AUTH`): `jwt` (the default) requires a bearer token
+    /// checked against `ORDERSVC_JWKS`; `none` runs the API open to anyone who reaches the port,
+    /// for local experiments only (said in a warning at start).
+    #[arg(long, env = "ORDERSVC_AUTH", value_name = "ORDERSVC_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// The keys that sign the callers' tokens (`ORDERSVC_JWKS`): a JWKS file, or an `http://`
+    /// URL (not yet `https://`) that is fetched at the first request and again when a token names an unknown key (at
+    /// most every 5 s). Required unless `ORDERSVC_AUTH=none`.
+    #[arg(long, env = "ORDERSVC_JWKS", value_name = "ORDERSVC_JWKS")]
+    pub jwks: Option<String>,
+
+    /// The issuer a token must name (`iss`, `ORDERSVC_ISSUER`); required with `ORDERSVC_JWKS`.
+    #[arg(long, env = "ORDERSVC_ISSUER", value_name = "ORDERSVC_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// The audience a token must name (`aud`, `ORDERSVC_AUDIENCE`); required with
+    /// `ORDERSVC_JWKS`.
+    #[arg(long, env = "ORDERSVC_AUDIENCE", value_name = "ORDERSVC_AUDIENCE")]
+    pub audience: Option<String>,
+
     /// Where querymodelworker's read-model notices (`READMODEL.orders`) come from, which answer
     /// `min_version` requests as soon as the read model moved (`NATS_URL`, `NATS_USER`, ...). NATS
     /// down only slows those requests to their re-read; nothing else of the API needs it.
@@ -87,6 +119,11 @@ pub struct Config {
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+}
+
+/// A variable's value unless unset or blank.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.trim().is_empty())
 }
 
 impl Config {
@@ -109,6 +146,56 @@ impl Config {
             min_version_reread_ms: DEFAULT_MIN_VERSION_REREAD_MS,
             nats: NatsArgs::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            auth: None,
+            jwks: None,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    /// Tokens checked against the key set `jwks` (a file or URL), issued by `issuer` for
+    /// `audience`.
+    pub fn with_tokens(self, jwks: &str, issuer: &str, audience: &str) -> Self {
+        Self {
+            auth: Some(AuthMode::Jwt),
+            jwks: Some(jwks.to_owned()),
+            issuer: Some(issuer.to_owned()),
+            audience: Some(audience.to_owned()),
+            ..self
+        }
+    }
+
+    /// The API open to anyone (`ORDERSVC_AUTH=none`).
+    pub fn open(self) -> Self {
+        Self {
+            auth: Some(AuthMode::None),
+            jwks: None,
+            ..self
+        }
+    }
+
+    /// The token check this configuration asks for; the error names the variables to set.
+    pub fn token_check(&self) -> anyhow::Result<Auth> {
+        match (self.auth, given(&self.jwks)) {
+            (Some(AuthMode::None), None) => Ok(Auth::open()),
+            (Some(AuthMode::None), Some(_)) => anyhow::bail!(
+                "ORDERSVC_AUTH=none and ORDERSVC_JWKS are both set: unset ORDERSVC_JWKS to run \
+                 the API open, or ORDERSVC_AUTH to check tokens"
+            ),
+            (_, None) => anyhow::bail!(
+                "ORDERSVC_JWKS is not set: set ORDERSVC_JWKS (a JWKS file or an http:// URL) with \
+                 ORDERSVC_ISSUER and ORDERSVC_AUDIENCE so that callers need a token, or \
+                 ORDERSVC_AUTH=none to run the API open to anyone"
+            ),
+            (_, Some(jwks)) => {
+                let issuer = given(&self.issuer).ok_or_else(|| {
+                    anyhow::anyhow!("ORDERSVC_ISSUER must be set with ORDERSVC_JWKS")
+                })?;
+                let audience = given(&self.audience).ok_or_else(|| {
+                    anyhow::anyhow!("ORDERSVC_AUDIENCE must be set with ORDERSVC_JWKS")
+                })?;
+                Auth::jwt(jwks, issuer, audience)
+            }
         }
     }
 
@@ -161,6 +248,73 @@ mod tests {
             DEFAULT_ORDERS_DATABASE_URL
         );
         assert_eq!(config.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+    }
+
+    #[test]
+    fn without_keys_or_an_open_api_start_is_refused_naming_both_variables() {
+        let config = Config::try_parse_from(["ordersvc"]).expect("defaults parse");
+        let error = config
+            .token_check()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            error.contains("ORDERSVC_JWKS") && error.contains("ORDERSVC_AUTH=none"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn keys_without_issuer_or_audience_are_refused_naming_the_variable() {
+        let config = Config::try_parse_from(["ordersvc", "--jwks", "/nonexistent/jwks.json"])
+            .expect("parses");
+        let error = config
+            .token_check()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(error.contains("ORDERSVC_ISSUER"), "{error}");
+        let config = Config::try_parse_from([
+            "ordersvc",
+            "--jwks",
+            "/nonexistent/jwks.json",
+            "--issuer",
+            "https://id.example",
+        ])
+        .expect("parses");
+        let error = config
+            .token_check()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(error.contains("ORDERSVC_AUDIENCE"), "{error}");
+    }
+
+    #[test]
+    fn an_unreadable_key_set_is_refused_naming_the_variable() {
+        let config = Config::try_parse_from(["ordersvc"])
+            .expect("parses")
+            .with_tokens("/nonexistent/jwks.json", "https://id.example", "orders");
+        let error = config
+            .token_check()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(error.contains("ORDERSVC_JWKS"), "{error}");
+    }
+
+    #[test]
+    fn an_open_api_and_a_key_set_together_are_refused() {
+        let config = Config::try_parse_from(["ordersvc", "--auth", "none", "--jwks", "x.json"])
+            .expect("parses");
+        let error = config
+            .token_check()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(error.contains("ORDERSVC_AUTH=none"), "{error}");
+        let open = Config::try_parse_from(["ordersvc", "--auth", "none"]).expect("parses");
+        assert!(open.token_check().expect("open").is_open());
     }
 
     #[test]

@@ -13,11 +13,21 @@ use pipeline_runtime::eventstore::ClientError;
 /// Seconds a client is asked to wait (`Retry-After`) before trying a 503 again.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
+/// The protection space named in `WWW-Authenticate`.
+const REALM: &str = "orders";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400: the request cannot be understood (malformed JSON, a bad id, a bad query parameter).
     #[error("{0}")]
     BadRequest(String),
+    /// 401: no bearer token (`None`), or one that is not valid (what is wrong with it, never
+    /// which key or value was expected). Answered with `WWW-Authenticate: Bearer` (RFC 6750).
+    #[error("{}", .0.unwrap_or("a bearer token is required (Authorization: Bearer ...)"))]
+    Unauthorized(Option<&'static str>),
+    /// 403: a valid token that does not allow the request (an order in another customer's name).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// 405: the path exists, the method does not.
@@ -58,6 +68,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -73,6 +85,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let challenge = match &self {
+            ApiError::Unauthorized(None) => Some(format!("Bearer realm=\"{REALM}\"")),
+            ApiError::Unauthorized(Some(description)) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{description}\""
+            )),
+            _ => None,
+        };
         let body = match self {
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "internal error");
@@ -85,6 +104,11 @@ impl IntoResponse for ApiError {
             other => ErrorBody::new(other.to_string()),
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Both kinds of 503 pass by themselves: an overload drains, a dependency reconnects.
             response

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod admission;
+mod auth;
 mod body;
 mod config;
 mod error;
@@ -21,8 +22,9 @@ use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+pub use crate::auth::{Auth, Caller, LEEWAY_SECS, MIN_REFRESH, OPERATOR_SCOPE};
 pub use crate::config::{
-    Config, DEFAULT_ADDR, DEFAULT_EVENTSTORE_URL, DEFAULT_MAX_IN_FLIGHT,
+    AuthMode, Config, DEFAULT_ADDR, DEFAULT_EVENTSTORE_URL, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MIN_VERSION_REREAD_MS, DEFAULT_ORDERS_DATABASE_URL,
 };
 pub use crate::error::{ApiError, RETRY_AFTER_SECS};
@@ -43,6 +45,8 @@ pub struct AppState {
     pub(crate) openapi: Arc<serde_json::Value>,
     /// The bound of requests in flight, shared by every clone of the router.
     pub(crate) admission: admission::Admission,
+    /// Who may call the API (`ORDERSVC_JWKS`, or `ORDERSVC_AUTH=none`).
+    pub(crate) auth: Auth,
 }
 
 impl AppState {
@@ -50,6 +54,13 @@ impl AppState {
     /// so the service starts (and answers `/readyz` with 503) while its dependencies are down.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
+        let auth = config.token_check()?;
+        if auth.is_open() {
+            tracing::warn!(
+                "ORDERSVC_AUTH=none: the order API is OPEN, no token is checked; anyone who \
+                 reaches the port can read, place and cancel every customer's orders"
+            );
+        }
         let events = EventStoreClient::connect_lazy_with(
             &config.eventstore_url,
             config.timeout(),
@@ -70,6 +81,7 @@ impl AppState {
             moves: moves::Moves::default(),
             openapi: Arc::new(openapi::document()),
             admission: admission::Admission::new(config.max_in_flight),
+            auth,
         })
     }
 

@@ -8,6 +8,7 @@
 //! and it is what crates.io does (`src/openapi.rs`), a pattern the project's style guide names.
 
 use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, OpenApi as Document, Ref, RefOr, Required, Response,
     ResponseBuilder,
@@ -22,15 +23,89 @@ use crate::error::RETRY_AFTER_SECS;
         description = "The order API of the event-sourced order pipeline. Every error is JSON {\"error\": \"...\"}."
     ),
     // Referenced from a field whose schema is written by hand (its bounds are the domain's).
-    components(schemas(orders_api::OrderItemRequest))
+    components(schemas(orders_api::OrderItemRequest)),
+    modifiers(&BearerScheme)
 )]
 pub(crate) struct ApiDoc;
 
 /// The document served at `GET /api/openapi.json`.
 pub fn document() -> serde_json::Value {
-    let document = crate::routes::api(crate::admission::Admission::new(1)).into_openapi();
+    let document = crate::routes::api(
+        crate::admission::Admission::new(1),
+        crate::auth::Auth::open(),
+    )
+    .into_openapi();
     // Serializing these plain structures cannot fail; an empty object would fail every test.
     serde_json::to_value(document).unwrap_or_default()
+}
+
+/// The name of the security scheme of [`protected`] operations.
+pub(crate) const BEARER: &str = "bearer";
+
+/// Declares the bearer scheme: a JWT access token from the identity provider.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, document: &mut Document) {
+        let components = document.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An access token (JWT) from the identity provider: its `sub` is the \
+                         customer, who reaches only their own orders (another's answers 404, \
+                         like a missing one); the scope `orders:admin` reaches every order.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Marks every operation of `document` as needing a bearer token, answering 401 without a valid
+/// one.
+pub(crate) fn protected(document: &mut Document) {
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            operation
+                .responses
+                .responses
+                .insert("401".to_owned(), RefOr::T(unauthorized()));
+        }
+    }
+}
+
+fn unauthorized() -> Response {
+    let challenge = HeaderBuilder::new()
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .description(Some(
+            "Bearer, with error=\"invalid_token\" and error_description when a token was sent.",
+        ))
+        .build();
+    ResponseBuilder::new()
+        .description(
+            "No bearer token, or one that is not valid (expired, not yet valid, another \
+             issuer or audience, a bad signature, an unknown key or algorithm, no sub).",
+        )
+        .header("WWW-Authenticate", challenge)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Error")))
+                .build(),
+        )
+        .build()
 }
 
 /// Adds the 503 of the bound of requests in flight to every operation of `document`: a dependency

@@ -201,6 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     });
     let load_config = load::LoadConfig {
         base_url: pipeline.base_url(),
+        token: Some(pipeline.operator_token()),
         rate: config.rate,
         customers,
         seed: config.seed,

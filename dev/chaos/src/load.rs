@@ -27,6 +27,9 @@ const EXAMPLES: usize = 5;
 
 pub(crate) struct LoadConfig {
     pub base_url: String,
+    /// The bearer token of every request (an operator's: the load places orders for many
+    /// customers).
+    pub token: Option<String>,
     pub rate: f64,
     pub customers: u32,
     pub seed: u64,
@@ -116,7 +119,8 @@ struct Generated {
 /// Offers orders until `stop` is cancelled, then waits for every order's requests to end (each
 /// bounded by the deadline).
 pub(crate) async fn run(config: LoadConfig, stop: CancellationToken) -> anyhow::Result<LoadStats> {
-    let api = ApiClient::new(&config.base_url).context("the API's URL")?;
+    let api = ApiClient::with_token(&config.base_url, config.token.as_deref())
+        .context("the API's URL")?;
     let shared: Shared = Arc::default();
     let mut rng = StdRng::seed_from_u64(config.seed);
     let progress = tokio::spawn(log_progress(Arc::clone(&shared)));
@@ -315,6 +319,7 @@ mod tests {
     fn config(seed: u64) -> LoadConfig {
         LoadConfig {
             base_url: String::new(),
+            token: None,
             rate: 1.0,
             customers: 50,
             seed,

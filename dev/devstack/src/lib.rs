@@ -9,5 +9,6 @@ pub mod sample;
 pub mod services;
 pub mod settings;
 pub mod stack;
+pub mod tokens;
 
 pub use stack::{Reported, Stack};

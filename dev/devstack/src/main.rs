@@ -34,6 +34,18 @@ enum Cmd {
     },
     /// The variables a client needs, as `export` lines: eval "$(scripts/stack env)".
     Env,
+    /// Print a bearer token signed with the stack's key (the stack must have started once).
+    Token {
+        /// The customer (the token's `sub`).
+        #[arg(long)]
+        customer: String,
+        /// Space-separated scopes, e.g. `orders:admin` for an operator.
+        #[arg(long)]
+        scope: Option<String>,
+        /// How long the token lives: 1h, 30m, 90s.
+        #[arg(long, default_value = "1h", value_parser = devstack::tokens::parse_ttl)]
+        ttl: std::time::Duration,
+    },
     /// Start the stack, post four sample orders and show their states, histories and traces.
     Run,
     /// Benchmark the whole pipeline on a stack of its own (what scripts/bench runs).
@@ -81,6 +93,14 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             for line in Stack::recorded()?.env_lines() {
                 println!("{line}");
             }
+        }
+        Cmd::Token {
+            customer,
+            scope,
+            ttl,
+        } => {
+            let issuer = devstack::tokens::load(&Stack::recorded()?.layout.dir)?;
+            println!("{}", issuer.token(&customer, scope.as_deref(), ttl));
         }
         Cmd::Run => {
             let stack = Stack::start()?;

@@ -14,6 +14,8 @@ struct Sample<'a> {
     http: reqwest::blocking::Client,
     api: String,
     zipkin: String,
+    /// The operator's token, for `orderctl trace`.
+    token: String,
     /// Why traces are not shown, when they are not.
     zipkin_note: Option<String>,
     failed: bool,
@@ -21,8 +23,18 @@ struct Sample<'a> {
 
 /// Posts the four orders to the running `stack` and reports them; whether all ended as expected.
 pub fn run(stack: &Stack) -> anyhow::Result<bool> {
+    // An operator's token: the samples are orders of several customers.
+    let token = crate::tokens::operator(
+        &crate::tokens::load(&stack.layout.dir)?,
+        Duration::from_secs(3600),
+    );
+    let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the token as a header")?;
+    bearer.set_sensitive(true);
+    let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, bearer)]);
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(15))
+        .default_headers(headers)
         .build()
         .context("HTTP client")?;
     let zipkin = stack
@@ -47,6 +59,7 @@ pub fn run(stack: &Stack) -> anyhow::Result<bool> {
         http,
         api: stack.endpoints().api_url(),
         zipkin,
+        token,
         zipkin_note,
         failed: false,
     };
@@ -111,7 +124,8 @@ impl Sample<'_> {
         println!(
             "\nThe stack keeps running:\n  scripts/stack status             every process, its \
              port and health\n  scripts/stack logs [-f] [NAME]   logs (eventstore, ordersvc, \
-             paymentworker, ...)\n  scripts/stack stop               stops it all\n  curl -s \
+             paymentworker, ...)\n  scripts/stack stop               stops it all\n  \
+             eval \"$(scripts/stack env)\"; curl -s -H \"Authorization: Bearer $ORDERCTL_TOKEN\" \
              {}/api/orders/{approved}",
             self.api
         );
@@ -235,6 +249,7 @@ impl Sample<'_> {
                 println!("  trace (orderctl trace {order_id}):");
                 let orderctl = self.stack.layout.bin_dir.join("orderctl");
                 match Command::new(&orderctl)
+                    .env("ORDERCTL_TOKEN", &self.token)
                     .args([
                         "--api-url",
                         &self.api,

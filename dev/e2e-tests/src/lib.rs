@@ -5,5 +5,6 @@
 
 pub mod fresh;
 pub mod pipeline;
+pub mod tokens;
 
 pub use pipeline::{Options, Pipeline, is_final, order_body};

@@ -83,6 +83,9 @@ pub struct Pipeline {
     processes: Vec<Process>,
     /// Variables every process gets on top of the defaults (later ones win).
     env_overrides: Vec<(String, String)>,
+    /// Signs the tokens ordersvc accepts ([`Pipeline::token_for`]).
+    tokens: crate::tokens::Tokens,
+    /// Sends an operator's token with every request, so it reaches every order.
     pub http: reqwest::Client,
 }
 
@@ -132,6 +135,7 @@ impl Pipeline {
             Some(nats) => nats,
             None => NatsServer::start().context("starting nats-server")?,
         };
+        let tokens = crate::tokens::Tokens::make().context("making the token signing key")?;
         let mut pipeline = Pipeline {
             postgres,
             nats,
@@ -144,8 +148,10 @@ impl Pipeline {
             env_overrides: options.env,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .default_headers(bearer(tokens.operator())?)
                 .build()
                 .context("building the HTTP client")?,
+            tokens,
         };
         pipeline.bootstrap(&options.bootstrap_args)?;
         if !options.no_services {
@@ -243,12 +249,37 @@ impl Pipeline {
             ("PAYMENT_DEADLINE", "5m".to_owned()),
             ("REVIEW_DEADLINE", "5m".to_owned()),
         ];
+        let tokens = match service {
+            Some("ordersvc") => self.tokens.ordersvc_env(),
+            _ => Vec::new(),
+        };
         self.endpoints()
             .env(service)
             .into_iter()
             .chain(defaults.into_iter().map(|(k, v)| (k.to_owned(), v)))
+            .chain(tokens)
             .chain(self.env_overrides.iter().cloned())
             .collect()
+    }
+
+    /// An operator's token (scope `orders:admin`), which [`Pipeline::http`] sends.
+    pub fn operator_token(&self) -> String {
+        self.tokens.operator().to_owned()
+    }
+
+    /// Default headers for a client of its own that sends the operator's token.
+    pub fn operator_headers(&self) -> reqwest::header::HeaderMap {
+        bearer(self.tokens.operator()).unwrap_or_default()
+    }
+
+    /// A token of `customer_id`, who reaches only their own orders.
+    pub fn token_for(&self, customer_id: &str) -> String {
+        self.tokens.customer(customer_id)
+    }
+
+    /// The key that signs this pipeline's tokens (for tokens with claims of a test's choosing).
+    pub fn token_issuer(&self) -> &testkit::tokens::TokenIssuer {
+        &self.tokens.issuer
     }
 
     /// Starts one more process of `service`; returns its index among that service's processes.
@@ -593,6 +624,16 @@ impl Drop for Pipeline {
             let _ = process.child.wait();
         }
     }
+}
+
+/// Default headers that send `token` as the bearer token.
+fn bearer(token: &str) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("a token is a header value")?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(headers)
 }
 
 /// The reference implementation's request body with one item.

@@ -10,6 +10,7 @@ mod postgres;
 pub mod procfs;
 mod support;
 pub mod tls;
+pub mod tokens;
 mod zipkin;
 
 pub use cut::CutProxy;

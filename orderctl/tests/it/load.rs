@@ -13,6 +13,9 @@ struct Pipeline {
     _nats: Nats,
     _postgres: Postgres,
     api_url: String,
+    /// An operator's token, which ordersvc accepts (its JWKS is in `_keys`).
+    token: String,
+    _keys: tempfile::TempDir,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -46,8 +49,17 @@ impl Pipeline {
         .await
         .expect("event store builds");
         let eventstore_url = format!("http://{}", eventstore.local_addr());
+        let issuer = testkit::tokens::TokenIssuer::generate("https://id.orderctl.test", "orders")
+            .expect("a signing key");
+        let keys = tempfile::tempdir().expect("a folder for the JWKS");
+        let jwks = keys.path().join("jwks.json");
+        issuer.write_jwks(&jwks).expect("the JWKS");
         let mut ordersvc_config =
-            ordersvc::Config::new(any_port(), &eventstore_url, &orders_database_url);
+            ordersvc::Config::new(any_port(), &eventstore_url, &orders_database_url).with_tokens(
+                jwks.to_str().expect("a UTF-8 path"),
+                issuer.issuer(),
+                issuer.audience(),
+            );
         ordersvc_config.nats = pipeline_runtime::nats::NatsArgs::new(&nats_url);
         let ordersvc = ordersvc::App::build(ordersvc_config)
             .await
@@ -83,6 +95,8 @@ impl Pipeline {
             _nats: nats,
             _postgres: postgres,
             api_url,
+            token: issuer.operator(),
+            _keys: keys,
             tasks,
         }
     }
@@ -90,7 +104,7 @@ impl Pipeline {
     async fn orderctl(&self, args: &[&str]) -> std::process::Output {
         let mut argv = vec!["--api-url".to_owned(), self.api_url.clone()];
         argv.extend(args.iter().map(|arg| (*arg).to_owned()));
-        orderctl_binary(argv, vec![]).await
+        orderctl_binary(argv, vec![("ORDERCTL_TOKEN", self.token.clone())]).await
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
 use order_domain::{AGGREGATE_TYPE, Order, OrderEvent, OrderStatus, Refusal};
 use orders_api::{CancelRequest, Cancelled, DEFAULT_CANCEL_REASON, ErrorBody, MAX_REASON_CHARS};
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::read::path_id;
 use crate::AppState;
+use crate::auth::Caller;
 use crate::body;
 use crate::error::ApiError;
 
@@ -37,7 +38,7 @@ const ATTEMPTS: u32 = 3;
     responses(
         (status = 200, description = "The order was cancelled (or already was: a repeated cancel appends nothing).", body = Cancelled),
         (status = 400, description = "The id is not a UUID, or the body is malformed JSON.", body = ErrorBody),
-        (status = 404, description = "No such order.", body = ErrorBody),
+        (status = 404, description = "No such order, or another customer's.", body = ErrorBody),
         (status = 409, description = "Too late: the order is past Paid.", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
         (status = 415, description = "A body was sent that is not application/json.", body = ErrorBody),
@@ -47,6 +48,7 @@ const ATTEMPTS: u32 = 3;
 #[tracing::instrument(skip_all, fields(order.id))]
 pub async fn cancel_order(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -57,6 +59,10 @@ pub async fn cancel_order(
 
     for attempt in 1..=ATTEMPTS {
         let order = load(&state, order_id).await?;
+        if !caller.reaches(&order.customer_id) {
+            // Exactly the answer for an order that does not exist: existence is not leaked.
+            return Err(not_found(order_id));
+        }
         if order.status == OrderStatus::Cancelled {
             return Ok(cancelled(order_id, order.version));
         }
@@ -137,5 +143,9 @@ async fn load(state: &AppState, order_id: Uuid) -> Result<Order, ApiError> {
         .map_err(|error| anyhow::Error::new(error).context(format!("decoding order {order_id}")))?;
     Order::fold(&events)
         .map_err(|error| anyhow::Error::new(error).context(format!("folding order {order_id}")))?
-        .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))
+        .ok_or_else(|| not_found(order_id))
+}
+
+fn not_found(order_id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("order {order_id} not found"))
 }

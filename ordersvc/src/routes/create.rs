@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_domain::{
@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::body;
 use crate::error::ApiError;
 
@@ -40,6 +41,7 @@ const IDEMPOTENT_ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x8d3f_51a2_6c0e_4b7d_a
         (status = 201, description = "The order was placed (or, for a retried Idempotency-Key, had been).",
             body = CreatedOrder, headers(("Location" = String, description = "/api/orders/{id}"))),
         (status = 400, description = "Malformed JSON or Idempotency-Key.", body = ErrorBody),
+        (status = 403, description = "A customer's token with another customer's customer_id: a customer orders only in their own name (without customer_id, the token's is taken).", body = ErrorBody),
         (status = 413, description = "The body is too large.", body = ErrorBody),
         (status = 415, description = "The body is not application/json.", body = ErrorBody),
         (status = 422, description = "The order is invalid (details name each field), or the Idempotency-Key was used with a different order.", body = ErrorBody),
@@ -48,12 +50,14 @@ const IDEMPOTENT_ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x8d3f_51a2_6c0e_4b7d_a
 #[tracing::instrument(skip_all, fields(order.id))]
 pub async fn create_order(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&request_headers)?;
     let value = body::json(&request_headers, body)?;
-    let request = order_request(value)?;
+    let mut request = order_request(value)?;
+    in_own_name(&caller, &mut request)?;
     let new_order = NewOrder::parse(request).map_err(|invalid| ApiError::Invalid {
         message: invalid.to_string(),
         details: invalid.errors,
@@ -122,6 +126,27 @@ fn idempotency_key(request_headers: &HeaderMap) -> Result<Option<String>, ApiErr
         return Err(invalid());
     }
     Ok(Some(key.to_owned()))
+}
+
+/// A customer orders in their own name: a missing `customer_id` becomes theirs, another one is a
+/// 403. Operators (and an open API) name any customer.
+fn in_own_name(caller: &Caller, request: &mut OrderRequest) -> Result<(), ApiError> {
+    let Some(own) = caller.only() else {
+        return Ok(());
+    };
+    match &request.customer_id {
+        Value::Null => {
+            request.customer_id = Value::from(own);
+            Ok(())
+        }
+        Value::String(named) if named != own => Err(ApiError::Forbidden(
+            "a customer places orders only in their own name: customer_id must be the token's \
+             subject, or left out"
+                .to_owned(),
+        )),
+        // Their own id, or no text at all, which the domain refuses as invalid.
+        _ => Ok(()),
+    }
 }
 
 /// 422 naming each text field that holds U+0000, which the event store's JSONB cannot keep (it

@@ -2,11 +2,12 @@
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use orders_api::{ErrorBody, Event};
 
 use super::read::path_id;
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// An order's history from the event store
@@ -18,18 +19,26 @@ use crate::error::ApiError;
     responses(
         (status = 200, description = "Every event of the order, oldest first.", body = Vec<Event>),
         (status = 400, description = "The id is not a UUID.", body = ErrorBody),
-        (status = 404, description = "The order has no events.", body = ErrorBody),
+        (status = 404, description = "The order has no events, or is another customer's.", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(order.id))]
 pub async fn order_events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let order_id = path_id(path)?;
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
     let events = state.events.events(&order_id.to_string()).await?;
-    if events.is_empty() {
+    // Another customer's order has no events as far as this caller can tell.
+    let reached = events.first().is_some_and(|created| {
+        caller.only().is_none()
+            || created.event_data["customer_id"]
+                .as_str()
+                .is_some_and(|customer| caller.reaches(customer))
+    });
+    if !reached {
         return Err(ApiError::NotFound(format!(
             "order {order_id} has no events"
         )));

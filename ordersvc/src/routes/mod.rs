@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::admission::Admission;
+use crate::auth::Auth;
 use crate::error::ApiError;
 
 /// Largest request body accepted (413 above).
@@ -23,13 +24,21 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Every operation with its route and its documentation, registered together so none can be
 /// routed undocumented. All but the probes are behind the bound of requests in flight, and
-/// document the 503 it answers.
-pub(crate) fn api(admission: Admission) -> OpenApiRouter<AppState> {
-    let mut admitted = OpenApiRouter::new()
+/// document the 503 it answers; the orders' operations need a bearer token (`auth`), and document
+/// it and the 401, while the document itself stays open.
+pub(crate) fn api(admission: Admission, auth: Auth) -> OpenApiRouter<AppState> {
+    let mut protected = OpenApiRouter::new()
         .routes(routes!(create::create_order, read::list_orders))
         .routes(routes!(read::get_order))
         .routes(routes!(history::order_events))
-        .routes(routes!(cancel::cancel_order))
+        .routes(routes!(cancel::cancel_order));
+    crate::openapi::protected(protected.get_openapi_mut());
+    let protected = protected.route_layer(axum::middleware::from_fn_with_state(
+        auth,
+        crate::auth::authenticate,
+    ));
+    let mut admitted = OpenApiRouter::new()
+        .merge(protected)
         .routes(routes!(health::openapi));
     crate::openapi::refusable(admitted.get_openapi_mut());
     crate::openapi::optional_post_body(admitted.get_openapi_mut(), "/api/orders/{id}/cancel");
@@ -48,7 +57,7 @@ pub(crate) fn api(admission: Admission) -> OpenApiRouter<AppState> {
 
 /// The whole HTTP API, ready to serve (or to call with `tower::ServiceExt::oneshot` in tests).
 pub fn router(state: AppState) -> Router {
-    let (router, _) = api(state.admission.clone()).split_for_parts();
+    let (router, _) = api(state.admission.clone(), state.auth.clone()).split_for_parts();
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -6,7 +6,7 @@ use std::pin::pin;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use order_domain::{Money, OrderStatus};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::moves::Watch;
 
@@ -63,12 +64,13 @@ fn query_params(
         (status = 200, description = "The order.", body = Order,
             headers(("X-Read-Model-Stale" = String, description = "true when the read model had not reached min_version in time"))),
         (status = 400, description = "The id is not a UUID, or min_version is not a whole number of at least 1.", body = ErrorBody),
-        (status = 404, description = "No such order in the read model.", body = ErrorBody),
+        (status = 404, description = "No such order in the read model, or another customer's.", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(order.id))]
 pub async fn get_order(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -92,7 +94,11 @@ pub async fn get_order(
             // Registered before the read: a notice that lands during it still wakes us.
             notified.enable();
         }
-        let found = db::retry(|| fetch_order(&state.db, order_id)).await?;
+        // Another customer's order is missing as far as this caller can tell, down to the
+        // `min_version` wait that a missing order waits out.
+        let found = db::retry(|| fetch_order(&state.db, order_id))
+            .await?
+            .filter(|(row, _)| caller.reaches(&row.customer_id));
         let caught_up = match (&found, min_version) {
             (_, None) => true,
             (Some((row, _)), Some(wanted)) => row.version >= wanted,
@@ -129,13 +135,14 @@ pub async fn get_order(
     operation_id = "listOrders",
     params(ListOrdersQuery),
     responses(
-        (status = 200, description = "One page of orders.", body = OrderPage),
+        (status = 200, description = "One page of orders. A customer's token lists only that customer's orders: a customer_id naming another customer answers an empty page.", body = OrderPage),
         (status = 400, description = "customer_id missing, or a bad limit or cursor.", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all)]
 pub async fn list_orders(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<OrderPage>, ApiError> {
     let params = query_params(query)?;
@@ -170,6 +177,14 @@ pub async fn list_orders(
         })
         .transpose()?;
 
+    if !caller.reaches(customer_id) {
+        // A customer lists only their own orders: another's list is empty, as for a customer
+        // without orders, whether or not that customer has any.
+        return Ok(Json(OrderPage {
+            next: None,
+            orders: Vec::new(),
+        }));
+    }
     let (mut rows, items) =
         db::retry(|| fetch_page(&state.db, customer_id, after.as_ref(), limit + 1)).await?;
     // One row more than asked says whether another page follows.

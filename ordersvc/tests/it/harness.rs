@@ -2,6 +2,8 @@
 //! stream, the real event store in-process, and ordersvc's router on top.
 
 use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,7 +16,63 @@ use pipeline_harness::{EVENTSTORE, ORDERS};
 use pipeline_runtime::nats::NatsArgs;
 use serde_json::Value;
 use sqlx::PgPool;
+use testkit::tokens::TokenIssuer;
 use tower::ServiceExt as _;
+
+/// The issuer and audience of [`tokens`]'s tokens, which ordersvc is configured to accept.
+pub const ISSUER: &str = "https://id.orders.test";
+pub const AUDIENCE: &str = "orders-api";
+
+/// The test binary's identity provider: one signing key, its JWKS in a file, tokens on demand.
+pub struct Tokens {
+    pub issuer: TokenIssuer,
+    pub jwks: PathBuf,
+    _dir: tempfile::TempDir,
+    operator: String,
+}
+
+impl Tokens {
+    /// A token of `customer_id` (its `sub`), no scope.
+    pub fn customer(&self, customer_id: &str) -> String {
+        self.issuer.customer(customer_id)
+    }
+
+    /// An operator's token (scope `orders:admin`).
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+}
+
+pub fn tokens() -> &'static Tokens {
+    static TOKENS: LazyLock<Tokens> = LazyLock::new(|| {
+        let issuer = TokenIssuer::generate(ISSUER, AUDIENCE).expect("a signing key");
+        let dir = tempfile::tempdir().expect("a folder for the JWKS");
+        let jwks = dir.path().join("jwks.json");
+        issuer.write_jwks(&jwks).expect("the JWKS file");
+        let operator = issuer.operator();
+        Tokens {
+            issuer,
+            jwks,
+            _dir: dir,
+            operator,
+        }
+    });
+    &TOKENS
+}
+
+/// ordersvc's configuration for these addresses, accepting [`tokens`]'s tokens.
+pub fn config(eventstore_url: &str, orders_database_url: impl Into<String>) -> Config {
+    Config::new(
+        "127.0.0.1:0".parse().expect("address"),
+        eventstore_url,
+        orders_database_url,
+    )
+    .with_tokens(
+        tokens().jwks.to_str().expect("a UTF-8 path"),
+        ISSUER,
+        AUDIENCE,
+    )
+}
 
 pub const REFERENCE_BODY: &str = r#"{"customer_id":"c1","restaurant_id":"r1","order_items":[{"code":"p1","name":"Pizza","unit_price":12.5,"quantity":2}]}"#;
 
@@ -58,11 +116,7 @@ impl Stack {
         let eventstore_db = base.pool(EVENTSTORE).await;
         let orders_db = base.pool(ORDERS).await;
 
-        let mut config = Config::new(
-            "127.0.0.1:0".parse().expect("address"),
-            &base.eventstore_url,
-            base.database_url(ORDERS),
-        );
+        let mut config = config(&base.eventstore_url, base.database_url(ORDERS));
         config.timeout_ms = 2000;
         config.min_version_wait_ms = 400;
         let state = AppState::new(&config).expect("ordersvc state");
@@ -88,8 +142,14 @@ impl Stack {
         router(self.state.clone())
     }
 
+    /// Sends `request` as an operator unless it carries a token of its own.
     pub async fn call(&self, request: Request<Body>) -> Answer {
         call(self.app(), request).await
+    }
+
+    /// Sends `request` as it is (without a token unless it has one).
+    pub async fn call_raw(&self, request: Request<Body>) -> Answer {
+        call_raw(self.app(), request).await
     }
 
     /// Rows in eventstoredb's `events`: what was appended, whatever the API answered.
@@ -115,7 +175,20 @@ impl DerefMut for Stack {
     }
 }
 
-pub async fn call(app: Router, request: Request<Body>) -> Answer {
+/// Sends `request` to `app` as an operator unless it carries a token of its own.
+pub async fn call(app: Router, mut request: Request<Body>) -> Answer {
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        let bearer = format!("Bearer {}", tokens().operator());
+        request.headers_mut().insert(
+            header::AUTHORIZATION,
+            bearer.parse().expect("a header value"),
+        );
+    }
+    call_raw(app, request).await
+}
+
+/// Sends `request` to `app` as it is.
+pub async fn call_raw(app: Router, request: Request<Body>) -> Answer {
     let response = app.oneshot(request).await.expect("the router answers");
     let status = response.status();
     let headers = response.headers().clone();
@@ -155,6 +228,16 @@ pub fn post_with_key(path: &str, key: &str, body: impl Into<String>) -> Request<
         .header("Idempotency-Key", key)
         .body(Body::from(body.into()))
         .expect("request")
+}
+
+/// `request` with `token` as its bearer token.
+pub fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
+    let bearer = format!("Bearer {token}");
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        bearer.parse().expect("a header value"),
+    );
+    request
 }
 
 /// Places the reference order through the API; returns its id.

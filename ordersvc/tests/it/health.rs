@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use ordersvc::{App, Config};
+use ordersvc::App;
 use pipeline_runtime::nats::NatsArgs;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -69,8 +69,7 @@ async fn readiness_follows_the_database() {
 async fn the_service_answers_on_its_socket_and_stops_gracefully() {
     testkit::init_tracing();
     // No dependency needs to be up for the service to start and report itself alive.
-    let mut config = Config::new(
-        "127.0.0.1:0".parse().expect("address"),
+    let mut config = crate::harness::config(
         "http://127.0.0.1:1",
         "postgresql://root@127.0.0.1:1/ordersdb?sslmode=disable",
     );

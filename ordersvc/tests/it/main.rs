@@ -1,5 +1,6 @@
 //! Integration tests of ordersvc against real PostgreSQL, nats-server and the in-process event store.
 
+mod auth;
 mod cancel;
 mod create;
 mod fuzzed;

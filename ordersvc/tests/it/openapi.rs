@@ -4,15 +4,14 @@ use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use ordersvc::{AppState, Config, openapi_document, router};
+use ordersvc::{AppState, openapi_document, router};
 use uuid::Uuid;
 
 use crate::harness::{REFERENCE_BODY, call};
 
 /// ordersvc with both dependencies unreachable: every operation still exists and answers.
 fn app() -> axum::Router {
-    let mut config = Config::new(
-        "127.0.0.1:0".parse().expect("address"),
+    let mut config = crate::harness::config(
         "http://127.0.0.1:1",
         "postgresql://root@127.0.0.1:1/ordersdb?sslmode=disable",
     );

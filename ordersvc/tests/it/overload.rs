@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use ordersvc::{AppState, Config, RETRY_AFTER_SECS, openapi_document, router};
+use ordersvc::{AppState, RETRY_AFTER_SECS, openapi_document, router};
 use pipeline_harness::ORDERS;
 use pipeline_runtime::eventstore::NewEvent;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -18,11 +18,7 @@ use crate::harness::{Answer, REFERENCE_BODY, Stack, call, get, post_with_key};
 
 /// ordersvc on the stack's event store and ordersdb, with its own bound of requests in flight.
 fn limited(stack: &Stack, max_in_flight: u32, timeout_ms: u64) -> Router {
-    let mut config = Config::new(
-        "127.0.0.1:0".parse().expect("address"),
-        &stack.eventstore_url,
-        stack.database_url(ORDERS),
-    );
+    let mut config = crate::harness::config(&stack.eventstore_url, stack.database_url(ORDERS));
     config.timeout_ms = timeout_ms;
     config.max_in_flight = max_in_flight;
     router(AppState::new(&config).expect("ordersvc state"))

@@ -355,6 +355,9 @@ impl Stack {
             env.push(("NATS_USER".to_owned(), name.to_owned()));
             env.push(("NATS_PASSWORD".to_owned(), self.nats_password(name)?));
         }
+        if name == "ordersvc" {
+            env.extend(crate::tokens::ordersvc_env(&self.layout.dir)?);
+        }
         Ok(env)
     }
 

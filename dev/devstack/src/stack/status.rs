@@ -145,6 +145,10 @@ impl Stack {
             s.eventstore_port
         );
         println!("  export ORDERSVC_URL=http://127.0.0.1:{}", s.ordersvc_port);
+        println!(
+            "  export ORDERCTL_TOKEN=... ORDERS_TOKEN=...   # eval \"$(scripts/stack env)\" sets \
+             both (operator, customer c1); scripts/stack token --customer ID for others"
+        );
         let psql = match s.db {
             Db::Single => "PostgreSQL",
             Db::Ha => "the HA cluster's leader, through HAProxy",
@@ -193,6 +197,8 @@ impl Stack {
                 lines.push(format!("export NATS_PASSWORD='{password}'"));
             }
         }
+        // Bearer tokens of the stack's key: an operator's (orderctl) and customer c1's (curl).
+        lines.extend(crate::tokens::env_lines(&self.layout.dir));
         for (variable, user, database) in [
             ("BOOTSTRAP_DATABASE_URL", "root", "postgres"),
             ("EVENTSTORE_DATABASE_URL", "eventstore", "eventstoredb"),

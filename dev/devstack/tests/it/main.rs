@@ -171,7 +171,24 @@ fn all_logs(dir: &Path) -> String {
 /// An order posted through the stack's API is accepted and reaches a final status.
 fn post_order(stack: &TestStack) {
     let api = format!("http://127.0.0.1:{}", stack.port("STACK_ORDERSVC_PORT"));
-    let http = reqwest::blocking::Client::new();
+    // A token of customer c1, signed with the key the stack made at its start.
+    let token = stack.devstack(&["token", "--customer", "c1"]);
+    assert!(token.status.success(), "token: {}", text(&token));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("a header value"),
+    );
+    let http = reqwest::blocking::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client");
+    let anonymous = reqwest::blocking::Client::new()
+        .get(format!("{api}/api/orders?customer_id=c1"))
+        .send()
+        .expect("GET answers");
+    assert_eq!(anonymous.status().as_u16(), 401, "no token, no answer");
     let answer = http
         .post(format!("{api}/api/orders"))
         .json(&serde_json::json!({

@@ -145,6 +145,7 @@ async fn a_burst_far_above_capacity_is_answered_and_every_accepted_order_complet
     // Its own client: one connection per request in flight, and patience for a slow answer, so a
     // slow answer is measured rather than counted as lost.
     let client = reqwest::Client::builder()
+        .default_headers(pipeline.operator_headers())
         .timeout(Duration::from_secs(60))
         .build()
         .expect("HTTP client");

@@ -201,12 +201,29 @@ async fn the_stack_starts_from_a_clean_folder_serves_an_order_and_stops_without_
     assert!(text(&again).contains("already running"), "{}", text(&again));
     assert_eq!(stack.pids(), pids, "no process was replaced");
 
-    // Expected: an order POSTed to the stack's ordersvc goes through payment and review.
+    // Expected: an order POSTed to the stack's ordersvc, with a token `token` signed with the
+    // stack's key, goes through payment and review; without one it is refused.
+    let token = stack.run(&["token", "--customer", "stack-customer"]).await;
+    assert!(token.status.success(), "token:\n{}", text(&token));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let base = format!("http://127.0.0.1:{}", stack.ordersvc_port);
+    let anonymous = reqwest::Client::new()
+        .post(format!("{base}/api/orders"))
+        .json(&order_body("stack-customer", "12.50", 2))
+        .send()
+        .await
+        .expect("POST answers");
+    assert_eq!(anonymous.status().as_u16(), 401, "no token, no order");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("a header value"),
+    );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(headers)
         .build()
         .expect("HTTP client");
-    let base = format!("http://127.0.0.1:{}", stack.ordersvc_port);
     let response = http
         .post(format!("{base}/api/orders"))
         .json(&order_body("stack-customer", "12.50", 2))
