@@ -65,7 +65,7 @@ pub async fn create_order(
     refuse_nul(&new_order)?;
 
     let order_id = match &key {
-        Some(key) => Uuid::new_v5(&IDEMPOTENT_ORDER_NAMESPACE, key.as_bytes()),
+        Some(key) => idempotent_order_id(new_order.customer_id(), key),
         None => Uuid::new_v4(),
     };
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
@@ -96,6 +96,14 @@ pub async fn create_order(
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// The order id of `customer`'s `Idempotency-Key`: keys are scoped per customer, so one customer's
+/// key neither finds nor blocks another's order (nor tells that it was used). The customer id is
+/// length-prefixed so that no (customer, key) pair reads as another.
+fn idempotent_order_id(customer: &str, key: &str) -> Uuid {
+    let name = format!("{}:{customer}{key}", customer.len());
+    Uuid::new_v5(&IDEMPOTENT_ORDER_NAMESPACE, name.as_bytes())
 }
 
 /// The metadata stored with the event; the event store client adds this request's trace context

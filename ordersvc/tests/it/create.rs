@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::json;
 
-use crate::harness::{REFERENCE_BODY, Stack, post_json, post_with_key};
+use crate::harness::{REFERENCE_BODY, Stack, post_json, post_with_key, tokens, with_token};
 
 #[tokio::test]
 async fn the_reference_body_places_a_pending_order_with_an_exact_amount() {
@@ -165,6 +165,26 @@ async fn a_rejected_request_gets_its_status_and_appends_nothing() {
         before,
         "no rejected request appended an event"
     );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_belongs_to_its_customer() {
+    let stack = Stack::start().await;
+    let body = |customer: &str| REFERENCE_BODY.replace("\"c1\"", &format!("\"{customer}\""));
+    let post = |customer: &str| {
+        with_token(
+            post_with_key("/api/orders", "shared-key", body(customer)),
+            &tokens().customer(customer),
+        )
+    };
+    let alice = stack.call_raw(post("alice")).await;
+    let bob = stack.call_raw(post("bob")).await;
+    // Bob's key is his own: a new order, not Alice's, not a 422 that tells the key was used.
+    assert_eq!(alice.status, StatusCode::CREATED, "{}", alice.body);
+    assert_eq!(bob.status, StatusCode::CREATED, "{}", bob.body);
+    assert_ne!(alice.body["order_id"], bob.body["order_id"]);
+    assert_eq!(bob.body["customer_id"], "bob");
+    assert_eq!(stack.stored_events().await, 2);
 }
 
 #[tokio::test]
