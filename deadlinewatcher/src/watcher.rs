@@ -17,10 +17,11 @@ use std::sync::{Mutex, PoisonError};
 
 use futures::StreamExt as _;
 use order_domain::{
-    AGGREGATE_TYPE, DeadlineDecision, Deadlines, Due, Order, OrderEvent, OrderStatus, Step,
-    deadline_event_id, format_duration,
+    DeadlineDecision, Deadlines, Due, OrderEvent, OrderStatus, Step, deadline_event_id,
+    format_duration,
 };
-use pipeline_runtime::eventstore::{Appended, ClientError, EventStoreClient, NewEvent};
+use pipeline_runtime::eventstore::{Appended, ClientError, EventStoreClient};
+use pipeline_runtime::orders::{self, Cause, History, LoadError};
 use pipeline_runtime::stream::EventEnvelope;
 use pipeline_runtime::tracecontext;
 use sqlx::PgPool;
@@ -62,9 +63,20 @@ pub enum EnforceError {
     #[error(transparent)]
     Store(#[from] ClientError),
     #[error("order {order_id} cannot be read back from the event store: {reason}")]
-    Unreadable { order_id: Uuid, reason: String },
+    Unreadable { order_id: String, reason: String },
     #[error("order {order_id} kept changing while it was being decided (3 attempts in a row)")]
     Busy { order_id: Uuid },
+}
+
+impl From<LoadError> for EnforceError {
+    fn from(err: LoadError) -> Self {
+        match err {
+            LoadError::Store(err) => EnforceError::Store(err),
+            LoadError::Unreadable { order_id, reason } => {
+                EnforceError::Unreadable { order_id, reason }
+            }
+        }
+    }
 }
 
 impl EnforceError {
@@ -110,19 +122,6 @@ struct Known {
     version: i64,
     /// When to decide again though nothing moved: the new step's deadline. `None`: never (final).
     recheck_at: Option<OffsetDateTime>,
-}
-
-/// An order's stored events and the order they fold into.
-struct History {
-    events: Vec<EventEnvelope>,
-    order: Order,
-}
-
-impl History {
-    /// The last stored event: for an open order, the one that opened its status.
-    fn last(&self) -> Option<&EventEnvelope> {
-        self.events.last()
-    }
 }
 
 /// Decides and cancels overdue orders. Shared by the sweeps of one process.
@@ -270,7 +269,7 @@ impl Watcher {
             };
             let Some(last) = history.last() else {
                 return Err(EnforceError::Unreadable {
-                    order_id,
+                    order_id: order_id.to_string(),
                     reason: "it has no events".to_owned(),
                 });
             };
@@ -348,15 +347,12 @@ impl Watcher {
             aggregate.version = tracing::field::Empty,
         );
         tracecontext::set_parent(&span, &tracecontext::MapExtractor(&last.metadata));
-        let cancel = NewEvent {
-            event_id: deadline_event_id(order.order_id, due.step),
-            event_type: event.event_type().to_owned(),
-            aggregate_id: last.aggregate_id.clone(),
-            aggregate_type: AGGREGATE_TYPE.to_owned(),
-            data: event.to_json(),
-            // The same correlation; caused by the event that opened the step that timed out.
-            metadata: last.caused_metadata(),
-        };
+        // The same correlation; caused by the event that opened the step that timed out.
+        let cancel = orders::new_event(
+            deadline_event_id(order.order_id, due.step),
+            event,
+            Cause::Event(last),
+        );
         #[cfg(feature = "test-util")]
         {
             let gate = self
@@ -392,23 +388,12 @@ impl Watcher {
     /// The order's stored events, folded. The read belongs to no trace: most reads lead to no
     /// action, and one that does continues the order's trace from what it read.
     async fn read(&self, order_id: Uuid) -> Result<History, EnforceError> {
-        let events = self.store.events_untraced(&order_id.to_string()).await?;
-        let unreadable = |reason: String| EnforceError::Unreadable { order_id, reason };
-        let decoded = events
-            .iter()
-            .map(|envelope| {
-                OrderEvent::decode(&envelope.event_type, &envelope.event_data).map_err(|err| {
-                    unreadable(format!(
-                        "event v{} ({}): {err}",
-                        envelope.aggregate_version, envelope.event_id
-                    ))
-                })
+        History::load_untraced(&self.store, &order_id.to_string())
+            .await?
+            .ok_or_else(|| EnforceError::Unreadable {
+                order_id: order_id.to_string(),
+                reason: "it has no events".to_owned(),
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let order = Order::fold(&decoded)
-            .map_err(|err| unreadable(err.to_string()))?
-            .ok_or_else(|| unreadable("it has no events".to_owned()))?;
-        Ok(History { events, order })
     }
 
     fn known_map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Known>> {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use order_domain::FieldError;
 use orders_api::ErrorBody;
 use pipeline_runtime::eventstore::ClientError;
+use pipeline_runtime::orders::LoadError;
 
 /// Seconds a client is asked to wait (`Retry-After`) before trying a 503 again.
 pub const RETRY_AFTER_SECS: u32 = 1;
@@ -127,6 +128,19 @@ impl From<ClientError> for ApiError {
                 ApiError::Unavailable("the event store is unavailable".to_owned())
             }
             other => ApiError::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+/// An order that cannot be read back: the event store's answer as above; stored events the code
+/// cannot fold are a bug, not the client's fault.
+impl From<LoadError> for ApiError {
+    fn from(error: LoadError) -> Self {
+        match error {
+            LoadError::Store(error) => error.into(),
+            unreadable @ LoadError::Unreadable { .. } => {
+                ApiError::Internal(anyhow::Error::new(unreadable))
+            }
         }
     }
 }

@@ -160,7 +160,7 @@ impl Worker {
     /// cancelled). If it never saw our decision, the decision is undone here; there is no event to
     /// append.
     async fn after_conflict(&self, envelope: &EventEnvelope, message: &str) -> Result<(), Failure> {
-        let history = History::load(&self.store, &envelope.aggregate_id).await?;
+        let history = History::for_message(&self.store, &envelope.aggregate_id).await?;
         if history.order.status == OrderStatus::Pending {
             return Err(Failure::retry(anyhow!(
                 "version conflict on a Pending order: {message}"
@@ -176,7 +176,7 @@ impl Worker {
     /// Refunds a debited order that was rejected or cancelled, once.
     #[tracing::instrument(skip_all, fields(order.id = %envelope.aggregate_id))]
     async fn on_rejected_or_cancelled(&self, envelope: &EventEnvelope) -> Result<(), Failure> {
-        let history = History::load(&self.store, &envelope.aggregate_id).await?;
+        let history = History::for_message(&self.store, &envelope.aggregate_id).await?;
         let order = &history.order;
         if !order.needs_refund() {
             // Never debited (cancelled while Pending: undo a debit that lost the race), or

@@ -95,7 +95,7 @@ impl Worker {
     /// The decision lost a race: the order is no longer at the debit's version. Cancelled or
     /// reviewed already is a handled outcome; still Paid is something to retry on the fresh state.
     async fn after_conflict(&self, envelope: &EventEnvelope, message: &str) -> Result<(), Failure> {
-        let history = History::load(&self.store, &envelope.aggregate_id).await?;
+        let history = History::for_message(&self.store, &envelope.aggregate_id).await?;
         if history.order.status == OrderStatus::Paid {
             return Err(Failure::retry(anyhow!(
                 "version conflict on a Paid order: {message}"

@@ -7,10 +7,9 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use order_domain::{
-    AGGREGATE_TYPE, Cancelled, Money, Order, OrderCreated, OrderEvent, OrderItem, OrderStatus,
-};
-use pipeline_runtime::eventstore::{EventStoreClient, NewEvent};
+use order_domain::{Cancelled, Money, Order, OrderCreated, OrderEvent, OrderItem, OrderStatus};
+use pipeline_runtime::eventstore::EventStoreClient;
+use pipeline_runtime::orders::{self, Cause, History};
 use pipeline_runtime::stream::{
     CONSUMERS, EventEnvelope, STREAM, dead_letter_stream_config, orders_stream_config,
 };
@@ -212,18 +211,10 @@ impl Stack {
         metadata: BTreeMap<String, String>,
     ) -> Uuid {
         let event_id = Uuid::new_v4();
+        let mut append = orders::new_event(event_id, event, Cause::Request);
+        append.metadata = metadata;
         self.store
-            .append(
-                NewEvent {
-                    event_id,
-                    event_type: event.event_type().to_owned(),
-                    aggregate_id: event.order_id().to_string(),
-                    aggregate_type: AGGREGATE_TYPE.to_owned(),
-                    data: event.to_json(),
-                    metadata,
-                },
-                expected_version,
-            )
+            .append(append, expected_version)
             .await
             .expect("append succeeds");
         event_id
@@ -279,13 +270,11 @@ impl Stack {
 
     /// The order folded from the event store.
     pub async fn order(&self, order_id: Uuid) -> Order {
-        let events: Vec<OrderEvent> = self
-            .history(order_id)
+        History::load(&self.store, &order_id.to_string())
             .await
-            .iter()
-            .map(|e| OrderEvent::decode(&e.event_type, &e.event_data).expect("decodes"))
-            .collect();
-        Order::fold(&events).expect("folds").expect("exists")
+            .expect("the order is read back")
+            .expect("the order exists")
+            .order
     }
 
     /// Waits until the order satisfies `done`, at most [`Stack::patience`].

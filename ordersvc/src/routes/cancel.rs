@@ -3,17 +3,15 @@
 //! decided again on the new state. Cancelling an order that is already Cancelled answers 200 again
 //! and appends nothing, so a client may retry a cancel whose answer it lost.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
-use order_domain::{AGGREGATE_TYPE, Order, OrderEvent, OrderStatus, Refusal};
+use order_domain::{Order, OrderStatus, Refusal};
 use orders_api::{CancelRequest, Cancelled, DEFAULT_CANCEL_REASON, ErrorBody, MAX_REASON_CHARS};
-use pipeline_runtime::eventstore::{ClientError, NewEvent};
-use pipeline_runtime::stream::headers;
+use pipeline_runtime::eventstore::ClientError;
+use pipeline_runtime::orders::{self, Cause, History};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -74,14 +72,7 @@ pub async fn cancel_order(
                 }
                 other => ApiError::Conflict(other.to_string()),
             })?;
-        let append = NewEvent {
-            event_id: Uuid::new_v4(),
-            event_type: event.event_type().to_owned(),
-            aggregate_id: order_id.to_string(),
-            aggregate_type: AGGREGATE_TYPE.to_owned(),
-            data: event.to_json(),
-            metadata: BTreeMap::from([(headers::CORRELATION_ID.to_owned(), order_id.to_string())]),
-        };
+        let append = orders::new_event(Uuid::new_v4(), &event, Cause::Request);
         match state.events.append(append, order.version).await {
             Ok(appended) => {
                 return Ok(cancelled(order_id, appended.version));
@@ -135,14 +126,9 @@ fn reason(body: Option<Value>) -> Result<String, ApiError> {
 
 /// The order as its events make it; 404 when it has none.
 async fn load(state: &AppState, order_id: Uuid) -> Result<Order, ApiError> {
-    let envelopes = state.events.events(&order_id.to_string()).await?;
-    let events = envelopes
-        .iter()
-        .map(|envelope| OrderEvent::decode(&envelope.event_type, &envelope.event_data))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| anyhow::Error::new(error).context(format!("decoding order {order_id}")))?;
-    Order::fold(&events)
-        .map_err(|error| anyhow::Error::new(error).context(format!("folding order {order_id}")))?
+    History::load(&state.events, &order_id.to_string())
+        .await?
+        .map(|history| history.order)
         .ok_or_else(|| not_found(order_id))
 }
 

@@ -1,7 +1,5 @@
 //! `POST /api/orders`: a valid order becomes an `ORDERS.created` event at version 1.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -9,12 +7,12 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use order_domain::{
-    AGGREGATE_TYPE, FieldError, NewOrder, OrderCreated, OrderEvent, OrderRequest, OrderStatus,
-    caused_event_id, event_type,
+    FieldError, NewOrder, OrderCreated, OrderEvent, OrderRequest, OrderStatus, caused_event_id,
+    event_type,
 };
 use orders_api::{CreatedOrder, ErrorBody, MAX_IDEMPOTENCY_KEY_CHARS, OrderItem};
-use pipeline_runtime::eventstore::{ClientError, NewEvent};
-use pipeline_runtime::stream::headers;
+use pipeline_runtime::eventstore::ClientError;
+use pipeline_runtime::orders::{self, Cause, History};
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -71,14 +69,11 @@ pub async fn create_order(
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
     let created = new_order.place(order_id, now());
     let event = OrderEvent::Created(created.clone());
-    let append = NewEvent {
-        event_id: caused_event_id(order_id, event_type::CREATED),
-        event_type: event.event_type().to_owned(),
-        aggregate_id: order_id.to_string(),
-        aggregate_type: AGGREGATE_TYPE.to_owned(),
-        data: event.to_json(),
-        metadata: metadata(order_id),
-    };
+    let append = orders::new_event(
+        caused_event_id(order_id, event_type::CREATED),
+        &event,
+        Cause::Request,
+    );
     match state.events.append(append, 0).await {
         Ok(_) => Ok(answer(&created)),
         // Only a key makes the id repeatable, so only a retry with a key lands here: the first
@@ -104,12 +99,6 @@ pub async fn create_order(
 fn idempotent_order_id(customer: &str, key: &str) -> Uuid {
     let name = format!("{}:{customer}{key}", customer.len());
     Uuid::new_v5(&IDEMPOTENT_ORDER_NAMESPACE, name.as_bytes())
-}
-
-/// The metadata stored with the event; the event store client adds this request's trace context
-/// (`traceparent`), which the workers' events continue.
-fn metadata(order_id: Uuid) -> BTreeMap<String, String> {
-    BTreeMap::from([(headers::CORRELATION_ID.to_owned(), order_id.to_string())])
 }
 
 /// Microseconds: what a TIMESTAMPTZ column keeps, so the read model shows the same instant.
@@ -192,22 +181,17 @@ fn order_request(value: Value) -> Result<OrderRequest, ApiError> {
 }
 
 async fn stored_created(state: &AppState, order_id: Uuid) -> Result<OrderCreated, ApiError> {
-    let events = state.events.events(&order_id.to_string()).await?;
-    let first = events.first().ok_or_else(|| {
-        anyhow::anyhow!(
-            "order {order_id}: the event store refused the created event but holds no event"
-        )
-    })?;
-    match OrderEvent::decode(&first.event_type, &first.event_data) {
-        Ok(OrderEvent::Created(created)) => Ok(created),
-        Ok(other) => Err(anyhow::anyhow!(
-            "order {order_id} starts with a {} event",
-            other.event_type()
-        )
-        .into()),
-        Err(error) => Err(anyhow::Error::new(error)
-            .context(format!("order {order_id}: stored created event"))
-            .into()),
+    let history = History::load(&state.events, &order_id.to_string())
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "order {order_id}: the event store refused the created event but holds no event"
+            )
+        })?;
+    // A history folds only when it starts with `created` (the domain refuses any other start).
+    match history.events.into_iter().next() {
+        Some((_, OrderEvent::Created(created))) => Ok(created),
+        _ => Err(anyhow::anyhow!("order {order_id} does not start with its created event").into()),
     }
 }
 
