@@ -162,6 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(bench);
     stack.stop();
 
+    let mut ha_stopped = None;
     if args.ha {
         // Only one stack runs at a time: the other's processes would share the two cores.
         let mut dir = stack_dir.clone().into_os_string();
@@ -172,22 +173,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "starting the HA bench stack (STACK_DB=ha) in {}",
             dir.display()
         ));
-        let bench = Bench::start(&mut stack, &target, Tracing::Off, &orderctl, &args).await?;
-        step(&format!(
-            "HA: pgbench through HAProxy, single-row INSERTs, 16 clients, {} s",
-            args.pgbench_seconds
-        ));
-        let ha_tps = bench.pgbench(&pgbench, args.pgbench_seconds).await?;
-        eprintln!(
-            "  {ha_tps:.0} commits/s (single: {tps:.0}, HA ÷ single = {:.2})",
-            ha_tps / tps.max(1.0)
-        );
-        pgbench_tps.push((Profile::Ha, ha_tps));
-        saturated.push(bench.saturated("saturated").await?);
-        for rate in [100.0, 500.0] {
-            steady.push(bench.steady(rate).await?);
+        let ha_steps = async {
+            let bench = Bench::start(&mut stack, &target, Tracing::Off, &orderctl, &args).await?;
+            step(&format!(
+                "HA: pgbench through HAProxy, single-row INSERTs, 16 clients, {} s",
+                args.pgbench_seconds
+            ));
+            let ha_tps = bench.pgbench(&pgbench, args.pgbench_seconds).await?;
+            eprintln!(
+                "  {ha_tps:.0} commits/s (single: {tps:.0}, HA ÷ single = {:.2})",
+                ha_tps / tps.max(1.0)
+            );
+            pgbench_tps.push((Profile::Ha, ha_tps));
+            saturated.push(bench.saturated("saturated").await?);
+            for rate in [100.0, 500.0] {
+                steady.push(bench.steady(rate).await?);
+            }
+            anyhow::Ok(())
+        };
+        // A cluster that loses its leader mid-step (Patroni demotes one that cannot reach etcd)
+        // still leaves the single node's rows and the HA steps done so far worth printing.
+        if let Err(error) = ha_steps.await {
+            eprintln!("bench: the HA steps stopped: {error:#}");
+            ha_stopped = Some(format!("{error:#}"));
         }
-        drop(bench);
         stack.stop();
     }
 
@@ -199,6 +208,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &saturated,
         &steady,
     );
+    let text = match ha_stopped {
+        Some(error) => format!("{text}\nThe HA steps stopped early: {error}\n"),
+        None => text,
+    };
     std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
     if args.write {
         let path = root.join("BENCHMARKS.md");
