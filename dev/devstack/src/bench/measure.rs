@@ -1,12 +1,16 @@
-//! What a phase of the benchmark costs: CPU seconds of every process of the stack (from `/proc`),
-//! the machine's busy time, and commits and rollbacks per database (`pg_stat_database`).
+//! What a phase of the benchmark costs: CPU seconds of every process of the stack (from `/proc`;
+//! an HA cluster's by group: PostgreSQL, Patroni and etcd ×3, HAProxy), the machine's busy time,
+//! and commits and rollbacks per database (`pg_stat_database`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
 use sqlx::PgPool;
+use testkit::patroni::{HaLayout, NODES};
 use testkit::procfs;
+
+use crate::stack::ha::{ETCD, HAPROXY, PATRONI};
 
 /// The stack's processes whose CPU is counted, by the name of their pid file.
 pub const PROCESSES: [&str; 8] = [
@@ -42,10 +46,36 @@ fn pid_of(pids: &Path, name: &str) -> Option<String> {
         .then(|| pid.to_owned())
 }
 
-/// CPU of the stack's processes (PostgreSQL: the postmaster, its live backends and the ones it
-/// reaped), of this process's reaped children (the load generator), the machine's busy time, and
-/// the commits and rollbacks of every database.
-pub async fn snapshot(pids: &Path, postgres: &PgPool) -> anyhow::Result<Snapshot> {
+/// Ticks of a process, the children it reaped, and, with `children` (ppid → their ticks, from one
+/// scan of `/proc`), its live children's own: a postmaster's backends and walsenders come and go.
+/// Patroni's and HAProxy's live children are not added: a postmaster may be one of them.
+fn tree_ticks(pid: u32, children: Option<&BTreeMap<u32, u64>>) -> Option<u64> {
+    let own = procfs::process(&pid.to_string())?;
+    let live = children.and_then(|c| c.get(&pid)).copied().unwrap_or(0);
+    Some(own.own_ticks + own.reaped_ticks + live)
+}
+
+/// The live processes' own ticks summed by parent pid.
+fn ticks_by_parent() -> anyhow::Result<BTreeMap<u32, u64>> {
+    let mut by_parent = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        if let Some(child) = procfs::stat(&entry.path().join("stat")) {
+            *by_parent.entry(child.ppid).or_default() += child.own_ticks;
+        }
+    }
+    Ok(by_parent)
+}
+
+/// CPU of the stack's processes (PostgreSQL: every postmaster with its live backends and the
+/// ones it reaped; with `ha`, also Patroni, etcd and HAProxy, each group summed over its
+/// members), of this process's reaped children (the load generator), the machine's busy time,
+/// and the commits and rollbacks of every database `postgres` reaches (with `ha`, the leader's:
+/// a replica commits nothing of its own).
+pub async fn snapshot(
+    pids: &Path,
+    ha: Option<&HaLayout>,
+    postgres: &PgPool,
+) -> anyhow::Result<Snapshot> {
     let seconds = |ticks: u64| ticks as f64 / procfs::TICKS_PER_SECOND;
     let mut cpu = BTreeMap::new();
     for name in PROCESSES {
@@ -53,19 +83,41 @@ pub async fn snapshot(pids: &Path, postgres: &PgPool) -> anyhow::Result<Snapshot
             cpu.insert(name.to_owned(), seconds(stat.own_ticks));
         }
     }
-    if let Some(postmaster) = pid_of(pids, "postgresql")
-        && let Some(own) = procfs::process(&postmaster)
-    {
-        let postmaster_pid: u32 = postmaster.parse().unwrap_or(0);
-        let mut ticks = own.own_ticks + own.reaped_ticks;
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            if let Some(child) = procfs::stat(&entry.path().join("stat"))
-                && child.ppid == postmaster_pid
-            {
-                ticks += child.own_ticks;
-            }
+    let children = ticks_by_parent()?;
+    let sum = |pids: &[u32], postmasters: bool| -> Option<f64> {
+        let children = postmasters.then_some(&children);
+        let ticks: Vec<u64> = pids
+            .iter()
+            .filter_map(|&pid| tree_ticks(pid, children))
+            .collect();
+        (!ticks.is_empty()).then(|| seconds(ticks.iter().sum()))
+    };
+    let from_files = |names: &[&str]| -> Vec<u32> {
+        names
+            .iter()
+            .filter_map(|name| pid_of(pids, name)?.parse().ok())
+            .collect()
+    };
+    // (label, pids, whether they are postmasters)
+    let groups: Vec<(String, Vec<u32>, bool)> = match ha {
+        None => vec![("postgresql".to_owned(), from_files(&["postgresql"]), true)],
+        Some(layout) => vec![
+            (
+                format!("postgresql ×{NODES}"),
+                (0..NODES)
+                    .filter_map(|i| layout.postmaster_pid(i))
+                    .collect(),
+                true,
+            ),
+            (format!("patroni ×{NODES}"), from_files(&PATRONI), false),
+            (format!("etcd ×{NODES}"), from_files(&ETCD), false),
+            (HAPROXY.to_owned(), from_files(&[HAPROXY]), false),
+        ],
+    };
+    for (label, members, postmasters) in groups {
+        if let Some(seconds) = sum(&members, postmasters) {
+            cpu.insert(label, seconds);
         }
-        cpu.insert("postgresql".to_owned(), seconds(ticks));
     }
     if let Some(me) = procfs::process("self") {
         cpu.insert(LOAD_GENERATOR.to_owned(), seconds(me.reaped_ticks));

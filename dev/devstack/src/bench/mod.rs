@@ -14,6 +14,12 @@
 //!
 //! With `--baseline-bin DIR` (the binaries of another build), step 2 runs first with them on the
 //! same PostgreSQL and nats-server, for a before/after in the same run.
+//!
+//! With `--ha`, once the single node's stack is stopped, a second bench stack (`<dir>-ha`, ports
+//! of its own) runs PostgreSQL as the HA profile (`STACK_DB=ha`: three nodes under Patroni, one
+//! synchronous standby, etcd ×3, HAProxy on the PostgreSQL port), and steps 1-3 run again on it:
+//! pgbench through HAProxy, saturated (CPU of every node, Patroni, etcd member and HAProxy) and
+//! steady. The table puts its rows beside the single node's, with HA ÷ single.
 
 mod measure;
 mod stack;
@@ -29,7 +35,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use self::measure::{LOAD_GENERATOR, Snapshot, difference, snapshot};
-use self::stack::{Stack, Tracing};
+use self::stack::{Profile, Stack, Tracing};
 use self::table::{Saturated, Steady};
 use crate::settings::repository_root;
 
@@ -55,6 +61,10 @@ pub struct Args {
     /// The bench stack's folder (made by the bench, removed by the next run).
     #[arg(long, env = "STACK_DIR")]
     stack_dir: Option<PathBuf>,
+    /// Then measure the HA profile (STACK_DB=ha) on a second stack in `<stack dir>-ha`: pgbench,
+    /// saturated and steady, beside the single node's rows.
+    #[arg(long)]
+    ha: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -101,7 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .stack_dir
         .clone()
         .unwrap_or_else(|| root.join(".stack-bench"));
-    let mut stack = Stack::new(&stack_dir)?;
+    let mut stack = Stack::new(&stack_dir, Profile::Single)?;
     let started_at = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year]-[month]-[day] [hour]:[minute] UTC"
@@ -130,6 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "  {tps:.0} commits/s; the goal is {tps:.0}/20 = {:.0} orders/s",
         tps / 20.0
     );
+    let mut pgbench_tps = vec![(Profile::Single, tps)];
 
     let mut saturated = Vec::new();
     let mut steady = Vec::new();
@@ -151,8 +162,56 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(bench);
     stack.stop();
 
+    let mut ha_stopped = None;
+    if args.ha {
+        // Only one stack runs at a time: the other's processes would share the two cores.
+        let mut dir = stack_dir.clone().into_os_string();
+        dir.push("-ha");
+        let dir = PathBuf::from(dir);
+        let mut stack = Stack::new(&dir, Profile::Ha)?;
+        step(&format!(
+            "starting the HA bench stack (STACK_DB=ha) in {}",
+            dir.display()
+        ));
+        let ha_steps = async {
+            let bench = Bench::start(&mut stack, &target, Tracing::Off, &orderctl, &args).await?;
+            step(&format!(
+                "HA: pgbench through HAProxy, single-row INSERTs, 16 clients, {} s",
+                args.pgbench_seconds
+            ));
+            let ha_tps = bench.pgbench(&pgbench, args.pgbench_seconds).await?;
+            eprintln!(
+                "  {ha_tps:.0} commits/s (single: {tps:.0}, HA ÷ single = {:.2})",
+                ha_tps / tps.max(1.0)
+            );
+            pgbench_tps.push((Profile::Ha, ha_tps));
+            saturated.push(bench.saturated("saturated").await?);
+            for rate in [100.0, 500.0] {
+                steady.push(bench.steady(rate).await?);
+            }
+            anyhow::Ok(())
+        };
+        // A cluster that loses its leader mid-step (Patroni demotes one that cannot reach etcd)
+        // still leaves the single node's rows and the HA steps done so far worth printing.
+        if let Err(error) = ha_steps.await {
+            eprintln!("bench: the HA steps stopped: {error:#}");
+            ha_stopped = Some(format!("{error:#}"));
+        }
+        stack.stop();
+    }
+
     step("summary");
-    let text = table::markdown(&started_at, &command_line, tps, &saturated, &steady);
+    let text = table::markdown(
+        &started_at,
+        &command_line,
+        &pgbench_tps,
+        &saturated,
+        &steady,
+    );
+    let text = match ha_stopped {
+        Some(error) => format!("{text}\nThe HA steps stopped early: {error}\n"),
+        None => text,
+    };
     std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
     if args.write {
         let path = root.join("BENCHMARKS.md");
@@ -179,6 +238,8 @@ struct Bench {
     pg_port: u16,
     nats_http_port: u16,
     pid_dir: PathBuf,
+    /// The HA cluster's layout (where each node's postmaster.pid is); `None` for one PostgreSQL.
+    ha: Option<testkit::patroni::HaLayout>,
     work_dir: PathBuf,
     orderctl: PathBuf,
     client_env: Vec<(String, String)>,
@@ -213,11 +274,19 @@ impl Bench {
             pg_port: stack.pg_port(),
             nats_http_port: stack.nats_http_port(),
             pid_dir: stack.pid_dir(),
+            ha: stack.ha_layout()?,
             work_dir: stack.work_dir(),
             client_env: stack.client_env()?,
             orderctl: orderctl.to_owned(),
             duration: args.duration,
         })
+    }
+
+    fn profile(&self) -> Profile {
+        match self.ha {
+            Some(_) => Profile::Ha,
+            None => Profile::Single,
+        }
     }
 
     fn database_url(&self, database: &str) -> String {
@@ -272,7 +341,7 @@ impl Bench {
     }
 
     async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        snapshot(&self.pid_dir, &self.postgres).await
+        snapshot(&self.pid_dir, self.ha.as_ref(), &self.postgres).await
     }
 
     /// `orderctl load` with `extra` arguments; its JSON report.
@@ -299,7 +368,8 @@ impl Bench {
 
     async fn saturated(&self, name: &str) -> anyhow::Result<Saturated> {
         step(&format!(
-            "{name}: orderctl load --rate max, 32 connections, {} s, then until every order is final",
+            "{name} ({} PostgreSQL): orderctl load --rate max, 32 connections, {} s, then until every order is final",
+            self.profile(),
             self.duration.as_secs()
         ));
         let before = self.snapshot().await?;
@@ -334,6 +404,7 @@ impl Bench {
             .collect();
         let wall = cpu_after.at.duration_since(before.at).as_secs_f64();
         let row = Saturated {
+            profile: self.profile(),
             name: name.to_owned(),
             accepted: report.accepted,
             refused: report.errors.values().sum(),
@@ -357,7 +428,8 @@ impl Bench {
 
     async fn steady(&self, rate: f64) -> anyhow::Result<Steady> {
         step(&format!(
-            "steady {rate}/s for {} s (POST → final by read-model notices)",
+            "steady {rate}/s ({} PostgreSQL) for {} s (POST → final by read-model notices)",
+            self.profile(),
             self.duration.as_secs()
         ));
         let report = self
@@ -375,6 +447,7 @@ impl Bench {
         self.drain().await?;
         let latency = report.post_to_final.latency;
         let row = Steady {
+            profile: self.profile(),
             rate,
             accepted: report.accepted,
             errors: report.errors.values().sum(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use testkit::patroni::{HaLayout, HaPorts, HaTools};
 
 /// Where the services send their spans.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,6 +18,34 @@ pub enum Tracing {
     StackStore,
 }
 
+/// Which PostgreSQL the bench stack runs (`STACK_DB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Profile {
+    Single,
+    /// Three nodes under Patroni (one synchronous standby), etcd ×3, HAProxy on the PostgreSQL
+    /// port.
+    Ha,
+}
+
+impl Profile {
+    /// Its `STACK_DB`.
+    fn db(self) -> &'static str {
+        match self {
+            Profile::Single => "single",
+            Profile::Ha => "ha",
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Profile::Single => "single",
+            Profile::Ha => "HA",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     postgres: u16,
@@ -25,11 +54,14 @@ struct Ports {
     eventstore: u16,
     ordersvc: u16,
     zipkin: u16,
+    /// `STACK_HA_PORT_BASE`: the first of [`HaPorts::SPAN`] free ports in a row (HA only).
+    ha_base: Option<u16>,
 }
 
 pub struct Stack {
     launcher: PathBuf,
     dir: PathBuf,
+    profile: Profile,
     ports: Ports,
     running: bool,
 }
@@ -45,10 +77,31 @@ fn free_port(from: u16, taken: &mut Vec<u16>) -> anyhow::Result<u16> {
     Ok(port)
 }
 
+/// The first of `len` consecutive ports from `from` up that are neither `taken` nor bound now
+/// (the launcher gives the HA cluster one such block).
+fn free_block(from: u16, len: u16, taken: &mut Vec<u16>) -> anyhow::Result<u16> {
+    let free = |port: u16| !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let mut base = from;
+    while let Some(last) = base.checked_add(len - 1) {
+        // Past a port in use, the next block can only start after it.
+        match (base..=last).find(|&port| !free(port)) {
+            None => {
+                taken.extend(base..=last);
+                return Ok(base);
+            }
+            Some(used) => match used.checked_add(1) {
+                Some(next) => base = next,
+                None => break,
+            },
+        }
+    }
+    bail!("no {len} free ports in a row from {from} up")
+}
+
 impl Stack {
     /// Makes the bench's folder (a leftover of an earlier bench is stopped and removed; any other
     /// folder is refused) and picks free ports near the stack's defaults.
-    pub fn new(dir: &Path) -> anyhow::Result<Stack> {
+    pub fn new(dir: &Path, profile: Profile) -> anyhow::Result<Stack> {
         let launcher = std::env::current_exe().context("finding this executable")?;
         let mut taken = Vec::new();
         let ports = Ports {
@@ -58,10 +111,15 @@ impl Stack {
             eventstore: free_port(50151, &mut taken)?,
             ordersvc: free_port(3100, &mut taken)?,
             zipkin: free_port(9511, &mut taken)?,
+            ha_base: match profile {
+                Profile::Single => None,
+                Profile::Ha => Some(free_block(26400, HaPorts::SPAN, &mut taken)?),
+            },
         };
         let stack = Stack {
             launcher,
             dir: dir.to_owned(),
+            profile,
             ports,
             running: false,
         };
@@ -98,7 +156,11 @@ impl Stack {
             .env("STACK_NATS_HTTP_PORT", self.ports.nats_http.to_string())
             .env("STACK_EVENTSTORE_PORT", self.ports.eventstore.to_string())
             .env("STACK_ORDERSVC_PORT", self.ports.ordersvc.to_string())
-            .env("STACK_ZIPKIN_PORT", self.ports.zipkin.to_string());
+            .env("STACK_ZIPKIN_PORT", self.ports.zipkin.to_string())
+            .env("STACK_DB", self.profile.db());
+        if let Some(base) = self.ports.ha_base {
+            launcher.env("STACK_HA_PORT_BASE", base.to_string());
+        }
         match tracing {
             Tracing::Off => launcher.env("ZIPKIN_ENDPOINT", ""),
             Tracing::StackStore => launcher.env_remove("ZIPKIN_ENDPOINT"),
@@ -167,6 +229,17 @@ impl Stack {
         self.ports.nats_http
     }
 
+    /// The HA cluster's layout (its nodes' data folders, hence their postmasters), or `None` for
+    /// a single PostgreSQL.
+    pub fn ha_layout(&self) -> anyhow::Result<Option<HaLayout>> {
+        let Some(base) = self.ports.ha_base else {
+            return Ok(None);
+        };
+        let ports = HaPorts::from_base(self.ports.postgres, base)?;
+        // The launcher's `$STACK_DIR/ha` (settings::Layout::ha_dir).
+        Ok(Some(HaTools::find()?.layout(self.dir.join("ha"), ports)))
+    }
+
     pub fn pid_dir(&self) -> PathBuf {
         self.dir.join("pids")
     }
@@ -211,6 +284,23 @@ mod tests {
                 ("NATS_URL".to_owned(), "nats://127.0.0.1:4223".to_owned()),
                 ("NATS_PASSWORD".to_owned(), "a=b c".to_owned()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_port_block_is_consecutive_and_skips_taken_and_bound_ports() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let bound = listener.local_addr().expect("its address").port();
+        let from = bound.saturating_sub(3);
+        let mut taken = vec![from];
+        let base = free_block(from, 12, &mut taken).expect("a block");
+        assert!(base > bound, "{base} starts after the bound port {bound}");
+        assert_eq!(&taken[1..], (base..base + 12).collect::<Vec<_>>());
+        let next = free_block(from, 12, &mut taken).expect("another block");
+        assert!(
+            next >= base + 12,
+            "{next} does not overlap {base}..{}",
+            base + 11
         );
     }
 

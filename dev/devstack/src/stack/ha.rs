@@ -7,9 +7,9 @@ use testkit::patroni::{HaLayout, HaTools, Member, NODES, Role};
 use super::*;
 
 /// The pid-file and log names of the etcd members, Patroni nodes and HAProxy.
-pub(super) const ETCD: [&str; NODES] = ["etcd-1", "etcd-2", "etcd-3"];
-pub(super) const PATRONI: [&str; NODES] = ["patroni-1", "patroni-2", "patroni-3"];
-pub(super) const HAPROXY: &str = "haproxy";
+pub(crate) const ETCD: [&str; NODES] = ["etcd-1", "etcd-2", "etcd-3"];
+pub(crate) const PATRONI: [&str; NODES] = ["patroni-1", "patroni-2", "patroni-3"];
+pub(crate) const HAPROXY: &str = "haproxy";
 
 /// One line of `status`: name, pid, port, health, log.
 pub(super) type StatusRow<'a> = dyn FnMut(&str, Option<u32>, Option<u16>, &str, &str) + 'a;

@@ -1,7 +1,7 @@
 //! start, stop, status, env and logs of the dev stack: starting here, each kind of process in a
 //! module of its own.
 
-mod ha;
+pub(crate) mod ha;
 mod nats;
 mod postgres;
 mod status;
