@@ -130,10 +130,12 @@ impl App {
         let relay = Relay {
             pool: pool.clone(),
             nats: nats.clone(),
-            jetstream,
+            publisher: relay::Publisher {
+                jetstream,
+                timeout: config.timeout(),
+            },
             committed,
             sweep_interval: config.sweep_interval(),
-            publish_timeout: config.timeout(),
         };
         let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
 
