@@ -71,7 +71,10 @@ impl Publisher {
                     outcomes.push((key, ack));
                     if !accept(ack) {
                         outcomes.extend(chains[index].drain(..).map(|e| {
-                            ((e.event_id, e.aggregate_id, e.aggregate_version), Ack::NotSent)
+                            (
+                                (e.event_id, e.aggregate_id, e.aggregate_version),
+                                Ack::NotSent,
+                            )
                         }));
                     }
                 }
