@@ -66,3 +66,16 @@ pub async fn newest_published(pool: &PgPool, limit: i64) -> Result<Vec<Key>, sql
     .fetch_all(pool)
     .await
 }
+
+/// How many events have no outbox row (JetStream acknowledged them), counted up to `cap`, in one
+/// statement: one snapshot.
+pub async fn count_published(pool: &PgPool, cap: i64) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM events e \
+         WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.event_id) LIMIT $1) AS published",
+    )
+    .bind(cap)
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(n).unwrap_or_default())
+}
