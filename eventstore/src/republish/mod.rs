@@ -53,6 +53,8 @@ const PAGE: i64 = 2000;
 const CLOCK_SLACK: Duration = Duration::from_secs(60);
 /// Messages whose ids one run reads from the stream, at most (about 40 bytes each in memory).
 const MAX_STREAM_IDS: u64 = 50_000_000;
+/// Tries of a JetStream API request that timed out.
+const API_ATTEMPTS: u32 = 5;
 /// A progress line at least this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How far back from the stream's last message to look for a deleted one.
@@ -288,6 +290,39 @@ pub async fn run(
     Ok(report)
 }
 
+/// The stream and its state. A JetStream API request that times out is tried again a few times:
+/// seen on nats-server 2.9 for some seconds after a purge, while the pipeline runs.
+async fn stream_and_state(
+    js: &jetstream::Context,
+) -> anyhow::Result<(jetstream::stream::Stream, jetstream::stream::Info)> {
+    let mut attempt = 1;
+    loop {
+        let found = async {
+            let mut orders = stream::orders(js).await?.with_context(|| {
+                format!(
+                    "stream {STREAM} does not exist: run the bootstrapper (it creates the streams and \
+                     the consumers), then this command with --from-start"
+                )
+            })?;
+            let info = orders
+                .info()
+                .await
+                .with_context(|| format!("cannot read the state of stream {STREAM}"))?
+                .clone();
+            anyhow::Ok((orders, info))
+        }
+        .await;
+        match found {
+            Err(err) if attempt < API_ATTEMPTS && format!("{err:#}").contains("timed out") => {
+                tracing::warn!(attempt, error = %format!("{err:#}"), "JetStream did not answer; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Finds where the range starts and describes it.
 async fn resolve_range(
     pool: &PgPool,
@@ -373,17 +408,7 @@ async fn pass(
     args: &Args,
     progress: &mut dyn FnMut(String),
 ) -> anyhow::Result<Pass> {
-    let mut orders = stream::orders(js).await?.with_context(|| {
-        format!(
-            "stream {STREAM} does not exist: run the bootstrapper (it creates the streams and the \
-             consumers), then this command with --from-start"
-        )
-    })?;
-    let info = orders
-        .info()
-        .await
-        .with_context(|| format!("cannot read the state of stream {STREAM}"))?
-        .clone();
+    let (orders, info) = stream_and_state(js).await?;
     // The store's end first, then the stream: an event committed after this is the relay's, and
     // an event the relay publishes while we read is either in the ids read or found in the tail
     // read after the publishes (see `published_meanwhile`).
