@@ -100,6 +100,10 @@ pub struct Config {
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// A subcommand; none: serve.
+    #[command(subcommand)]
+    pub command: Option<crate::command::Command>,
 }
 
 impl Config {
@@ -122,6 +126,7 @@ impl Config {
             timeout_ms: 3000,
             tls_cert: None,
             tls_key: None,
+            command: None,
         }
     }
 
@@ -191,6 +196,28 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn without_a_subcommand_it_serves_and_republish_takes_one_range() {
+        let serve = Config::try_parse_from(["eventstore"]).expect("parses");
+        assert!(serve.command.is_none());
+        let republish =
+            Config::try_parse_from(["eventstore", "republish", "--from-start"]).expect("parses");
+        assert!(matches!(
+            republish.command,
+            Some(crate::Command::Republish(ref args)) if args.from_start
+        ));
+        Config::try_parse_from([
+            "eventstore",
+            "republish",
+            "--from-start",
+            "--since",
+            "2025-01-01T00:00:00Z",
+        ])
+        .expect_err("two ranges are refused");
+        Config::try_parse_from(["eventstore", "republish", "--since", "yesterday"])
+            .expect_err("a time that is not RFC 3339 is refused");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod appender;
+mod command;
 mod config;
 mod error;
 mod grpc;
 mod model;
 mod relay;
+pub mod republish;
 mod store;
 
 use std::future::Future;
@@ -21,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 
+pub use crate::command::Command;
 pub use crate::config::Config;
 pub use crate::error::StoreError;
 pub use crate::relay::publishable;
@@ -130,12 +133,20 @@ impl App {
         let relay = Relay {
             pool: pool.clone(),
             nats: nats.clone(),
-            jetstream,
+            publisher: relay::Publisher {
+                jetstream,
+                timeout: config.timeout(),
+            },
             committed,
             sweep_interval: config.sweep_interval(),
-            publish_timeout: config.timeout(),
         };
         let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
+        // Says loudly when the stream lost events JetStream acknowledged; never delays serving.
+        let tail_check = tokio::spawn(republish::check_at_start(
+            pool.clone(),
+            nats.clone(),
+            config.timeout(),
+        ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -171,6 +182,7 @@ impl App {
             );
 
         let served = server.await.context("gRPC server failed");
+        tail_check.abort();
         let drained = tokio::time::timeout(GRACE, async {
             // The service (and with it the last Appender) is gone: workers commit what is queued.
             while workers.join_next().await.is_some() {}

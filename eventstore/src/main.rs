@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser as _};
-use eventstore::{App, Config};
+use eventstore::{App, Command, Config};
 use pipeline_runtime::{service, shutdown};
 
 #[tokio::main]
@@ -18,6 +18,13 @@ async fn main() -> ExitCode {
         Ok(guard) => guard,
         Err(code) => return code,
     };
+    if let Some(Command::Republish(args)) = &config.command {
+        #[allow(
+            clippy::print_stdout,
+            reason = "the report of a one-shot command is its output"
+        )]
+        return eventstore::republish::main(&config, args, |line| println!("{line}")).await;
+    }
     service::run(
         App::build(config),
         |app| tracing::info!(addr = %app.local_addr(), tls = app.uses_tls(), "eventstore listening"),

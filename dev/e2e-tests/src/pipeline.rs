@@ -181,6 +181,17 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Runs `eventstore republish` with `args` as the event store's processes are configured; its
+    /// output (the report on stdout), whatever its exit status.
+    pub fn republish(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Command::new(fresh_binary("eventstore")?)
+            .arg("republish")
+            .args(args)
+            .envs(self.env_for(Some("eventstore")))
+            .output()
+            .context("running eventstore republish")
+    }
+
     /// Where the log files of the processes are.
     pub fn log_dir(&self) -> &std::path::Path {
         self.logs.path()

@@ -33,28 +33,25 @@
 //! the outbox, a failed publish and the rest of its aggregate's chain) stays in the outbox, held by
 //! this relay for its next sweep.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use async_nats::jetstream;
-use futures::future::join_all;
-use pipeline_runtime::stream::headers;
-use pipeline_runtime::tracecontext;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::model::StoredEvent;
 
 mod outbox;
 mod plan;
+mod publish;
 
 use outbox::{claim, delete_acked, lowest_versions};
 pub use plan::publishable;
 use plan::{chains, needs_outbox_check, plan_memory};
+pub(crate) use publish::{Ack, Publisher};
 
 /// Outbox rows claimed per sweep pass.
 const CLAIM_LIMIT: i64 = 512;
@@ -62,8 +59,6 @@ const CLAIM_LIMIT: i64 = 512;
 const PASSES_PER_SWEEP: usize = 8;
 /// Events the memory path takes from its queue per batch (more when one handed-over batch is bigger).
 const MEMORY_BATCH: usize = 4096;
-/// Publishes awaiting their ack at once (async-nats allows 5000 before `publish` itself waits).
-const MAX_IN_FLIGHT: usize = 1024;
 /// Aggregates whose last acked version the relay remembers; the map is cleared when full (an
 /// aggregate it forgot costs one outbox lookup).
 const ACKED_CAPACITY: usize = 100_000;
@@ -77,11 +72,10 @@ const DELETE_RETRY: Duration = Duration::from_millis(500);
 pub struct Relay {
     pub pool: PgPool,
     pub nats: async_nats::Client,
-    pub jetstream: jetstream::Context,
+    pub publisher: Publisher,
     /// What the appender committed; closed when the appender stops.
     pub committed: mpsc::Receiver<Vec<StoredEvent>>,
     pub sweep_interval: Duration,
-    pub publish_timeout: Duration,
 }
 
 /// What one sweep pass did.
@@ -172,7 +166,7 @@ impl Relay {
     /// Outbox rows older than this were missed by the memory path of the instance that wrote them
     /// (it publishes within a publish timeout of the commit, or holds the row): any sweep takes them.
     fn ripe(&self) -> Duration {
-        self.publish_timeout.max(self.sweep_interval) * 2
+        self.publisher.timeout.max(self.sweep_interval) * 2
     }
 
     /// Publishes what the appender hands over and sweeps, until `stop` is cancelled or the appender
@@ -359,129 +353,20 @@ impl Relay {
         Ok(pass)
     }
 
-    /// Publishes chains (each one aggregate's consecutive versions, in order) in rounds: the first
-    /// event of every chain, all acks awaited, then the second ones, and so on. A chain stops at its
-    /// first failure, so a later version never overtakes an earlier one.
+    /// Publishes chains through the [`Publisher`]; a duplicate ack counts as acked (it is the copy
+    /// of a publish whose ack was lost), a failure holds the rest of its chain.
     async fn publish_chains(&self, chains: Vec<Vec<StoredEvent>>) -> Published {
-        let mut chains: Vec<VecDeque<StoredEvent>> =
-            chains.into_iter().map(VecDeque::from).collect();
         let mut published = Published::default();
-        loop {
-            let round: Vec<(usize, StoredEvent)> = chains
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(index, chain)| chain.pop_front().map(|event| (index, event)))
-                .collect();
-            if round.is_empty() {
-                return published;
-            }
-            let mut round = round.into_iter().peekable();
-            while round.peek().is_some() {
-                let part: Vec<(usize, StoredEvent)> = round.by_ref().take(MAX_IN_FLIGHT).collect();
-                for (index, key, ok) in self.publish_round(part).await {
-                    if ok {
-                        published.acked.push(key);
-                    } else {
-                        published.failed.push(key.0);
-                        published
-                            .failed
-                            .extend(chains[index].drain(..).map(|e| e.event_id));
-                    }
-                }
+        let outcomes = self
+            .publisher
+            .publish_chains(chains, |ack| matches!(ack, Ack::Stored | Ack::Duplicate))
+            .await;
+        for (key, ack) in outcomes {
+            match ack {
+                Ack::Stored | Ack::Duplicate => published.acked.push(key),
+                Ack::Failed | Ack::NotSent => published.failed.push(key.0),
             }
         }
+        published
     }
-
-    /// Sends every event, then awaits every ack. Answers (chain index, (id, aggregate, version), acked).
-    async fn publish_round(
-        &self,
-        events: Vec<(usize, StoredEvent)>,
-    ) -> Vec<(usize, (Uuid, String, i64), bool)> {
-        let mut pending = Vec::with_capacity(events.len());
-        for (index, event) in events {
-            let key = (
-                event.event_id,
-                event.aggregate_id.clone(),
-                event.aggregate_version,
-            );
-            let span = publish_span(&event);
-            let sent = self.send(event, &span).instrument(span.clone()).await;
-            pending.push((index, key, span, sent));
-        }
-        join_all(pending.into_iter().map(|(index, key, span, sent)| {
-            async move {
-                let result = match sent {
-                    Ok(ack) => self.await_ack(ack).instrument(span.clone()).await,
-                    Err(err) => Err(err),
-                };
-                if let Err(err) = &result {
-                    tracing::debug!(event_id = %key.0, error = %format!("{err:#}"), "publish failed, will retry");
-                    tracecontext::mark_error(&span, format!("{err:#}"));
-                }
-                (index, key, result.is_ok())
-            }
-        }))
-        .await
-    }
-
-    /// Sends one event; the answer is the future of its ack. The stored trace context is replaced
-    /// in the headers by the publish span's, so consumers are children of the publish.
-    async fn send(
-        &self,
-        event: StoredEvent,
-        span: &tracing::Span,
-    ) -> anyhow::Result<jetstream::context::PublishAckFuture> {
-        let subject = event.subject();
-        let mut message_headers = async_nats::HeaderMap::new();
-        message_headers.insert(headers::MSG_ID, event.event_id.to_string().as_str());
-        message_headers.insert(headers::EVENT_TYPE, event.event_type.as_str());
-        message_headers.insert(headers::AGGREGATE_ID, event.aggregate_id.as_str());
-        message_headers.insert(headers::AGGREGATE_TYPE, event.aggregate_type.as_str());
-        message_headers.insert(
-            headers::AGGREGATE_VERSION,
-            event.aggregate_version.to_string().as_str(),
-        );
-        for (key, value) in &event.metadata {
-            message_headers.insert(key.as_str(), value.as_str());
-        }
-        tracecontext::inject(span, &mut tracecontext::NatsInjector(&mut message_headers));
-        let body = serde_json::to_vec(&event.into_envelope())?;
-        let ack = tokio::time::timeout(
-            self.publish_timeout,
-            self.jetstream
-                .publish_with_headers(subject, message_headers, body.into()),
-        )
-        .await??;
-        Ok(ack)
-    }
-
-    async fn await_ack(&self, ack: jetstream::context::PublishAckFuture) -> anyhow::Result<()> {
-        let ack = tokio::time::timeout(self.publish_timeout, ack.into_future()).await??;
-        anyhow::ensure!(
-            ack.stream == pipeline_runtime::stream::STREAM,
-            "published to stream {} instead of {}",
-            ack.stream,
-            pipeline_runtime::stream::STREAM
-        );
-        Ok(())
-    }
-}
-
-/// The PRODUCER span of one publish, a child of the trace stored with the event.
-fn publish_span(event: &StoredEvent) -> tracing::Span {
-    let subject = event.subject();
-    let span = tracing::info_span!(
-        "publish",
-        otel.name = format!("publish {subject}"),
-        otel.kind = "producer",
-        messaging.system = "nats",
-        messaging.operation.type = "publish",
-        messaging.destination.name = %subject,
-        messaging.message.id = %event.event_id,
-        event.type = %event.event_type,
-        order.id = %event.aggregate_id,
-        aggregate.version = event.aggregate_version,
-    );
-    tracecontext::set_parent(&span, &tracecontext::MapExtractor(&event.metadata));
-    span
 }

@@ -9,4 +9,5 @@ mod saga;
 mod security;
 mod stack;
 mod steady;
+mod stream_loss;
 mod tracing_flow;
