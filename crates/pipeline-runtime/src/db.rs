@@ -42,6 +42,11 @@ pub const SERIALIZATION_FAILURE: &str = "40001";
 pub const UNIQUE_VIOLATION: &str = "23505";
 /// SQLSTATE of a write refused by a read-only node: a deposed leader, a replica.
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+/// SQLSTATE `feature_not_supported`, which a replica answers to a SERIALIZABLE transaction
+/// ("cannot use serializable mode in a hot standby"): a deposed leader reached before the proxy
+/// in front of it noticed. Only that message makes it a connection fault; the code alone is not.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+const HOT_STANDBY: &str = "hot standby";
 /// SQLSTATE CockroachDB gives when a node failed while the statement ran and its outcome is
 /// unknown ("result is ambiguous").
 pub const STATEMENT_COMPLETION_UNKNOWN: &str = "40003";
@@ -129,7 +134,10 @@ pub fn is_connection_fault(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 57P0x: admin/crash shutdown, cannot connect now;
             // 25006: a read-only node (a deposed leader that is a replica now).
-            code.starts_with("08") || code.starts_with("57P") || code == READ_ONLY_SQL_TRANSACTION
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == READ_ONLY_SQL_TRANSACTION
+                || (code == FEATURE_NOT_SUPPORTED && db.message().contains(HOT_STANDBY))
         }),
         _ => false,
     }
@@ -273,7 +281,10 @@ mod tests {
 
     impl sqlx::error::DatabaseError for Sqlstate {
         fn message(&self) -> &str {
-            self.0
+            match self.0 {
+                FEATURE_NOT_SUPPORTED => "cannot use serializable mode in a hot standby",
+                code => code,
+            }
         }
         fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
             Some(self.0.into())
@@ -311,6 +322,8 @@ mod tests {
             database("57P03"),
             database("08006"),
             database(READ_ONLY_SQL_TRANSACTION),
+            // A SERIALIZABLE transaction on a node that just became a replica.
+            database(FEATURE_NOT_SUPPORTED),
         ];
         for err in &failover {
             assert!(is_unavailable(err), "{err:?}");

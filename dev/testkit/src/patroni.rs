@@ -353,6 +353,14 @@ impl HaLayout {
             &format!("{SCOPE}-{}", self.ports.etcd_peer[0]),
             "--initial-cluster-state",
             "new",
+            // Raft timing for a machine whose cores are also busy with PostgreSQL and the
+            // services: etcd's defaults (100 ms heartbeat, 1 s election) made it re-elect under a
+            // saturated benchmark, and a Patroni that cannot reach etcd for its retry_timeout
+            // demotes a healthy leader. Still far below Patroni's ttl of 20 s.
+            "--heartbeat-interval",
+            "250",
+            "--election-timeout",
+            "2500",
         ]
         .into_iter()
         .map(str::to_owned)
