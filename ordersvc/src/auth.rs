@@ -10,8 +10,10 @@
 //!
 //! Decoding keys are built once per key set, so a check costs one signature verification.
 
+mod fetch;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,10 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
+use self::fetch::Fetcher;
+pub(crate) use self::fetch::ca_file;
+pub use self::fetch::{CA_VARIABLE as JWKS_CA_VARIABLE, MAX_JWKS_BYTES};
+
 /// The scope of operators (`scope` claim, space-separated): every order of every customer.
 pub const OPERATOR_SCOPE: &str = "orders:admin";
 /// Clock difference tolerated between the issuer and this service, for `exp` and `nbf`.
@@ -34,8 +40,6 @@ pub const LEEWAY_SECS: u64 = 30;
 /// The key set is fetched again for an unknown `kid` at most this often: a flood of tokens with
 /// made-up key ids costs the issuer one request per interval.
 pub const MIN_REFRESH: Duration = Duration::from_secs(5);
-/// How long fetching the key set from a URL may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The accepted signature algorithms.
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
 
@@ -72,7 +76,7 @@ pub struct Auth(Option<Arc<Verifier>>);
 /// Where the key set comes from.
 enum Source {
     File(PathBuf),
-    Url { url: String, http: reqwest::Client },
+    Url(Box<Fetcher>),
 }
 
 /// A key of the set, ready to verify with.
@@ -99,25 +103,22 @@ impl Auth {
     }
 
     /// Tokens checked against the key set of `jwks` (a file, read now, or an `http(s)://` URL,
-    /// fetched at the first request), issued by `issuer` for `audience`.
-    pub fn jwt(jwks: &str, issuer: &str, audience: &str) -> anyhow::Result<Auth> {
-        // The workspace's HTTP client is built without TLS (rustls here comes with ring only
-        // through tonic and NATS): an https:// key set is refused now rather than at each request.
-        anyhow::ensure!(
-            !jwks.starts_with("https://"),
-            "ORDERSVC_JWKS: https:// key sets are not supported by this build yet; give a file \
-             (e.g. kept current by the deployment) or an http:// URL on a trusted network"
-        );
-        let source = if jwks.starts_with("http://") {
-            let http = reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .build()
-                .context("the HTTP client that fetches ORDERSVC_JWKS")?;
-            Source::Url {
-                url: jwks.to_owned(),
-                http,
-            }
+    /// fetched at the first request), issued by `issuer` for `audience`. An `https://` server's
+    /// certificate is checked against the system's authorities and those in the PEM file `ca`
+    /// (`ORDERSVC_JWKS_CA`, only with `https://`).
+    pub fn jwt(
+        jwks: &str,
+        ca: Option<&Path>,
+        issuer: &str,
+        audience: &str,
+    ) -> anyhow::Result<Auth> {
+        let source = if jwks.starts_with("http://") || jwks.starts_with("https://") {
+            Source::Url(Box::new(Fetcher::new(jwks, ca)?))
         } else {
+            anyhow::ensure!(
+                ca.is_none(),
+                "{JWKS_CA_VARIABLE} is set but ORDERSVC_JWKS is a file: unset {JWKS_CA_VARIABLE}"
+            );
             Source::File(PathBuf::from(jwks))
         };
         let keys = match &source {
@@ -307,23 +308,7 @@ impl Source {
     async fn load(&self) -> anyhow::Result<Keys> {
         match self {
             Source::File(_) => self.load_blocking(),
-            Source::Url { url, http } => {
-                let response = http
-                    .get(url)
-                    .send()
-                    .await
-                    .with_context(|| format!("fetching {url}"))?;
-                anyhow::ensure!(
-                    response.status().is_success(),
-                    "{url} answered {}",
-                    response.status()
-                );
-                let set: Value = response
-                    .json()
-                    .await
-                    .with_context(|| format!("{url} is not a JWKS"))?;
-                Ok(keys(&set))
-            }
+            Source::Url(fetcher) => Ok(keys(&fetcher.fetch().await?)),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Start-up configuration: environment variables with `--flags` of the same meaning.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pipeline_runtime::db::redact;
@@ -95,11 +96,19 @@ pub struct Config {
     #[arg(long, env = "ORDERSVC_AUTH", value_name = "ORDERSVC_AUTH", value_enum)]
     pub auth: Option<AuthMode>,
 
-    /// The keys that sign the callers' tokens (`ORDERSVC_JWKS`): a JWKS file, or an `http://`
-    /// URL (not yet `https://`) that is fetched at the first request and again when a token names an unknown key (at
-    /// most every 5 s). Required unless `ORDERSVC_AUTH=none`.
+    /// The keys that sign the callers' tokens (`ORDERSVC_JWKS`): a JWKS file, or an `http://` or
+    /// `https://` URL that is fetched at the first request and again when a token names an
+    /// unknown key (at most every 5 s; each fetch within 5 s and 1 MiB). Required unless
+    /// `ORDERSVC_AUTH=none`.
     #[arg(long, env = "ORDERSVC_JWKS", value_name = "ORDERSVC_JWKS")]
     pub jwks: Option<String>,
+
+    /// PEM file of extra certificate authorities an `https://` `ORDERSVC_JWKS` is checked against
+    /// besides the system's (`ORDERSVC_JWKS_CA`, default none), e.g. a private identity
+    /// provider's; only with an `https://` URL. Read and checked at start: a file that cannot be
+    /// read or holds no certificate stops it.
+    #[arg(long, env = "ORDERSVC_JWKS_CA", value_name = "ORDERSVC_JWKS_CA", value_parser = crate::auth::ca_file)]
+    pub jwks_ca: Option<PathBuf>,
 
     /// The issuer a token must name (`iss`, `ORDERSVC_ISSUER`); required with `ORDERSVC_JWKS`.
     #[arg(long, env = "ORDERSVC_ISSUER", value_name = "ORDERSVC_ISSUER")]
@@ -148,6 +157,7 @@ impl Config {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             auth: None,
             jwks: None,
+            jwks_ca: None,
             issuer: None,
             audience: None,
         }
@@ -183,7 +193,7 @@ impl Config {
                  the API open, or ORDERSVC_AUTH to check tokens"
             ),
             (_, None) => anyhow::bail!(
-                "ORDERSVC_JWKS is not set: set ORDERSVC_JWKS (a JWKS file or an http:// URL) with \
+                "ORDERSVC_JWKS is not set: set ORDERSVC_JWKS (a JWKS file or an http(s):// URL) with \
                  ORDERSVC_ISSUER and ORDERSVC_AUDIENCE so that callers need a token, or \
                  ORDERSVC_AUTH=none to run the API open to anyone"
             ),
@@ -194,7 +204,12 @@ impl Config {
                 let audience = given(&self.audience).ok_or_else(|| {
                     anyhow::anyhow!("ORDERSVC_AUDIENCE must be set with ORDERSVC_JWKS")
                 })?;
-                Auth::jwt(jwks, issuer, audience)
+                // An empty `ORDERSVC_JWKS_CA` is none, as if unset.
+                let ca = self
+                    .jwks_ca
+                    .as_deref()
+                    .filter(|ca| !ca.as_os_str().is_empty());
+                Auth::jwt(jwks, ca, issuer, audience)
             }
         }
     }

@@ -22,7 +22,9 @@ use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-pub use crate::auth::{Auth, Caller, LEEWAY_SECS, MIN_REFRESH, OPERATOR_SCOPE};
+pub use crate::auth::{
+    Auth, Caller, JWKS_CA_VARIABLE, LEEWAY_SECS, MAX_JWKS_BYTES, MIN_REFRESH, OPERATOR_SCOPE,
+};
 pub use crate::config::{
     AuthMode, Config, DEFAULT_ADDR, DEFAULT_EVENTSTORE_URL, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MIN_VERSION_REREAD_MS, DEFAULT_ORDERS_DATABASE_URL,

@@ -6,6 +6,7 @@ mod create;
 mod fuzzed;
 mod harness;
 mod health;
+mod jwks_url;
 mod openapi;
 mod overload;
 mod read;
