@@ -5,6 +5,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use devstack::certs::ServiceCerts;
 use devstack::services::{self, Detach, Endpoints};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -59,6 +60,9 @@ pub struct Options {
     pub pg_cluster: Option<PgCluster>,
     /// Bootstrap only: start no service.
     pub no_services: bool,
+    /// The event store without TLS and client certificates (default: mTLS, a certificate per
+    /// service, as in the dev stack).
+    pub plaintext_eventstore: bool,
 }
 
 /// The pipeline's services, in start order (the dev stack's, which starts them the same way).
@@ -83,6 +87,8 @@ pub struct Pipeline {
     processes: Vec<Process>,
     /// Variables every process gets on top of the defaults (later ones win).
     env_overrides: Vec<(String, String)>,
+    /// The service identities (mTLS), in the log folder; `None`: a plaintext event store.
+    certs: Option<ServiceCerts>,
     pub http: reqwest::Client,
 }
 
@@ -135,12 +141,19 @@ impl Pipeline {
             Some(nats) => nats,
             None => NatsServer::start().context("starting nats-server")?,
         };
+        let logs = tempfile::tempdir().context("creating the log folder")?;
+        let certs = if options.plaintext_eventstore {
+            None
+        } else {
+            Some(ServiceCerts::make(&logs.path().join("tls"))?)
+        };
         let mut pipeline = Pipeline {
             postgres,
             nats,
             nats_cluster: options.nats_cluster,
             pg_cluster: options.pg_cluster,
-            logs: tempfile::tempdir().context("creating the log folder")?,
+            logs,
+            certs,
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
             processes: Vec::new(),
@@ -246,9 +259,13 @@ impl Pipeline {
             ("PAYMENT_DEADLINE", "5m".to_owned()),
             ("REVIEW_DEADLINE", "5m".to_owned()),
         ];
-        self.endpoints()
-            .env(service)
-            .into_iter()
+        let mut env = self.endpoints().env(service);
+        if let Some(certs) = &self.certs {
+            // The bootstrapper and the tests' own orderctl runs (`None`) get orderctl's identity.
+            let process = service.filter(|s| *s != "bootstrapper");
+            devstack::certs::override_env(&mut env, certs.env(process, self.eventstore_port));
+        }
+        env.into_iter()
             .chain(defaults.into_iter().map(|(k, v)| (k.to_owned(), v)))
             .chain(self.env_overrides.iter().cloned())
             .collect()
