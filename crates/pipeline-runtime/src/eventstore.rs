@@ -643,6 +643,51 @@ mod tests {
             .expect("plaintext needs no CA");
     }
 
+    #[tokio::test]
+    async fn a_client_certificate_needs_its_key_and_an_https_url_and_names_the_variables() {
+        let certs = testkit::tls::Certificates::make().expect("test certificates");
+        let (cert, key) = certs
+            .make_client("ordersvc", testkit::tls::Signer::Ca)
+            .expect("client certificate");
+        let timeout = Duration::from_secs(1);
+        let https = "https://127.0.0.1:50051";
+        let ca = ClientTls::with_ca(certs.ca());
+        let only_cert = ClientTls {
+            client_cert: Some(cert.clone()),
+            ..ca.clone()
+        };
+        let only_key = ClientTls {
+            client_key: Some(key.clone()),
+            ..ca.clone()
+        };
+        for (tls, variable) in [
+            (&only_cert, TLS_CLIENT_KEY_VARIABLE),
+            (&only_key, TLS_CLIENT_CERT_VARIABLE),
+        ] {
+            let err = EventStoreClient::connect_lazy_with(https, timeout, tls)
+                .err()
+                .unwrap_or_else(|| panic!("{tls:?} is refused"));
+            assert!(err.to_string().contains(variable), "{err:#}");
+        }
+        let plaintext = ClientTls::default().with_client_identity(&cert, &key);
+        let err =
+            EventStoreClient::connect_lazy_with("http://127.0.0.1:50051", timeout, &plaintext)
+                .err()
+                .expect("a client certificate over plaintext is refused");
+        assert!(
+            err.to_string().contains(TLS_CLIENT_CERT_VARIABLE),
+            "{err:#}"
+        );
+        // The key of another certificate.
+        let wrong_key = ca.clone().with_client_identity(&cert, certs.server_key());
+        let err = EventStoreClient::connect_lazy_with(https, timeout, &wrong_key)
+            .err()
+            .expect("a key that does not match is refused");
+        assert!(err.to_string().contains(TLS_CLIENT_KEY_VARIABLE), "{err:#}");
+        EventStoreClient::connect_lazy_with(https, timeout, &ca.with_client_identity(&cert, &key))
+            .expect("certificate, key, CA and https");
+    }
+
     #[derive(Debug, clap::Parser)]
     struct Cli {
         #[command(flatten)]
