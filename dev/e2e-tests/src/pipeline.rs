@@ -87,8 +87,9 @@ pub struct Pipeline {
     processes: Vec<Process>,
     /// Variables every process gets on top of the defaults (later ones win).
     env_overrides: Vec<(String, String)>,
-    /// The service identities (mTLS), in the log folder; `None`: a plaintext event store.
-    certs: Option<ServiceCerts>,
+    /// The service identities (mTLS), in a temporary folder of their own; `None`: a plaintext
+    /// event store.
+    certs: Option<(tempfile::TempDir, ServiceCerts)>,
     pub http: reqwest::Client,
 }
 
@@ -141,18 +142,19 @@ impl Pipeline {
             Some(nats) => nats,
             None => NatsServer::start().context("starting nats-server")?,
         };
-        let logs = tempfile::tempdir().context("creating the log folder")?;
         let certs = if options.plaintext_eventstore {
             None
         } else {
-            Some(ServiceCerts::make(&logs.path().join("tls"))?)
+            let dir = tempfile::tempdir().context("creating the certificates' folder")?;
+            let certs = ServiceCerts::make(dir.path())?;
+            Some((dir, certs))
         };
         let mut pipeline = Pipeline {
             postgres,
             nats,
             nats_cluster: options.nats_cluster,
             pg_cluster: options.pg_cluster,
-            logs,
+            logs: tempfile::tempdir().context("creating the log folder")?,
             certs,
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
@@ -260,7 +262,7 @@ impl Pipeline {
             ("REVIEW_DEADLINE", "5m".to_owned()),
         ];
         let mut env = self.endpoints().env(service);
-        if let Some(certs) = &self.certs {
+        if let Some((_, certs)) = &self.certs {
             // The bootstrapper and the tests' own orderctl runs (`None`) get orderctl's identity.
             let process = service.filter(|s| *s != "bootstrapper");
             devstack::certs::override_env(&mut env, certs.env(process, self.eventstore_port));
