@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use secrecy::{ExposeSecret as _, SecretString};
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use pipeline_runtime::nats::NatsArgs;
 use pipeline_runtime::pem::{self, Pem};
@@ -97,6 +97,17 @@ pub struct Config {
     #[arg(long, env = "EVENTSTORE_TLS_KEY", value_name = "EVENTSTORE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
+    /// Authority (PEM) that signs the services' client certificates. When set, the server requires
+    /// a client certificate signed by it (mTLS; needs `EVENTSTORE_TLS_CERT` and `EVENTSTORE_TLS_KEY`)
+    /// and authorizes each call by the certificate's first DNS subjectAltName (the table in the
+    /// `authz` module). Unset: any client may append anything.
+    #[arg(
+        long,
+        env = "EVENTSTORE_TLS_CLIENT_CA",
+        value_name = "EVENTSTORE_TLS_CLIENT_CA"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
@@ -127,6 +138,7 @@ impl Config {
             tls_cert: None,
             tls_key: None,
             command: None,
+            tls_client_ca: None,
         }
     }
 
@@ -153,8 +165,11 @@ impl Config {
     /// the two files, a file that cannot be read, or a certificate and key that do not make an
     /// identity is an error naming the variable.
     pub fn server_tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
-        let given = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
         let (cert, key) = match (given(&self.tls_cert), given(&self.tls_key)) {
+            (None, None) if self.client_ca().is_some() => anyhow::bail!(
+                "EVENTSTORE_TLS_CLIENT_CA is set without EVENTSTORE_TLS_CERT and EVENTSTORE_TLS_KEY: \
+                 client certificates need a TLS server"
+            ),
             (None, None) => return Ok(None),
             (Some(cert), Some(key)) => (cert, key),
             (Some(_), None) => {
@@ -170,14 +185,22 @@ impl Config {
         };
         let cert_pem = pem::read("EVENTSTORE_TLS_CERT", &cert, Pem::Certificate)?;
         let key_pem = pem::read("EVENTSTORE_TLS_KEY", &key, Pem::PrivateKey)?;
-        let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        if let Some(client_ca) = self.client_ca() {
+            let ca_pem = pem::read("EVENTSTORE_TLS_CLIENT_CA", &client_ca, Pem::Certificate)?;
+            tls = tls.client_ca_root(Certificate::from_pem(ca_pem));
+        }
         // Builds the rustls configuration once, so that a key that does not match its certificate
         // stops the start rather than every handshake.
         tonic::transport::Server::builder()
             .tls_config(tls.clone())
             .map_err(|err| {
+                let client_ca = self
+                    .client_ca()
+                    .map(|ca| format!(" (with EVENTSTORE_TLS_CLIENT_CA {})", ca.display()))
+                    .unwrap_or_default();
                 anyhow::anyhow!(
-                    "EVENTSTORE_TLS_CERT and EVENTSTORE_TLS_KEY ({}, {}) do not make a TLS identity: {}",
+                    "EVENTSTORE_TLS_CERT and EVENTSTORE_TLS_KEY ({}, {}) do not make a TLS identity{client_ca}: {}",
                     cert.display(),
                     key.display(),
                     pipeline_runtime::eventstore::error_chain(&err)
@@ -185,6 +208,16 @@ impl Config {
             })?;
         Ok(Some(tls))
     }
+
+    /// The authority of client certificates (`EVENTSTORE_TLS_CLIENT_CA`), when mTLS is on.
+    pub fn client_ca(&self) -> Option<PathBuf> {
+        given(&self.tls_client_ca)
+    }
+}
+
+/// A path that was given and is not empty (an empty variable is as if unset).
+fn given(path: &Option<PathBuf>) -> Option<PathBuf> {
+    path.clone().filter(|p| !p.as_os_str().is_empty())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::appender::Appender;
+use crate::authz::{Caller, Read};
 use crate::error::StoreError;
 use crate::model::{Appended, Limits, MAX_BATCH_EVENTS, NewEvent, StoredEvent};
 use crate::store;
@@ -36,6 +37,8 @@ pub struct EventStoreService {
     limits: Limits,
     commits: watch::Receiver<u64>,
     stop: CancellationToken,
+    /// Callers are identified by their client certificate and authorized (`crate::authz`).
+    mtls: bool,
 }
 
 impl EventStoreService {
@@ -45,6 +48,7 @@ impl EventStoreService {
         limits: Limits,
         commits: watch::Receiver<u64>,
         stop: CancellationToken,
+        mtls: bool,
     ) -> Self {
         Self {
             appender,
@@ -52,7 +56,17 @@ impl EventStoreService {
             limits,
             commits,
             stop,
+            mtls,
         }
+    }
+
+    /// The caller of `request`, recorded on the server span.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = Caller::of(request, self.mtls)?;
+        if let Some(identity) = caller.identity() {
+            tracing::Span::current().record("client.identity", identity);
+        }
+        Ok(caller)
     }
 }
 
@@ -63,7 +77,10 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::CreateEventRequest>,
     ) -> Result<Response<pb::CreateEventResponse>, Status> {
-        let mut event = NewEvent::from_request(request.into_inner(), self.limits)?;
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        caller.may_append(request.event.as_ref().map_or("", |e| e.event_type.as_str()))?;
+        let mut event = NewEvent::from_request(request, self.limits)?;
         let span = tracing::Span::current();
         span.record("event.id", tracing::field::display(event.event_id));
         span.record("event.type", event.event_type.as_str());
@@ -96,7 +113,13 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::CreateEventsRequest>,
     ) -> Result<Response<pb::CreateEventsResponse>, Status> {
+        let caller = self.caller(&request)?;
         let requests = request.into_inner().events;
+        // Every event's type before any is queued: one refused event refuses the whole call, so a
+        // batch never commits in part because of who sent it.
+        for request in &requests {
+            caller.may_append(request.event.as_ref().map_or("", |e| e.event_type.as_str()))?;
+        }
         if requests.is_empty() {
             return Err(Status::invalid_argument(
                 "events is empty: send at least one event",
@@ -157,6 +180,7 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::GetEventsRequest>,
     ) -> Result<Response<pb::GetEventsResponse>, Status> {
+        self.caller(&request)?.may_read(Read::GetEvents)?;
         let request = request.into_inner();
         let events = if !request.event_id.is_empty() {
             let event_id = parse_event_id(&request.event_id)?;
@@ -204,6 +228,7 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::GetEventsRequest>,
     ) -> Result<Response<Self::GetEventsStreamStream>, Status> {
+        self.caller(&request)?.may_read(Read::GetEventsStream)?;
         let request = request.into_inner();
         if !request.event_id.is_empty() {
             return Err(Status::invalid_argument(
@@ -323,6 +348,7 @@ pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span
         aggregate.id = tracing::field::Empty,
         aggregate.version = tracing::field::Empty,
         batch.size = tracing::field::Empty,
+        client.identity = tracing::field::Empty,
     );
     tracecontext::set_parent(&span, &tracecontext::HeaderExtractor(request.headers()));
     span

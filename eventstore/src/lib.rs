@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod appender;
+pub mod authz;
 mod command;
 mod config;
 mod error;
@@ -50,6 +51,8 @@ pub struct App {
     config: Config,
     /// `Some` when the server speaks TLS (`EVENTSTORE_TLS_CERT`, `EVENTSTORE_TLS_KEY`).
     tls: Option<ServerTlsConfig>,
+    /// Client certificates are required and authorize each call (`EVENTSTORE_TLS_CLIENT_CA`).
+    mtls: bool,
     listener: TcpListener,
     pool: PgPool,
     nats: async_nats::Client,
@@ -63,6 +66,7 @@ impl App {
         // Before binding: a bad value stops the start with no port taken.
         config.validate()?;
         let tls = config.server_tls()?;
+        let mtls = config.client_ca().is_some();
         let pool = pipeline_runtime::db::lazy_pool(
             config.database_url.expose_secret(),
             config.db_connections,
@@ -77,6 +81,7 @@ impl App {
         Ok(Self {
             config,
             tls,
+            mtls,
             listener,
             pool,
             nats,
@@ -86,6 +91,26 @@ impl App {
     /// Whether the server speaks TLS.
     pub fn uses_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// Whether the server requires client certificates and authorizes by their identity.
+    pub fn uses_mtls(&self) -> bool {
+        self.mtls
+    }
+
+    /// How clients are checked, in words, for the start-up log line.
+    pub fn client_auth(&self) -> &'static str {
+        match (self.tls.is_some(), self.mtls) {
+            (_, true) => {
+                "mTLS: client certificates required, appends and reads authorized by identity"
+            }
+            (true, false) => {
+                "no client certificates (EVENTSTORE_TLS_CLIENT_CA unset): any client may append any event"
+            }
+            (false, false) => {
+                "plaintext, no client identities (EVENTSTORE_TLS_CLIENT_CA unset): any client may append any event"
+            }
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -101,6 +126,7 @@ impl App {
         let Self {
             config,
             tls,
+            mtls,
             listener,
             pool,
             nats,
@@ -161,6 +187,7 @@ impl App {
             },
             followers,
             stop_streams.clone(),
+            mtls,
         );
         let server = builder
             .trace_fn(grpc::server_span)

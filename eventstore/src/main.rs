@@ -27,7 +27,14 @@ async fn main() -> ExitCode {
     }
     service::run(
         App::build(config),
-        |app| tracing::info!(addr = %app.local_addr(), tls = app.uses_tls(), "eventstore listening"),
+        |app| {
+            tracing::info!(addr = %app.local_addr(), tls = app.uses_tls(), mtls = app.uses_mtls(), "eventstore listening");
+            if app.uses_mtls() {
+                tracing::info!("{}", app.client_auth());
+            } else {
+                tracing::warn!("{}", app.client_auth());
+            }
+        },
         |app| app.run_until_stopped(shutdown::signal()),
     )
     .await

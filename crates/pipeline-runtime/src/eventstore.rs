@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use eventstore_proto as pb;
 use pb::event_store_client::EventStoreClient as Grpc;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use uuid::Uuid;
 
 use tracing::Instrument as _;
@@ -95,6 +95,10 @@ impl From<tonic::Status> for ClientError {
 /// The variable naming the certificate authorities (PEM) an `https://` `EVENTSTORE_URL` is checked
 /// against.
 pub const TLS_CA_VARIABLE: &str = "EVENTSTORE_TLS_CA";
+/// The variable naming this service's client certificate (PEM), presented to the event store.
+pub const TLS_CLIENT_CERT_VARIABLE: &str = "EVENTSTORE_TLS_CLIENT_CERT";
+/// The variable naming the private key (PEM) of `EVENTSTORE_TLS_CLIENT_CERT`.
+pub const TLS_CLIENT_KEY_VARIABLE: &str = "EVENTSTORE_TLS_CLIENT_KEY";
 
 /// How a client trusts the event store's certificate; flattened (`#[command(flatten)]`) into the
 /// configuration of every binary that talks to the event store.
@@ -114,15 +118,59 @@ pub struct ClientTls {
         global = true
     )]
     pub ca: Option<PathBuf>,
+
+    /// PEM file of this service's client certificate (`EVENTSTORE_TLS_CLIENT_CERT`), presented to
+    /// an event store that requires one (`EVENTSTORE_TLS_CLIENT_CA` there); its first DNS
+    /// subjectAltName is the identity the event store authorizes. With
+    /// `EVENTSTORE_TLS_CLIENT_KEY`, both or neither, and only with an `https://` URL.
+    #[arg(
+        id = "eventstore_tls_client_cert",
+        long = "eventstore-tls-client-cert",
+        env = TLS_CLIENT_CERT_VARIABLE,
+        value_name = TLS_CLIENT_CERT_VARIABLE,
+        value_parser = client_cert_file,
+        global = true
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM file of the private key of `EVENTSTORE_TLS_CLIENT_CERT` (`EVENTSTORE_TLS_CLIENT_KEY`).
+    #[arg(
+        id = "eventstore_tls_client_key",
+        long = "eventstore-tls-client-key",
+        env = TLS_CLIENT_KEY_VARIABLE,
+        value_name = TLS_CLIENT_KEY_VARIABLE,
+        value_parser = client_key_file,
+        global = true
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 /// The value of `EVENTSTORE_TLS_CA`: a readable PEM file with a certificate, or empty (none).
 fn ca_file(value: &str) -> Result<PathBuf, String> {
+    pem_file(TLS_CA_VARIABLE, value, Pem::Certificate)
+}
+
+/// The value of `EVENTSTORE_TLS_CLIENT_CERT`: a readable PEM certificate, or empty (none).
+fn client_cert_file(value: &str) -> Result<PathBuf, String> {
+    pem_file(TLS_CLIENT_CERT_VARIABLE, value, Pem::Certificate)
+}
+
+/// The value of `EVENTSTORE_TLS_CLIENT_KEY`: a readable PEM private key, or empty (none).
+fn client_key_file(value: &str) -> Result<PathBuf, String> {
+    pem_file(TLS_CLIENT_KEY_VARIABLE, value, Pem::PrivateKey)
+}
+
+fn pem_file(variable: &str, value: &str, kind: Pem) -> Result<PathBuf, String> {
     let path = PathBuf::from(value);
     if !value.is_empty() {
-        pem::read(TLS_CA_VARIABLE, &path, Pem::Certificate).map_err(|err| format!("{err:#}"))?;
+        pem::read(variable, &path, kind).map_err(|err| format!("{err:#}"))?;
     }
     Ok(path)
+}
+
+/// A path that was given and is not empty (an empty variable is as if unset).
+fn given(path: Option<&PathBuf>) -> Option<&PathBuf> {
+    path.filter(|path| !path.as_os_str().is_empty())
 }
 
 impl ClientTls {
@@ -130,14 +178,53 @@ impl ClientTls {
     pub fn with_ca(ca: impl Into<PathBuf>) -> Self {
         ClientTls {
             ca: Some(ca.into()),
+            ..ClientTls::default()
         }
+    }
+
+    /// Presents the client certificate at `cert` with its key at `key` (mTLS).
+    pub fn with_client_identity(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_cert = Some(cert.into());
+        self.client_key = Some(key.into());
+        self
+    }
+
+    /// The client certificate and key as a TLS identity, if given; both or neither.
+    fn client_identity(&self) -> anyhow::Result<Option<Identity>> {
+        let (cert, key) = match (
+            given(self.client_cert.as_ref()),
+            given(self.client_key.as_ref()),
+        ) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => anyhow::bail!(
+                "{TLS_CLIENT_CERT_VARIABLE} is set without {TLS_CLIENT_KEY_VARIABLE}: set both or neither"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "{TLS_CLIENT_KEY_VARIABLE} is set without {TLS_CLIENT_CERT_VARIABLE}: set both or neither"
+            ),
+        };
+        let cert_pem = pem::read(TLS_CLIENT_CERT_VARIABLE, cert, Pem::Certificate)?;
+        let key_pem = pem::read(TLS_CLIENT_KEY_VARIABLE, key, Pem::PrivateKey)?;
+        Ok(Some(Identity::from_pem(cert_pem, key_pem)))
     }
 
     /// Puts TLS on `endpoint` for an `https://` URL; checks that TLS settings and scheme agree.
     fn apply(&self, endpoint: Endpoint, url: &str) -> anyhow::Result<Endpoint> {
         let https = endpoint.uri().scheme_str() == Some("https");
+        let identity = self.client_identity()?;
+        if identity.is_some() && !https {
+            anyhow::bail!(
+                "{TLS_CLIENT_CERT_VARIABLE} is set but the event store URL {url:?} is not https://: \
+                 a client certificate is presented only over TLS"
+            );
+        }
         // An empty `EVENTSTORE_TLS_CA` is no CA, as if unset.
-        let ca = self.ca.as_ref().filter(|ca| !ca.as_os_str().is_empty());
+        let ca = given(self.ca.as_ref());
         match (ca, https) {
             (None, false) => Ok(endpoint),
             (Some(_), false) => anyhow::bail!(
@@ -150,10 +237,21 @@ impl ClientTls {
             ),
             (Some(ca), true) => {
                 let pem = pem::read(TLS_CA_VARIABLE, ca, Pem::Certificate)?;
-                let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+                let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+                let with_identity = identity.is_some();
+                if let Some(identity) = identity {
+                    config = config.identity(identity);
+                }
                 endpoint.tls_config(config).map_err(|err| {
+                    let variables = if with_identity {
+                        format!(
+                            "{TLS_CA_VARIABLE}, {TLS_CLIENT_CERT_VARIABLE} or {TLS_CLIENT_KEY_VARIABLE}"
+                        )
+                    } else {
+                        TLS_CA_VARIABLE.to_owned()
+                    };
                     anyhow::anyhow!(
-                        "{TLS_CA_VARIABLE}: {} cannot be used: {}",
+                        "{variables}: {} cannot be used: {}",
                         ca.display(),
                         error_chain(&err)
                     )
@@ -543,6 +641,51 @@ mod tests {
         }
         EventStoreClient::connect_lazy_with("http://127.0.0.1:50051", timeout, &no_tls)
             .expect("plaintext needs no CA");
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_needs_its_key_and_an_https_url_and_names_the_variables() {
+        let certs = testkit::tls::Certificates::make().expect("test certificates");
+        let (cert, key) = certs
+            .make_client("ordersvc", testkit::tls::Signer::Ca)
+            .expect("client certificate");
+        let timeout = Duration::from_secs(1);
+        let https = "https://127.0.0.1:50051";
+        let ca = ClientTls::with_ca(certs.ca());
+        let only_cert = ClientTls {
+            client_cert: Some(cert.clone()),
+            ..ca.clone()
+        };
+        let only_key = ClientTls {
+            client_key: Some(key.clone()),
+            ..ca.clone()
+        };
+        for (tls, variable) in [
+            (&only_cert, TLS_CLIENT_KEY_VARIABLE),
+            (&only_key, TLS_CLIENT_CERT_VARIABLE),
+        ] {
+            let err = EventStoreClient::connect_lazy_with(https, timeout, tls)
+                .err()
+                .unwrap_or_else(|| panic!("{tls:?} is refused"));
+            assert!(err.to_string().contains(variable), "{err:#}");
+        }
+        let plaintext = ClientTls::default().with_client_identity(&cert, &key);
+        let err =
+            EventStoreClient::connect_lazy_with("http://127.0.0.1:50051", timeout, &plaintext)
+                .err()
+                .expect("a client certificate over plaintext is refused");
+        assert!(
+            err.to_string().contains(TLS_CLIENT_CERT_VARIABLE),
+            "{err:#}"
+        );
+        // The key of another certificate.
+        let wrong_key = ca.clone().with_client_identity(&cert, certs.server_key());
+        let err = EventStoreClient::connect_lazy_with(https, timeout, &wrong_key)
+            .err()
+            .expect("a key that does not match is refused");
+        assert!(err.to_string().contains(TLS_CLIENT_KEY_VARIABLE), "{err:#}");
+        EventStoreClient::connect_lazy_with(https, timeout, &ca.with_client_identity(&cert, &key))
+            .expect("certificate, key, CA and https");
     }
 
     #[derive(Debug, clap::Parser)]

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)]
 
 pub mod bench;
+pub mod certs;
 pub mod probe;
 mod procs;
 pub mod sample;

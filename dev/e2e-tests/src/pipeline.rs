@@ -5,6 +5,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use devstack::certs::ServiceCerts;
 use devstack::services::{self, Detach, Endpoints};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -59,6 +60,9 @@ pub struct Options {
     pub pg_cluster: Option<PgCluster>,
     /// Bootstrap only: start no service.
     pub no_services: bool,
+    /// The event store without TLS and client certificates (default: mTLS, a certificate per
+    /// service, as in the dev stack).
+    pub plaintext_eventstore: bool,
 }
 
 /// The pipeline's services, in start order (the dev stack's, which starts them the same way).
@@ -85,6 +89,9 @@ pub struct Pipeline {
     env_overrides: Vec<(String, String)>,
     /// Signs the tokens ordersvc accepts ([`Pipeline::token_for`]).
     tokens: crate::tokens::Tokens,
+    /// The service identities (mTLS), in a temporary folder of their own; `None`: a plaintext
+    /// event store.
+    certs: Option<(tempfile::TempDir, ServiceCerts)>,
     /// Sends an operator's token with every request, so it reaches every order.
     pub http: reqwest::Client,
 }
@@ -136,12 +143,20 @@ impl Pipeline {
             None => NatsServer::start().context("starting nats-server")?,
         };
         let tokens = crate::tokens::Tokens::make().context("making the token signing key")?;
+        let certs = if options.plaintext_eventstore {
+            None
+        } else {
+            let dir = tempfile::tempdir().context("creating the certificates' folder")?;
+            let certs = ServiceCerts::make(dir.path())?;
+            Some((dir, certs))
+        };
         let mut pipeline = Pipeline {
             postgres,
             nats,
             nats_cluster: options.nats_cluster,
             pg_cluster: options.pg_cluster,
             logs: tempfile::tempdir().context("creating the log folder")?,
+            certs,
             eventstore_port: testkit::free_port(),
             ordersvc_port: testkit::free_port(),
             processes: Vec::new(),
@@ -264,9 +279,13 @@ impl Pipeline {
             Some("ordersvc") => self.tokens.ordersvc_env(),
             _ => Vec::new(),
         };
-        self.endpoints()
-            .env(service)
-            .into_iter()
+        let mut env = self.endpoints().env(service);
+        if let Some((_, certs)) = &self.certs {
+            // The bootstrapper and the tests' own orderctl runs (`None`) get orderctl's identity.
+            let process = service.filter(|s| *s != "bootstrapper");
+            devstack::certs::override_env(&mut env, certs.env(process, self.eventstore_port));
+        }
+        env.into_iter()
             .chain(defaults.into_iter().map(|(k, v)| (k.to_owned(), v)))
             .chain(tokens)
             .chain(self.env_overrides.iter().cloned())

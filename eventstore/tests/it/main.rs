@@ -5,6 +5,7 @@ mod batch;
 mod failures;
 mod harness;
 mod hostile;
+mod mtls;
 mod outbox;
 mod reads;
 mod startup;

@@ -257,6 +257,11 @@ impl Stack {
         self.start_nats(started)?;
         self.start_zipkin(started)?;
         self.settings.save(&self.layout.settings_file())?;
+        if crate::certs::prepare_stack(&self.layout)?.is_some() {
+            step(
+                "event store with mTLS: a certificate per service in tls/ (STACK_MTLS=0 turns it off)",
+            );
+        }
 
         step("bootstrapper (databases, migrations, stream ORDERS, consumers)");
         let log = self.layout.log("bootstrapper");
@@ -330,6 +335,15 @@ impl Stack {
     /// for one, and the stack's defaults for logs and span export.
     fn service_env(&self, name: &str) -> anyhow::Result<Vec<(String, String)>> {
         let mut env = self.endpoints().env(Some(name));
+        if let Some(certs) =
+            crate::certs::ServiceCerts::existing(&crate::certs::stack_dir(&self.layout))
+        {
+            let vars = certs.env(
+                Some(name).filter(|n| *n != "bootstrapper"),
+                self.settings.eventstore_port,
+            );
+            crate::certs::override_env(&mut env, vars);
+        }
         if self.settings.zipkin != Zipkin::Caller {
             env.push((
                 "ZIPKIN_ENDPOINT".to_owned(),

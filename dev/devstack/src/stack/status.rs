@@ -149,6 +149,11 @@ impl Stack {
             "  export ORDERCTL_TOKEN=... ORDERS_TOKEN=...   # eval \"$(scripts/stack env)\" sets \
              both (operator, customer c1); scripts/stack token --customer ID for others"
         );
+        if crate::certs::ServiceCerts::existing(&crate::certs::stack_dir(&self.layout)).is_some() {
+            println!(
+                "  # the event store takes mTLS only: eval \"$(scripts/stack env)\" sets EVENTSTORE_URL=https://... and orderctl's certificate"
+            );
+        }
         let psql = match s.db {
             Db::Single => "PostgreSQL",
             Db::Ha => "the HA cluster's leader, through HAProxy",
@@ -178,6 +183,14 @@ impl Stack {
         ];
         if let Some(url) = self.zipkin_url() {
             lines.push(format!("export ZIPKIN_URL={url}"));
+        }
+        // The event store over mTLS: orderctl's certificate (these exports come later and win).
+        if let Some(certs) =
+            crate::certs::ServiceCerts::existing(&crate::certs::stack_dir(&self.layout))
+        {
+            for (name, value) in certs.env(None, s.eventstore_port) {
+                lines.push(format!("export {name}='{value}'"));
+            }
         }
         // The superuser, through HAProxy in the HA profile: psql "$PGURL".
         lines.push(format!("export PGURL='{}'", e.role_url("root", "postgres")));
