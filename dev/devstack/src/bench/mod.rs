@@ -41,13 +41,12 @@ use crate::settings::repository_root;
 
 /// Statistics of pg_stat_database reach it at most this long after a transaction.
 const STATS_FLUSH_WAIT: Duration = Duration::from_secs(11);
-const FINAL_STATUSES: &str = "('Approved','PaymentFailed','Rejected','Cancelled')";
 
 /// What `devstack bench` measures with.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// How long each load phase sends orders (`20s`, `1m`).
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = order_domain::parse_duration)]
     duration: Duration,
     /// A folder with the binaries of another build: the saturated phase runs with them first.
     #[arg(long)]
@@ -67,18 +66,14 @@ pub struct Args {
     ha: bool,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, "s"), |at| text.split_at(at));
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 20s or 2m"))?;
-    match unit {
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("{text:?} is not a duration like 20s or 2m")),
-    }
+/// The domain's final statuses as an SQL list: `'Approved','PaymentFailed',…`.
+fn final_statuses() -> String {
+    order_domain::OrderStatus::ALL
+        .into_iter()
+        .filter(|status| status.is_final())
+        .map(|status| format!("'{}'", status.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn step(text: &str) {
@@ -383,7 +378,7 @@ impl Bench {
                 "--concurrency".into(),
                 "32".into(),
                 "--duration".into(),
-                format!("{}s", self.duration.as_secs()),
+                order_domain::format_duration(self.duration),
                 "--settle".into(),
                 "1s".into(),
             ])
@@ -439,7 +434,7 @@ impl Bench {
                 "--concurrency".into(),
                 "64".into(),
                 "--duration".into(),
-                format!("{}s", self.duration.as_secs()),
+                order_domain::format_duration(self.duration),
                 "--settle".into(),
                 "30s".into(),
             ])
@@ -473,7 +468,10 @@ impl Bench {
     async fn finals(&self) -> anyhow::Result<i64> {
         Bench::count(
             &self.orders,
-            &format!("SELECT count(*) FROM orders WHERE status IN {FINAL_STATUSES}"),
+            &format!(
+                "SELECT count(*) FROM orders WHERE status IN ({})",
+                final_statuses()
+            ),
         )
         .await
     }
@@ -604,5 +602,16 @@ impl Jsz {
             .flat_map(|stream| stream.consumer_detail.iter().flatten())
             .map(|consumer| consumer.num_pending + consumer.num_ack_pending)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_final_statuses_are_the_domains() {
+        assert_eq!(
+            super::final_statuses(),
+            "'Approved','PaymentFailed','Rejected','Cancelled'"
+        );
     }
 }
