@@ -7,7 +7,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::routes::MAX_BODY_BYTES;
+
+/// Largest request body accepted (413 above).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// True for `application/json` and `application/<something>+json`, parameters allowed.
 fn is_json(headers: &HeaderMap) -> bool {

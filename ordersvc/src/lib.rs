@@ -25,13 +25,14 @@ use tokio::net::TcpListener;
 pub use crate::auth::{
     Auth, Caller, JWKS_CA_VARIABLE, LEEWAY_SECS, MAX_JWKS_BYTES, MIN_REFRESH, OPERATOR_SCOPE,
 };
+pub use crate::body::MAX_BODY_BYTES;
 pub use crate::config::{
     AuthMode, Config, DEFAULT_ADDR, DEFAULT_EVENTSTORE_URL, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MIN_VERSION_REREAD_MS, DEFAULT_ORDERS_DATABASE_URL,
 };
 pub use crate::error::{ApiError, RETRY_AFTER_SECS};
-pub use crate::openapi::document as openapi_document;
-pub use crate::routes::{MAX_BODY_BYTES, router};
+pub use crate::routes::document as openapi_document;
+pub use crate::routes::router;
 
 /// What every handler shares: cheap to clone.
 #[derive(Clone)]
@@ -81,7 +82,7 @@ impl AppState {
             min_version_wait: config.min_version_wait(),
             min_version_reread: config.min_version_reread(),
             moves: moves::Moves::default(),
-            openapi: Arc::new(openapi::document()),
+            openapi: Arc::new(routes::document()),
             admission: admission::Admission::new(config.max_in_flight),
             auth,
         })

@@ -1,6 +1,7 @@
-//! The OpenAPI document, generated from the wire types of `orders-api` and the routes of
-//! [`crate::routes::api`]: each handler's `#[utoipa::path]` says its parameters and answers, and
-//! the router that serves it is built from the same registration.
+//! The parts of the OpenAPI document that are not a handler's own: its title, the bearer scheme,
+//! the answers every protected or admitted operation may give. [`crate::routes::document`] puts
+//! them together with the routes: each handler's `#[utoipa::path]` says its parameters and answers,
+//! and the router that serves it is built from the same registration.
 //!
 //! Why utoipa with utoipa-axum rather than aide: a handler is routed and documented by one
 //! `routes!(handler)` call, so a route cannot exist undocumented or the other way round; the wire
@@ -27,17 +28,6 @@ use crate::error::RETRY_AFTER_SECS;
     modifiers(&BearerScheme)
 )]
 pub(crate) struct ApiDoc;
-
-/// The document served at `GET /api/openapi.json`.
-pub fn document() -> serde_json::Value {
-    let document = crate::routes::api(
-        crate::admission::Admission::new(1),
-        crate::auth::Auth::open(),
-    )
-    .into_openapi();
-    // Serializing these plain structures cannot fail; an empty object would fail every test.
-    serde_json::to_value(document).unwrap_or_default()
-}
 
 /// The name of the security scheme of [`protected`] operations.
 pub(crate) const BEARER: &str = "bearer";

@@ -19,8 +19,7 @@ use crate::admission::Admission;
 use crate::auth::Auth;
 use crate::error::ApiError;
 
-/// Largest request body accepted (413 above).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use crate::body::MAX_BODY_BYTES;
 
 /// Every operation with its route and its documentation, registered together so none can be
 /// routed undocumented. All but the probes are behind the bound of requests in flight, and
@@ -53,6 +52,18 @@ pub(crate) fn api(admission: Admission, auth: Auth) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .merge(admitted)
         .merge(probes)
+}
+
+/// The document served at `GET /api/openapi.json`: the routes' own, with [`crate::openapi`]'s
+/// parts.
+pub fn document() -> serde_json::Value {
+    let document = api(
+        crate::admission::Admission::new(1),
+        crate::auth::Auth::open(),
+    )
+    .into_openapi();
+    // Serializing these plain structures cannot fail; an empty object would fail every test.
+    serde_json::to_value(document).unwrap_or_default()
 }
 
 /// The whole HTTP API, ready to serve (or to call with `tower::ServiceExt::oneshot` in tests).
