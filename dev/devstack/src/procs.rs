@@ -18,6 +18,12 @@ fn runs(pid: u32, name: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
+    // Right after spawn returns, the child may still be inside execve: the kernel wakes the
+    // parent (the close-on-exec pipe closes) before it sets up the new program's arguments, so
+    // /proc/PID/cmdline reads empty for a moment. Our own child, alive: still starting, not gone.
+    if cmdline.is_empty() {
+        return true;
+    }
     let args: Vec<String> = cmdline
         .split(|byte| *byte == 0)
         .map(|arg| String::from_utf8_lossy(arg).into_owned())
