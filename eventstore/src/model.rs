@@ -378,3 +378,42 @@ mod tests {
         assert!(!new.same_event_as(&changed));
     }
 }
+
+/// Events for the planners' unit tests (the relay's and republish's), which order them by
+/// aggregate and version and look at nothing else.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::collections::BTreeMap;
+
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use super::StoredEvent;
+
+    pub(crate) fn stored(aggregate: &str, version: i64) -> StoredEvent {
+        StoredEvent {
+            event_id: Uuid::new_v4(),
+            event_type: "created".into(),
+            aggregate_id: aggregate.into(),
+            aggregate_type: "order".into(),
+            aggregate_version: version,
+            stream: "ORDERS".into(),
+            event_data: serde_json::json!({}),
+            metadata: BTreeMap::new(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    /// Each chain as (aggregate, version) pairs.
+    pub(crate) fn versions(chains: &[Vec<StoredEvent>]) -> Vec<Vec<(String, i64)>> {
+        chains
+            .iter()
+            .map(|chain| {
+                chain
+                    .iter()
+                    .map(|e| (e.aggregate_id.clone(), e.aggregate_version))
+                    .collect()
+            })
+            .collect()
+    }
+}

@@ -126,39 +126,11 @@ pub fn publishable(claimed: &[(Uuid, String, i64)], lowest: &HashMap<String, i64
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use time::OffsetDateTime;
-
     use super::*;
+    use crate::model::fixtures::{stored, versions};
 
     fn row(aggregate: &str, version: i64) -> (Uuid, String, i64) {
         (Uuid::new_v4(), aggregate.to_owned(), version)
-    }
-
-    fn stored(aggregate: &str, version: i64) -> StoredEvent {
-        StoredEvent {
-            event_id: Uuid::new_v4(),
-            event_type: "created".into(),
-            aggregate_id: aggregate.into(),
-            aggregate_type: "order".into(),
-            aggregate_version: version,
-            stream: "ORDERS".into(),
-            event_data: serde_json::json!({}),
-            metadata: BTreeMap::new(),
-            created_at: OffsetDateTime::UNIX_EPOCH,
-        }
-    }
-
-    fn versions(plan: &MemoryPlan) -> Vec<Vec<(String, i64)>> {
-        plan.chains
-            .iter()
-            .map(|c| {
-                c.iter()
-                    .map(|e| (e.aggregate_id.clone(), e.aggregate_version))
-                    .collect()
-            })
-            .collect()
     }
 
     #[test]
@@ -196,7 +168,7 @@ mod tests {
         );
         let plan = plan_memory(chains, &acked, None);
         assert_eq!(
-            versions(&plan),
+            versions(&plan.chains),
             [
                 vec![("a".to_owned(), 1), ("a".to_owned(), 2)],
                 vec![("b".to_owned(), 5), ("b".to_owned(), 6)]
@@ -212,7 +184,7 @@ mod tests {
         let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
         let lowest = HashMap::from([("a".to_owned(), 2), ("b".to_owned(), 2)]);
         let plan = plan_memory(chains(batch, &acked), &acked, Some(&lowest));
-        assert_eq!(versions(&plan), [vec![("b".to_owned(), 2)]]);
+        assert_eq!(versions(&plan.chains), [vec![("b".to_owned(), 2)]]);
         assert_eq!(plan.deferred, [ids[0], ids[1]]);
     }
 
@@ -222,7 +194,7 @@ mod tests {
         let batch = vec![stored("a", 3), stored("c", 1)];
         let deferred = batch[0].event_id;
         let plan = plan_memory(chains(batch, &acked), &acked, None);
-        assert_eq!(versions(&plan), [vec![("c".to_owned(), 1)]]);
+        assert_eq!(versions(&plan.chains), [vec![("c".to_owned(), 1)]]);
         assert_eq!(plan.deferred, [deferred]);
     }
 
@@ -238,7 +210,7 @@ mod tests {
         ];
         let lowest = HashMap::from([("a".to_owned(), 5)]);
         let plan = plan_memory(chains(batch, &acked), &acked, Some(&lowest));
-        assert_eq!(versions(&plan), [vec![("a".to_owned(), 5)]]);
+        assert_eq!(versions(&plan.chains), [vec![("a".to_owned(), 5)]]);
         assert!(plan.deferred.is_empty());
     }
 
@@ -249,7 +221,7 @@ mod tests {
         let deferred = batch[2].event_id;
         let plan = plan_memory(chains(batch, &acked), &acked, None);
         assert_eq!(
-            versions(&plan),
+            versions(&plan.chains),
             [vec![("a".to_owned(), 1), ("a".to_owned(), 2)]]
         );
         assert_eq!(plan.deferred, [deferred]);
@@ -263,6 +235,6 @@ mod tests {
             &acked,
             None,
         );
-        assert_eq!(versions(&plan), [vec![("a".to_owned(), 3)]]);
+        assert_eq!(versions(&plan.chains), [vec![("a".to_owned(), 3)]]);
     }
 }

@@ -92,36 +92,8 @@ pub fn plan_page(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use time::OffsetDateTime;
-
     use super::*;
-
-    fn stored(aggregate: &str, version: i64) -> StoredEvent {
-        StoredEvent {
-            event_id: Uuid::new_v4(),
-            event_type: "created".into(),
-            aggregate_id: aggregate.into(),
-            aggregate_type: "order".into(),
-            aggregate_version: version,
-            stream: "ORDERS".into(),
-            event_data: serde_json::json!({}),
-            metadata: BTreeMap::new(),
-            created_at: OffsetDateTime::UNIX_EPOCH,
-        }
-    }
-
-    fn versions(plan: &PagePlan) -> Vec<Vec<(String, i64)>> {
-        plan.chains
-            .iter()
-            .map(|c| {
-                c.iter()
-                    .map(|e| (e.aggregate_id.clone(), e.aggregate_version))
-                    .collect()
-            })
-            .collect()
-    }
+    use crate::model::fixtures::{stored, versions};
 
     fn ids(events: &[&StoredEvent]) -> HashSet<Uuid> {
         events.iter().map(|e| e.event_id).collect()
@@ -136,7 +108,7 @@ mod tests {
         let page = vec![b1.clone(), a3.clone(), a1.clone(), a2.clone()];
         let plan = plan_page(page, &in_stream, &HashSet::new(), &mut HashMap::new());
         assert_eq!(
-            versions(&plan),
+            versions(&plan.chains),
             [
                 vec![("b".to_owned(), 1)],
                 vec![("a".to_owned(), 2), ("a".to_owned(), 3)]
@@ -165,7 +137,7 @@ mod tests {
             &HashSet::new(),
             &mut HashMap::new(),
         );
-        assert_eq!(versions(&plan), [vec![("a".to_owned(), 2)]]);
+        assert_eq!(versions(&plan.chains), [vec![("a".to_owned(), 2)]]);
     }
 
     #[test]
@@ -181,7 +153,7 @@ mod tests {
             &mut blocked,
         );
         assert_eq!(
-            versions(&plan),
+            versions(&plan.chains),
             [vec![("a".to_owned(), 1)], vec![("b".to_owned(), 1)]]
         );
         assert_eq!(plan.in_outbox, 1);
@@ -199,7 +171,7 @@ mod tests {
             &HashSet::new(),
             &mut blocked,
         );
-        assert_eq!(versions(&plan), [vec![("b".to_owned(), 2)]]);
+        assert_eq!(versions(&plan.chains), [vec![("b".to_owned(), 2)]]);
         assert_eq!(plan.held_back, [(a4.event_id, Blocked::NotAccepted)]);
     }
 
