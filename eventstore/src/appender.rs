@@ -15,17 +15,17 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::error::StoreError;
-use crate::model::{Appended, MAX_BATCH_EVENTS, NewEvent, StoredEvent};
+use crate::model::{EventToStore, MAX_BATCH_EVENTS, StoredAt, StoredEvent};
 use crate::store;
 
 /// How many times a batch is planned again after losing a race to another writer.
 const MAX_ROUNDS: u32 = 10;
 
-type Outcomes = Vec<Result<Appended, StoreError>>;
+type Outcomes = Vec<Result<StoredAt, StoreError>>;
 
 /// One call's events, committed together, answered together.
 struct Job {
-    events: Vec<NewEvent>,
+    events: Vec<EventToStore>,
     reply: oneshot::Sender<Outcomes>,
     /// The job's room in the queue, given back when a worker takes it.
     room: OwnedSemaphorePermit,
@@ -93,7 +93,7 @@ impl Appender {
     }
 
     /// Appends one event; waits until its batch committed (or failed).
-    pub async fn append(&self, event: NewEvent) -> Result<Appended, StoreError> {
+    pub async fn append(&self, event: EventToStore) -> Result<StoredAt, StoreError> {
         self.append_all(vec![event])
             .await?
             .pop()
@@ -104,7 +104,7 @@ impl Appender {
     /// one outcome per event, in order. A full queue refuses the whole call at once
     /// ([`StoreError::Overloaded`]) rather than making the caller wait for room until its deadline
     /// and then, maybe, committing after the caller gave up.
-    pub async fn append_all(&self, events: Vec<NewEvent>) -> Result<Outcomes, StoreError> {
+    pub async fn append_all(&self, events: Vec<EventToStore>) -> Result<Outcomes, StoreError> {
         let expected = events.len();
         if expected == 0 {
             return Ok(Vec::new());
@@ -235,7 +235,7 @@ async fn commit(pool: &PgPool, batch: Vec<Job>, signals: &CommitSignals) {
 /// relay is far behind, and the sweep publishes these from their outbox rows.
 fn hand_to_relay(
     relay: &mpsc::Sender<Vec<StoredEvent>>,
-    events: Vec<NewEvent>,
+    events: Vec<EventToStore>,
     outcomes: &Outcomes,
     created_at: time::OffsetDateTime,
 ) {

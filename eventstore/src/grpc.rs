@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::appender::Appender;
 use crate::authz::{Caller, Read};
 use crate::error::StoreError;
-use crate::model::{Appended, Limits, MAX_BATCH_EVENTS, NewEvent, StoredEvent};
+use crate::model::{EventToStore, Limits, MAX_BATCH_EVENTS, StoredAt, StoredEvent};
 use crate::store;
 
 /// Rows read per query by streaming reads.
@@ -80,7 +80,7 @@ impl pb::event_store_server::EventStore for EventStoreService {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
         caller.may_append(request.event.as_ref().map_or("", |e| e.event_type.as_str()))?;
-        let mut event = NewEvent::from_request(request, self.limits)?;
+        let mut event = EventToStore::from_request(request, self.limits)?;
         let span = tracing::Span::current();
         span.record("event.id", tracing::field::display(event.event_id));
         span.record("event.type", event.event_type.as_str());
@@ -137,7 +137,7 @@ impl pb::event_store_server::EventStore for EventStoreService {
         let mut positions = Vec::with_capacity(requests.len());
         let mut valid = Vec::with_capacity(requests.len());
         for (position, request) in requests.into_iter().enumerate() {
-            match NewEvent::from_request(request, self.limits) {
+            match EventToStore::from_request(request, self.limits) {
                 Ok(mut event) => {
                     tracecontext::fill_metadata(&span, &mut event.metadata);
                     positions.push(position);
@@ -292,7 +292,7 @@ fn mark_append_error(span: &tracing::Span, err: &StoreError) {
 }
 
 /// The outcome of one event of a `CreateEvents` call (google.rpc.Code values).
-fn outcome(result: Result<Appended, StoreError>) -> pb::AppendOutcome {
+fn outcome(result: Result<StoredAt, StoreError>) -> pb::AppendOutcome {
     let refused = |code: tonic::Code, message: String| pb::AppendOutcome {
         code: code as i32,
         message,

@@ -27,7 +27,7 @@ const MAX_METADATA_VALUE_CHARS: usize = 1024;
 
 /// An append that passed validation.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
+pub struct EventToStore {
     pub event_id: Uuid,
     pub event_type: String,
     pub aggregate_id: String,
@@ -54,13 +54,13 @@ pub struct StoredEvent {
 
 /// The result of a successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
+pub struct StoredAt {
     pub version: i64,
     /// The event was already stored; nothing was appended.
     pub duplicate: bool,
 }
 
-impl NewEvent {
+impl EventToStore {
     /// Checks a `CreateEvent` request. Every refusal is `INVALID_ARGUMENT` naming the field.
     pub fn from_request(
         request: pb::CreateEventRequest,
@@ -115,7 +115,7 @@ impl NewEvent {
             )));
         }
         let metadata = check_metadata(event.metadata)?;
-        Ok(NewEvent {
+        Ok(EventToStore {
             event_id,
             event_type: event.event_type,
             aggregate_id: event.aggregate_id,
@@ -133,7 +133,7 @@ impl NewEvent {
     }
 
     /// Whether `other` (another append of the same batch) is this very event.
-    pub fn same_content(&self, other: &NewEvent) -> bool {
+    pub fn same_content(&self, other: &EventToStore) -> bool {
         self.content() == other.content()
     }
 
@@ -153,7 +153,7 @@ type Content<'a> = (&'a str, &'a str, &'a str, &'a str, &'a serde_json::Value);
 
 impl StoredEvent {
     /// The event as the append transaction stored it at `version`, committed at `created_at`.
-    pub fn from_new(event: NewEvent, version: i64, created_at: OffsetDateTime) -> Self {
+    pub fn from_new(event: EventToStore, version: i64, created_at: OffsetDateTime) -> Self {
         StoredEvent {
             event_id: event.event_id,
             event_type: event.event_type,
@@ -308,7 +308,7 @@ mod tests {
     fn refusal(edit: impl FnOnce(&mut pb::CreateEventRequest)) -> String {
         let mut req = request();
         edit(&mut req);
-        match NewEvent::from_request(req, LIMITS) {
+        match EventToStore::from_request(req, LIMITS) {
             Err(StoreError::InvalidArgument(msg)) => msg,
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn a_well_formed_request_is_accepted() {
-        let new = NewEvent::from_request(request(), LIMITS).expect("valid");
+        let new = EventToStore::from_request(request(), LIMITS).expect("valid");
         assert_eq!(new.expected_version, 0);
         assert!(new.event_data.is_object());
     }
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_replay_with_other_metadata_is_the_same_event() {
-        let new = NewEvent::from_request(request(), LIMITS).expect("valid");
+        let new = EventToStore::from_request(request(), LIMITS).expect("valid");
         let stored = StoredEvent {
             event_id: new.event_id,
             event_type: new.event_type.clone(),

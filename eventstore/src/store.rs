@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::model::{Appended, NewEvent, StoredEvent};
+use crate::model::{EventToStore, StoredAt, StoredEvent};
 
 const EVENT_COLUMNS: &str = "event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
      stream, event_data::TEXT AS event_data, metadata::TEXT AS metadata, created_at";
@@ -59,14 +59,14 @@ pub enum Decision {
     /// Insert at this version.
     Insert { version: i64 },
     /// Already stored (before this batch, or earlier in it): answer with this outcome.
-    Done(Result<Appended, StoreError>),
+    Done(Result<StoredAt, StoreError>),
 }
 
 /// Decides every request of a batch, in order, against what the database holds: `existing` events
 /// with the batch's ids and the `current` version of each of its aggregates. Pure, so the rules of
 /// idempotency and optimistic concurrency are tested without a database.
 pub fn plan(
-    batch: &[NewEvent],
+    batch: &[EventToStore],
     existing: &HashMap<Uuid, StoredEvent>,
     current: &HashMap<String, i64>,
 ) -> Vec<Decision> {
@@ -77,7 +77,7 @@ pub fn plan(
     for (index, event) in batch.iter().enumerate() {
         let decision = if let Some(stored) = existing.get(&event.event_id) {
             Decision::Done(if event.same_event_as(stored) {
-                Ok(Appended {
+                Ok(StoredAt {
                     version: stored.aggregate_version,
                     duplicate: true,
                 })
@@ -87,7 +87,7 @@ pub fn plan(
         } else if let Some(&(first, version)) = planned.get(&event.event_id) {
             let first = &batch[first];
             Decision::Done(if first.same_content(event) {
-                Ok(Appended {
+                Ok(StoredAt {
                     version,
                     duplicate: true,
                 })
@@ -117,7 +117,7 @@ pub fn plan(
 /// What one committed append transaction decided.
 pub struct Committed {
     /// One per event of the batch, in order. `Ok` and not `duplicate`: inserted by this transaction.
-    pub outcomes: Vec<Result<Appended, StoreError>>,
+    pub outcomes: Vec<Result<StoredAt, StoreError>>,
     /// The `created_at` of the inserted events (the transaction's `now()`); `None` when none was.
     pub created_at: Option<OffsetDateTime>,
 }
@@ -126,7 +126,7 @@ pub struct Committed {
 /// between our reads and our insert: nothing was committed and the batch should be planned again.
 pub async fn try_append(
     pool: &PgPool,
-    batch: &[NewEvent],
+    batch: &[EventToStore],
 ) -> Result<Option<Committed>, sqlx::Error> {
     // READ COMMITTED: the reads only plan; the keys decide. `event_id` and (aggregate_id,
     // aggregate_version) are unique and the insert is ON CONFLICT DO NOTHING, so a writer that
@@ -155,7 +155,7 @@ pub async fn try_append(
     .collect();
 
     let decisions = plan(batch, &existing, &current);
-    let inserts: Vec<(&NewEvent, i64)> = batch
+    let inserts: Vec<(&EventToStore, i64)> = batch
         .iter()
         .zip(&decisions)
         .filter_map(|(event, decision)| match decision {
@@ -177,7 +177,7 @@ pub async fn try_append(
         outcomes: decisions
             .into_iter()
             .map(|decision| match decision {
-                Decision::Insert { version } => Ok(Appended {
+                Decision::Insert { version } => Ok(StoredAt {
                     version,
                     duplicate: false,
                 }),
@@ -192,7 +192,7 @@ pub async fn try_append(
 /// (one value: `now()` is the transaction's start time), which the relay publishes from memory.
 async fn insert(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &[(&NewEvent, i64)],
+    rows: &[(&EventToStore, i64)],
 ) -> Result<(usize, Option<OffsetDateTime>), sqlx::Error> {
     let ids: Vec<Uuid> = rows.iter().map(|(e, _)| e.event_id).collect();
     let types: Vec<&str> = rows.iter().map(|(e, _)| e.event_type.as_str()).collect();
@@ -327,8 +327,8 @@ mod tests {
         }
     }
 
-    fn new_event(aggregate: &str, expected: i64) -> NewEvent {
-        NewEvent {
+    fn new_event(aggregate: &str, expected: i64) -> EventToStore {
+        EventToStore {
             event_id: Uuid::new_v4(),
             event_type: "created".into(),
             aggregate_id: aggregate.into(),
@@ -340,7 +340,7 @@ mod tests {
         }
     }
 
-    fn stored(event: &NewEvent, version: i64) -> StoredEvent {
+    fn stored(event: &EventToStore, version: i64) -> StoredEvent {
         StoredEvent {
             event_id: event.event_id,
             event_type: event.event_type.clone(),
@@ -387,7 +387,7 @@ mod tests {
         let current = HashMap::from([("a".to_owned(), 7)]);
         assert_eq!(
             plan(&[event], &existing, &current),
-            [Decision::Done(Ok(Appended {
+            [Decision::Done(Ok(StoredAt {
                 version: 1,
                 duplicate: true
             }))]
@@ -416,7 +416,7 @@ mod tests {
             decisions,
             [
                 Decision::Insert { version: 1 },
-                Decision::Done(Ok(Appended {
+                Decision::Done(Ok(StoredAt {
                     version: 1,
                     duplicate: true
                 }))
