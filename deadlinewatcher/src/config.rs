@@ -54,11 +54,9 @@ impl DeadlineArgs {
 }
 
 impl Default for DeadlineArgs {
+    /// The command line's defaults, as in an empty environment.
     fn default() -> Self {
-        DeadlineArgs {
-            payment_deadline: Deadlines::DEFAULT.payment,
-            review_deadline: Deadlines::DEFAULT.review,
-        }
+        pipeline_runtime::cli::arg_defaults()
     }
 }
 
@@ -108,16 +106,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, pointed at the given event store and read model (for tests and embedding).
+    /// The command line's defaults (as in an empty environment), pointed at the given event store
+    /// and read model (for tests and embedding).
     pub fn new(eventstore_url: impl Into<String>, orders_database_url: impl Into<String>) -> Self {
-        Config {
-            deadlines: DeadlineArgs::default(),
-            scan_interval: Duration::from_secs(1),
-            eventstore_url: eventstore_url.into(),
-            eventstore_tls: ClientTls::default(),
-            orders_database_url: SecretString::from(orders_database_url.into()),
-            telemetry: TelemetryConfig::default(),
-        }
+        let mut config: Self = pipeline_runtime::cli::defaults();
+        config.eventstore_url = eventstore_url.into();
+        config.orders_database_url = SecretString::from(orders_database_url.into());
+        config
     }
 
     /// How long an event store call or a database connection may take.
@@ -175,12 +170,30 @@ mod tests {
 
     #[test]
     fn the_defaults_are_thirty_seconds_to_pay_and_a_minute_to_review() {
-        let config = Config::try_parse_from(["deadlinewatcher"]).expect("defaults parse");
+        // The domain's deadlines, which `orderctl` also reads, are the command line's.
+        let config: Config = pipeline_runtime::cli::defaults();
         assert_eq!(config.deadlines.deadlines(), Deadlines::DEFAULT);
-        assert_eq!(config.deadlines, DeadlineArgs::default());
         assert_eq!(config.scan_interval, Duration::from_secs(1));
-        // EVENTSTORE_URL may be set where the tests run; only the flag's precedence is certain.
-        assert!(config.eventstore_url.starts_with("http"));
+        assert_eq!(config.eventstore_url, DEFAULT_EVENTSTORE_URL);
+    }
+
+    #[test]
+    fn new_is_the_command_line_with_only_the_endpoints_given() {
+        use secrecy::ExposeSecret as _;
+
+        let new = Config::new("http://es:50052", "postgresql://w@db:5432/orders");
+        let parsed: Config = pipeline_runtime::cli::parse_without_env([
+            "deadlinewatcher",
+            "--eventstore-url=http://es:50052",
+            "--orders-database-url=postgresql://w@db:5432/orders",
+        ])
+        .expect("parses");
+        // `Debug` shows every field but the database URL, which is compared on its own.
+        assert_eq!(format!("{new:?}"), format!("{parsed:?}"));
+        assert_eq!(
+            new.orders_database_url.expose_secret(),
+            parsed.orders_database_url.expose_secret()
+        );
     }
 
     #[test]

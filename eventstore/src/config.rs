@@ -118,28 +118,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration for tests and embedding: the defaults with the given endpoints.
+    /// A configuration for tests and embedding: the command line's defaults (as in an empty
+    /// environment) with the given endpoints.
     pub fn new(
         addr: SocketAddr,
         database_url: impl Into<String>,
         nats_url: impl Into<String>,
     ) -> Self {
-        Self {
-            telemetry: TelemetryConfig::default(),
-            addr,
-            database_url: SecretString::from(database_url.into()),
-            nats: NatsArgs::new(nats_url),
-            max_event_bytes: 1024 * 1024,
-            db_connections: 16,
-            batch_size: 256,
-            batch_workers: 1,
-            sweep_interval_ms: 1000,
-            timeout_ms: 3000,
-            tls_cert: None,
-            tls_key: None,
-            command: None,
-            tls_client_ca: None,
-        }
+        let mut config: Self = pipeline_runtime::cli::defaults();
+        config.addr = addr;
+        config.database_url = SecretString::from(database_url.into());
+        config.nats.url = SecretString::from(nats_url.into());
+        config
     }
 
     pub fn sweep_interval(&self) -> Duration {
@@ -251,6 +241,36 @@ mod tests {
         .expect_err("two ranges are refused");
         Config::try_parse_from(["eventstore", "republish", "--since", "yesterday"])
             .expect_err("a time that is not RFC 3339 is refused");
+    }
+
+    #[test]
+    fn new_is_the_command_line_with_only_the_endpoints_given() {
+        let new = Config::new(
+            "127.0.0.1:7".parse().expect("address"),
+            "postgresql://es@db:5432/events",
+            "nats://n:4223",
+        );
+        let parsed: Config = pipeline_runtime::cli::parse_without_env([
+            "eventstore",
+            "--addr=127.0.0.1:7",
+            "--database-url=postgresql://es@db:5432/events",
+            "--nats-url=nats://n:4223",
+        ])
+        .expect("parses");
+        // `Debug` shows every field but the secrets, which are compared on their own.
+        assert_eq!(format!("{new:?}"), format!("{parsed:?}"));
+        let secrets = |config: &Config| {
+            [
+                Some(config.database_url.expose_secret().to_owned()),
+                Some(config.nats.url.expose_secret().to_owned()),
+                config
+                    .nats
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+            ]
+        };
+        assert_eq!(secrets(&new), secrets(&parsed));
     }
 
     #[test]

@@ -136,31 +136,18 @@ fn given(value: &Option<String>) -> Option<&str> {
 }
 
 impl Config {
-    /// The defaults with the three addresses given (for tests and embedding); NATS is the local
-    /// default, set `nats` for another.
+    /// The command line's defaults (as in an empty environment) with the three addresses given
+    /// (for tests and embedding); NATS is the local default, set `nats` for another.
     pub fn new(
         addr: SocketAddr,
         eventstore_url: impl Into<String>,
         orders_database_url: impl Into<String>,
     ) -> Self {
-        Self {
-            telemetry: TelemetryConfig::default(),
-            addr,
-            eventstore_url: eventstore_url.into(),
-            eventstore_tls: ClientTls::default(),
-            orders_database_url: SecretString::from(orders_database_url.into()),
-            timeout_ms: 5000,
-            db_connections: 10,
-            min_version_wait_ms: 3000,
-            min_version_reread_ms: DEFAULT_MIN_VERSION_REREAD_MS,
-            nats: NatsArgs::default(),
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            auth: None,
-            jwks: None,
-            jwks_ca: None,
-            issuer: None,
-            audience: None,
-        }
+        let mut config: Self = pipeline_runtime::cli::defaults();
+        config.addr = addr;
+        config.eventstore_url = eventstore_url.into();
+        config.orders_database_url = SecretString::from(orders_database_url.into());
+        config
     }
 
     /// Tokens checked against the key set `jwks` (a file or URL), issued by `issuer` for
@@ -263,6 +250,36 @@ mod tests {
             DEFAULT_ORDERS_DATABASE_URL
         );
         assert_eq!(config.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+    }
+
+    #[test]
+    fn new_is_the_command_line_with_only_the_endpoints_given() {
+        let new = Config::new(
+            "127.0.0.1:7".parse().expect("address"),
+            "http://es:50052",
+            "postgresql://o@db:5432/orders",
+        );
+        let parsed: Config = pipeline_runtime::cli::parse_without_env([
+            "ordersvc",
+            "--addr=127.0.0.1:7",
+            "--eventstore-url=http://es:50052",
+            "--orders-database-url=postgresql://o@db:5432/orders",
+        ])
+        .expect("parses");
+        // `Debug` shows every field but the secrets, which are compared on their own.
+        assert_eq!(format!("{new:?}"), format!("{parsed:?}"));
+        let secrets = |config: &Config| {
+            [
+                Some(config.orders_database_url.expose_secret().to_owned()),
+                Some(config.nats.url.expose_secret().to_owned()),
+                config
+                    .nats
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+            ]
+        };
+        assert_eq!(secrets(&new), secrets(&parsed));
     }
 
     #[test]

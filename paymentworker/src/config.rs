@@ -51,31 +51,62 @@ fn parse_initial_credit(value: &str) -> Result<Money, String> {
 }
 
 impl Config {
-    /// The defaults, pointed at the given servers (for tests and embedding).
+    /// The command line's defaults (as in an empty environment), pointed at the given servers (for
+    /// tests and embedding).
     pub fn new(
         nats_url: impl Into<String>,
         eventstore_url: impl Into<String>,
         payments_database_url: impl Into<String>,
     ) -> Self {
-        Self {
-            telemetry: TelemetryConfig::default(),
-            worker: WorkerArgs::new(nats_url, eventstore_url),
-            payments_database_url: SecretString::from(payments_database_url.into()),
-            initial_credit: Money::from_whole_units(1000).unwrap_or(Money::ZERO),
-            db_connections: 8,
-        }
+        let mut config: Self = pipeline_runtime::cli::defaults();
+        config.worker = WorkerArgs::new(nats_url, eventstore_url);
+        config.payments_database_url = SecretString::from(payments_database_url.into());
+        config
     }
 }
 
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory as _, Parser as _};
+    use secrecy::ExposeSecret as _;
 
     use super::*;
 
     #[test]
     fn the_command_line_is_well_formed() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn new_is_the_command_line_with_only_the_endpoints_given() {
+        let new = Config::new(
+            "nats://n:4223",
+            "http://es:50052",
+            "postgresql://p@db:5432/pay",
+        );
+        let parsed: Config = pipeline_runtime::cli::parse_without_env([
+            "paymentworker",
+            "--nats-url=nats://n:4223",
+            "--eventstore-url=http://es:50052",
+            "--payments-database-url=postgresql://p@db:5432/pay",
+        ])
+        .expect("parses");
+        // `Debug` shows every field but the secrets, which are compared on their own.
+        assert_eq!(format!("{new:?}"), format!("{parsed:?}"));
+        let secrets = |config: &Config| {
+            [
+                Some(config.payments_database_url.expose_secret().to_owned()),
+                Some(config.worker.nats.url.expose_secret().to_owned()),
+                config
+                    .worker
+                    .nats
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+            ]
+        };
+        assert_eq!(secrets(&new), secrets(&parsed));
+        assert_eq!(new.initial_credit.to_string(), "1000.00");
     }
 
     #[test]

@@ -57,21 +57,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults with the given endpoints, for tests and embedding.
+    /// The command line's defaults (as in an empty environment) with the given endpoints, for
+    /// tests and embedding.
     pub fn new(
         nats_url: impl Into<String>,
         eventstore_url: impl Into<String>,
         orders_database_url: impl Into<String>,
     ) -> Self {
-        Self {
-            telemetry: TelemetryConfig::default(),
-            nats: NatsArgs::new(nats_url),
-            eventstore_url: eventstore_url.into(),
-            eventstore_tls: ClientTls::default(),
-            orders_database_url: SecretString::from(orders_database_url.into()),
-            max_deliveries: 5,
-            worker_concurrency: consumer::DEFAULT_CONCURRENCY as u16,
-        }
+        let mut config = pipeline_runtime::cli::defaults::<Cli>().config;
+        config.nats.url = SecretString::from(nats_url.into());
+        config.eventstore_url = eventstore_url.into();
+        config.orders_database_url = SecretString::from(orders_database_url.into());
+        config
     }
 
     /// How the consumer loop runs.
@@ -131,6 +128,39 @@ mod tests {
             .expect("parses");
         assert_eq!(cli.command, Some(Command::Rebuild));
         assert_eq!(cli.config.max_deliveries, 3);
+    }
+
+    #[test]
+    fn new_is_the_command_line_with_only_the_endpoints_given() {
+        use secrecy::ExposeSecret as _;
+
+        let new = Config::new(
+            "nats://n:4223",
+            "http://es:50052",
+            "postgresql://q@db:5432/orders",
+        );
+        let parsed = pipeline_runtime::cli::parse_without_env::<Cli, _, _>([
+            "querymodelworker",
+            "--nats-url=nats://n:4223",
+            "--eventstore-url=http://es:50052",
+            "--orders-database-url=postgresql://q@db:5432/orders",
+        ])
+        .expect("parses")
+        .config;
+        // `Debug` shows every field but the secrets, which are compared on their own.
+        assert_eq!(format!("{new:?}"), format!("{parsed:?}"));
+        let secrets = |config: &Config| {
+            [
+                Some(config.orders_database_url.expose_secret().to_owned()),
+                Some(config.nats.url.expose_secret().to_owned()),
+                config
+                    .nats
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+            ]
+        };
+        assert_eq!(secrets(&new), secrets(&parsed));
     }
 
     #[test]

@@ -42,15 +42,12 @@ fn parse_max_amount(value: &str) -> Result<Money, String> {
 }
 
 impl Config {
-    /// The defaults, pointed at the given servers (for tests and embedding).
+    /// The command line's defaults (as in an empty environment), pointed at the given servers (for
+    /// tests and embedding).
     pub fn new(nats_url: impl Into<String>, eventstore_url: impl Into<String>) -> Self {
-        Self {
-            telemetry: TelemetryConfig::default(),
-            worker: WorkerArgs::new(nats_url, eventstore_url),
-            max_amount: Money::from_whole_units(500).unwrap_or(Money::ZERO),
-            #[cfg(feature = "test-util")]
-            hold: None,
-        }
+        let mut config: Self = pipeline_runtime::cli::defaults();
+        config.worker = WorkerArgs::new(nats_url, eventstore_url);
+        config
     }
 }
 
@@ -63,6 +60,23 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn new_is_the_command_line_with_only_the_endpoints_given() {
+        let new = Config::new("nats://n:4223", "http://es:50052");
+        let parsed: Config = pipeline_runtime::cli::parse_without_env([
+            "reviewworker",
+            "--nats-url=nats://n:4223",
+            "--eventstore-url=http://es:50052",
+        ])
+        .expect("parses");
+        // `Debug` shows every field but NATS's URL and password: the URL (which holds no password
+        // here) is compared as `describe` shows it, and neither has a password.
+        assert_eq!(format!("{new:?}"), format!("{parsed:?}"));
+        assert_eq!(new.worker.nats.describe(), parsed.worker.nats.describe());
+        assert!(new.worker.nats.password.is_none() && parsed.worker.nats.password.is_none());
+        assert_eq!(new.max_amount.to_string(), "500.00");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod backoff;
+pub mod cli;
 pub mod consumer;
 pub mod db;
 pub mod deadletter;

@@ -79,12 +79,9 @@ pub struct TelemetryConfig {
 }
 
 impl Default for TelemetryConfig {
+    /// The command line's defaults, as in an empty environment.
     fn default() -> Self {
-        Self {
-            zipkin_endpoint: DEFAULT_ZIPKIN_ENDPOINT.to_owned(),
-            max_queue_size: MAX_QUEUE,
-            schedule_delay_ms: SCHEDULE_DELAY_MS,
-        }
+        crate::cli::arg_defaults()
     }
 }
 

@@ -81,16 +81,12 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// The defaults, pointed at the given servers.
+    /// The command line's defaults (as in an empty environment), pointed at the given servers.
     pub fn new(nats_url: impl Into<String>, eventstore_url: impl Into<String>) -> Self {
-        Self {
-            nats: crate::nats::NatsArgs::new(nats_url),
-            eventstore_url: eventstore_url.into(),
-            eventstore_tls: crate::eventstore::ClientTls::default(),
-            max_deliveries: 5,
-            concurrency: DEFAULT_CONCURRENCY as u16,
-            timeout_ms: 5000,
-        }
+        let mut args: Self = crate::cli::arg_defaults();
+        args.nats.url = secrecy::SecretString::from(nats_url.into());
+        args.eventstore_url = eventstore_url.into();
+        args
     }
 
     pub fn timeout(&self) -> Duration {
