@@ -41,7 +41,7 @@ pub struct Config {
     pub orders_database_url: SecretString,
 
     /// Deliveries of a message that keeps failing before it is dead-lettered (`MAX_DELIVERIES`).
-    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5,
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = consumer::DEFAULT_MAX_DELIVERIES,
           value_parser = clap::value_parser!(i64).range(1..=1000), global = true)]
     pub max_deliveries: i64,
 

@@ -38,7 +38,7 @@ use crate::tracecontext;
 mod options;
 mod settle;
 
-pub use options::{DEFAULT_CONCURRENCY, Options, WorkerArgs};
+pub use options::{DEFAULT_CONCURRENCY, DEFAULT_MAX_DELIVERIES, Options, WorkerArgs};
 pub use settle::{Failure, OUTAGE_MAX_DELAY, is_outage};
 use settle::{ack, give_up, settle};
 

@@ -9,6 +9,8 @@ use crate::backoff::{Backoff, Jitter};
 
 /// Default of `WORKER_CONCURRENCY`: the largest batch a worker takes.
 pub const DEFAULT_CONCURRENCY: usize = 256;
+/// Default of `MAX_DELIVERIES`: deliveries of a failing message before it is dead-lettered.
+pub const DEFAULT_MAX_DELIVERIES: i64 = 5;
 
 /// How a worker consumes.
 #[derive(Debug, Clone)]
@@ -30,7 +32,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            max_deliveries: 5,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
             concurrency: DEFAULT_CONCURRENCY,
             handles: None,
             base_delay: Duration::from_millis(500),
@@ -66,7 +68,7 @@ pub struct WorkerArgs {
     pub eventstore_tls: crate::eventstore::ClientTls,
 
     /// Deliveries of a failing message before it is dead-lettered (`MAX_DELIVERIES`).
-    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = DEFAULT_MAX_DELIVERIES, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_deliveries: i64,
 
     /// Messages in hand at once by this instance, taken and committed as one batch
