@@ -71,7 +71,9 @@ impl fmt::Display for Drain {
 /// the deadline, so a pipeline that drains just in time counts as drained.
 ///
 /// A probe that fails (a database or a server restarting) has not shown the pipeline idle: its
-/// error counts as pending, and it is asked again.
+/// error counts as pending, and it is asked again. A probe that hangs (a connection to a server
+/// that is gone) is given up on at the deadline, or `every` after it for the last look, so the
+/// wait ends by `timeout + every` whatever the probe does.
 pub async fn until_drained(
     timeout: Duration,
     every: Duration,
@@ -80,14 +82,18 @@ pub async fn until_drained(
     let began = Instant::now();
     let deadline = began + timeout;
     loop {
-        let left = match pending().await {
-            Ok(left) if left.is_empty() => {
+        let patience = deadline
+            .saturating_duration_since(Instant::now())
+            .max(every);
+        let left = match tokio::time::timeout(patience, pending()).await {
+            Ok(Ok(left)) if left.is_empty() => {
                 return Drain::Drained {
                     after: began.elapsed(),
                 };
             }
-            Ok(left) => left,
-            Err(error) => vec![format!("could not look: {error:#}")],
+            Ok(Ok(left)) => left,
+            Ok(Err(error)) => vec![format!("could not look: {error:#}")],
+            Err(_) => vec![format!("could not look: no answer within {patience:?}")],
         };
         let now = Instant::now();
         if now >= deadline {

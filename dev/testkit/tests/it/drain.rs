@@ -56,6 +56,23 @@ async fn a_probe_that_cannot_look_counts_as_pending() {
 }
 
 #[tokio::test]
+async fn a_probe_that_never_answers_does_not_hold_the_wait_past_its_deadline() {
+    let hanging = until_drained(SHORT, EVERY, async || {
+        std::future::pending::<()>().await;
+        Ok(Vec::new())
+    });
+    let drained = tokio::time::timeout(PATIENCE, hanging)
+        .await
+        .expect("the wait ends at its deadline, not when the probe answers");
+    assert!(!drained.is_drained(), "{drained}");
+    assert!(drained.after() < SHORT + EVERY * 4, "{drained}");
+    assert!(
+        drained.pending()[0].starts_with("could not look: no answer within"),
+        "{drained}"
+    );
+}
+
+#[tokio::test]
 async fn a_consumer_drains_only_once_its_messages_are_delivered_and_acknowledged() {
     let nats = NatsServer::start().expect("starting nats-server");
     let client = async_nats::connect(nats.url()).await.expect("connecting");
