@@ -1,17 +1,18 @@
-//! The chaos run's load: orders at a steady rate (`orderctl load`'s pace and orders, with the
-//! chaos mix, sent through orderctl's API client), each posted as a careful client does (one `Idempotency-Key` per order, the same body
-//! and key again after a transport error, a 5xx or a 429, with capped exponential backoff and
-//! jitter, up to a deadline), and about one in ten cancelled a moment after it was accepted.
+//! The chaos run's load: orders at a steady rate (the pace and orders `orderctl load` uses too,
+//! from `orders-load`, with the chaos mix, sent through its API client), each posted as a careful
+//! client does (one `Idempotency-Key` per order, the same body and key again after a transport
+//! error, a 5xx or a 429, with capped exponential backoff and jitter, up to a deadline), and about
+//! one in ten cancelled a moment after it was accepted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orderctl::api::{ApiClient, ApiError};
-use orderctl::commands::load::Rate;
-use orderctl::commands::load::orders::{self, Mix};
-use orderctl::commands::load::pace::{self, Pace};
+use orders_load::Rate;
+use orders_load::api::{ApiClient, ApiError};
+use orders_load::orders::{self, Mix};
+use orders_load::pace::{self, Pace};
 use pipeline_runtime::backoff::{Backoff, Jitter};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -41,7 +42,7 @@ pub(crate) struct LoadConfig {
 
 /// What an order is meant to exercise, with wallets of 1000.00 and a review limit of 500.00
 /// ([`Mix::CHAOS`]).
-pub use orderctl::commands::load::orders::Kind;
+pub use orders_load::orders::Kind;
 
 /// An order the pipeline accepted (a 2xx to its POST).
 #[derive(Debug, Clone)]

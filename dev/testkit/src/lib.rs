@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod cut;
+pub mod drain;
 pub mod host;
 pub mod jetstream;
 mod nats;

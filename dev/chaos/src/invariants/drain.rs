@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use pipeline_runtime::stream::{CONSUMERS, STREAM};
 use sqlx::PgPool;
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::load::LoadStats;
@@ -67,7 +66,7 @@ pub(crate) fn settled(status: &str, refunded: bool, payment_id: Option<Uuid>) ->
         && (status != "Cancelled" || payment_id.is_none() || refunded)
 }
 
-/// How the wait for the pipeline to drain ended.
+/// How the wait for the pipeline to drain ended, as the report shows it.
 #[derive(Debug, Clone)]
 pub(crate) struct Drain {
     pub seconds: f64,
@@ -79,49 +78,33 @@ pub(crate) struct Drain {
 /// Waits (at most `timeout`) until every order is final in the read model (refunded when it must
 /// be), the outbox is empty and no worker has a message pending or unacknowledged.
 pub(crate) async fn drain(pipeline: &Pipeline, load: &LoadStats, timeout: Duration) -> Drain {
-    let began = Instant::now();
-    let deadline = began + timeout;
-    let mut stores = None;
-    loop {
-        let left = match &stores {
-            None => match Stores::connect(pipeline).await {
-                Ok(connected) => {
-                    stores = Some(connected);
-                    continue;
-                }
-                Err(error) => format!("could not connect: {error:#}"),
-            },
-            Some(stores) => match still_busy(stores, load).await {
-                Ok(None) => {
-                    return Drain {
-                        seconds: began.elapsed().as_secs_f64(),
-                        complete: true,
-                        left: None,
-                    };
-                }
-                Ok(Some(left)) => left,
-                Err(error) => format!("could not look: {error:#}"),
-            },
+    // Connected on the first look that can: the pipeline may still be coming back from a fault.
+    let mut stores: Option<Stores> = None;
+    let drained = testkit::drain::until_drained(timeout, Duration::from_secs(1), async || {
+        let connected = match stores.take() {
+            Some(connected) => connected,
+            None => Stores::connect(pipeline)
+                .await
+                .context("could not connect")?,
         };
-        if Instant::now() >= deadline {
-            if let Some(stores) = stores {
-                stores.close().await;
-            }
-            return Drain {
-                seconds: began.elapsed().as_secs_f64(),
-                complete: false,
-                left: Some(left),
-            };
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let left = still_busy(&connected, load).await;
+        stores = Some(connected);
+        left
+    })
+    .await;
+    if let Some(stores) = stores {
+        stores.close().await;
+    }
+    Drain {
+        seconds: drained.after().as_secs_f64(),
+        complete: drained.is_drained(),
+        left: (!drained.is_drained()).then(|| drained.pending().join("; ")),
     }
 }
 
-/// What is not done yet, or `None` when the pipeline is idle with every order settled.
-pub(crate) async fn still_busy(
-    stores: &Stores,
-    load: &LoadStats,
-) -> anyhow::Result<Option<String>> {
+/// What is not done yet (nothing when the pipeline is idle with every order settled): orders not
+/// settled, then the outbox and the workers' consumers.
+pub(crate) async fn still_busy(stores: &Stores, load: &LoadStats) -> anyhow::Result<Vec<String>> {
     let mut orders: HashSet<Uuid> = load.placed.iter().map(|p| p.order_id).collect();
     let stored: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT aggregate_id FROM events")
         .fetch_all(&stores.events)
@@ -155,25 +138,8 @@ pub(crate) async fn still_busy(
             waiting[..waiting.len().min(3)].join("; ")
         ));
     }
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&stores.events)
-        .await?;
-    if outbox > 0 {
-        left.push(format!("the outbox holds {outbox} events"));
-    }
-    let stream = stores.js.get_stream(STREAM).await?;
-    for spec in CONSUMERS {
-        let mut consumer: jetstream::consumer::PullConsumer = stream
-            .get_consumer(spec.durable)
-            .await
-            .map_err(|error| anyhow::anyhow!("consumer {}: {error}", spec.durable))?;
-        let info = consumer.info().await?;
-        if info.num_pending > 0 || info.num_ack_pending > 0 {
-            left.push(format!(
-                "{} has {} messages pending and {} unacknowledged",
-                spec.durable, info.num_pending, info.num_ack_pending
-            ));
-        }
-    }
-    Ok((!left.is_empty()).then(|| left.join("; ")))
+    left.extend(testkit::drain::outbox(&stores.events).await?);
+    let durables: Vec<&str> = CONSUMERS.iter().map(|spec| spec.durable).collect();
+    left.extend(testkit::drain::consumers(&stores.js, STREAM, &durables).await?);
+    Ok(left)
 }

@@ -504,9 +504,11 @@ impl Bench {
         }
     }
 
-    /// Waits (30 s at most each) until JetStream has delivered, and had acked, every message of
-    /// every consumer, and the event store's outbox is empty: the work of a phase is done.
+    /// Waits (60 s at most) until JetStream has delivered, and had acked, every message of every
+    /// consumer, and the event store's outbox is empty: the work of a phase is done. A phase that
+    /// does not drain is an error that says what was still pending.
     async fn drain(&self) -> anyhow::Result<()> {
+        // From the monitoring port: it costs the pipeline nothing, and covers every consumer.
         let url = format!(
             "http://127.0.0.1:{}/jsz?consumers=true",
             self.nats_http_port
@@ -514,30 +516,25 @@ impl Bench {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
             .build()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let busy = match http.get(&url).send().await {
-                Ok(response) => response
-                    .json::<Jsz>()
-                    .await
-                    .map(|jsz| jsz.unfinished())
-                    .unwrap_or(1),
-                Err(_) => 1,
-            };
-            if busy == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline
-            && Bench::count(&self.events, "SELECT count(*) FROM outbox")
-                .await
-                .unwrap_or(1)
-                > 0
-        {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        testkit::drain::until_drained(
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            async || {
+                let jsz: Jsz = http.get(&url).send().await?.json().await?;
+                let mut pending = Vec::new();
+                let unfinished = jsz.unfinished();
+                if unfinished > 0 {
+                    pending.push(format!(
+                        "{unfinished} messages not yet delivered or acknowledged by the consumers"
+                    ));
+                }
+                pending.extend(testkit::drain::outbox(&self.events).await?);
+                Ok(pending)
+            },
+        )
+        .await
+        .into_result()
+        .context("the pipeline did not drain after the load")?;
         Ok(())
     }
 }

@@ -330,18 +330,13 @@ pub async fn expect_store_and_stream_agree(
     let events_db = sqlx::PgPool::connect(&pipeline.database_url("eventstoredb"))
         .await
         .expect("eventstoredb");
-    let mut outbox = i64::MAX;
-    let outbox_deadline = Instant::now() + Duration::from_secs(30);
-    while outbox > 0 && Instant::now() < outbox_deadline {
-        outbox = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&events_db)
-            .await
-            .unwrap_or(i64::MAX);
-        if outbox > 0 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    assert_eq!(outbox, 0, "the outbox is empty");
+    let drained = testkit::drain::until_drained(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || testkit::drain::outbox(&events_db).await,
+    )
+    .await;
+    assert!(drained.is_drained(), "the outbox empties: {drained}");
     let event_ids: HashSet<String> = sqlx::query_scalar("SELECT event_id::text FROM events")
         .fetch_all(&events_db)
         .await

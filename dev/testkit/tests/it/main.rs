@@ -1,5 +1,6 @@
 //! The test kit's own tests: the servers start, stop, come back with their data, and clean up.
 
+mod drain;
 mod nats;
 mod nats_cluster;
 mod patroni;

@@ -1,7 +1,5 @@
 //! `orderctl load`: places orders at a steady rate and follows each to its final status.
 
-pub mod orders;
-pub mod pace;
 pub mod report;
 
 use std::io::{IsTerminal as _, Write};
@@ -20,8 +18,12 @@ use uuid::Uuid;
 
 use self::report::{Report, Samples};
 use crate::Endpoints;
-use crate::api::ApiClient;
 use order_domain::parse_duration;
+use orders_load::api::ApiClient;
+use orders_load::{orders, pace};
+
+// The rate and stop of a load are the shared pace's.
+pub use orders_load::{Rate, Stop, parse_rate};
 
 /// Place orders for a while (or a number of them) and report throughput and latencies.
 #[derive(Debug, clap::Args)]
@@ -54,32 +56,6 @@ pub struct Load {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Rate {
-    PerSecond(f64),
-    Max,
-}
-
-pub fn parse_rate(text: &str) -> Result<Rate, String> {
-    if text.eq_ignore_ascii_case("max") {
-        return Ok(Rate::Max);
-    }
-    match text.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0 => {
-            Ok(Rate::PerSecond(rate))
-        }
-        _ => Err(format!(
-            "{text:?} is not a rate: orders per second (e.g. 50, 0.5) or max"
-        )),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Stop {
-    After(Duration),
-    Count(u64),
 }
 
 /// What [`run`] does.
@@ -520,19 +496,3 @@ const BACKOFF: Backoff = Backoff::new(
     Duration::from_secs(3),
     Jitter::Half,
 );
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rate_is_a_positive_number_or_max() {
-        assert_eq!(parse_rate("50"), Ok(Rate::PerSecond(50.0)));
-        assert_eq!(parse_rate("0.5"), Ok(Rate::PerSecond(0.5)));
-        assert_eq!(parse_rate("MAX"), Ok(Rate::Max));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("-3").is_err());
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("inf").is_err());
-    }
-}

@@ -10,7 +10,35 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{Rate, Stop};
+/// How fast orders are started.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    PerSecond(f64),
+    /// As fast as the concurrency limit allows.
+    Max,
+}
+
+/// A rate as a user writes it: orders per second (`50`, `0.5`) or `max`.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    if text.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0 => {
+            Ok(Rate::PerSecond(rate))
+        }
+        _ => Err(format!(
+            "{text:?} is not a rate: orders per second (e.g. 50, 0.5) or max"
+        )),
+    }
+}
+
+/// When a load stops offering orders.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stop {
+    After(Duration),
+    Count(u64),
+}
 
 /// How fast and for how long orders are offered.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,6 +148,17 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn a_rate_is_a_positive_number_or_max() {
+        assert_eq!(parse_rate("50"), Ok(Rate::PerSecond(50.0)));
+        assert_eq!(parse_rate("0.5"), Ok(Rate::PerSecond(0.5)));
+        assert_eq!(parse_rate("MAX"), Ok(Rate::Max));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("-3").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("inf").is_err());
+    }
 
     #[tokio::test]
     async fn a_count_offers_that_many_and_waits_for_each() {
