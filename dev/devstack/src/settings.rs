@@ -413,13 +413,13 @@ mod tests {
     /// A stand-in nats-server: a script answering `--version` as `version` would.
     fn fake_nats_server(dir: &Path, version: &str) -> PathBuf {
         let path = dir.join("nats-server");
-        std::fs::write(&path, format!("#!/bin/sh\necho 'nats-server: v{version}'\n"))
-            .expect("writing the script");
-        std::fs::set_permissions(
+        std::fs::write(
             &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            format!("#!/bin/sh\necho 'nats-server: v{version}'\n"),
         )
-        .expect("making it executable");
+        .expect("writing the script");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("making it executable");
         path
     }
 
@@ -436,8 +436,11 @@ mod tests {
 
         let not_nats = dir.path().join("true");
         std::fs::write(&not_nats, "#!/bin/sh\necho hello\n").expect("writing");
-        std::fs::set_permissions(&not_nats, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod");
+        std::fs::set_permissions(
+            &not_nats,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
         stack.nats_bin = Some(not_nats);
         let error = stack.nats_server().expect_err("not a nats-server");
         assert!(

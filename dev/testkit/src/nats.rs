@@ -9,8 +9,8 @@ use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
 use crate::support::{
-    PORT_ATTEMPTS, START_TIMEOUT, find_binary, is_executable, pick_port, port_accepts, process_alive, read_lossy,
-    tail, temp_folder, wait_until,
+    PORT_ATTEMPTS, START_TIMEOUT, find_binary, is_executable, pick_port, port_accepts,
+    process_alive, read_lossy, tail, temp_folder, wait_until,
 };
 
 /// Where nats-server lives when PATH does not say (Debian installs it in /usr/sbin).
