@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use testkit::host::NatsVersion;
 use testkit::patroni::HaPorts;
 
 /// Where the services send their spans.
@@ -56,6 +57,40 @@ impl Db {
     }
 }
 
+/// How the stack's own nats-server syncs JetStream writes to disk (`STACK_NATS_SYNC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsSync {
+    /// Every write where the server knows how (2.10 and later), else the server's timer (unset or
+    /// `auto`, the default).
+    Auto,
+    /// Every write, or refuse to start on a server that cannot (`always`).
+    Always,
+    /// The server's own timer (`default`: 60 s on 2.9, two minutes on current versions), for a
+    /// benchmark's A/B or a machine whose disk cannot take a sync per write.
+    ServerDefault,
+}
+
+impl NatsSync {
+    pub fn parse(value: &str) -> anyhow::Result<NatsSync> {
+        match value {
+            "" | "auto" => Ok(NatsSync::Auto),
+            "always" => Ok(NatsSync::Always),
+            "default" => Ok(NatsSync::ServerDefault),
+            other => bail!("STACK_NATS_SYNC={other} is none of `auto`, `always` and `default`"),
+        }
+    }
+}
+
+/// The nats-server a stack of its own runs, and whether it syncs every write.
+#[derive(Debug, Clone)]
+pub struct NatsChoice {
+    pub binary: PathBuf,
+    /// What `binary --version` says, not what its path suggests.
+    pub version: NatsVersion,
+    /// `jetstream { sync_interval: always }` goes into its configuration.
+    pub sync_always: bool,
+}
+
 /// The default `STACK_HA_PORT_BASE`: 26300..26311, clear of every other default port.
 pub const HA_PORT_BASE: u16 = 26300;
 
@@ -81,6 +116,12 @@ pub struct Settings {
     pub nats_external: bool,
     /// The stack's NATS asks each service for its user and password.
     pub nats_auth: bool,
+    /// `STACK_NATS_BIN`: the nats-server binary a stack of its own runs (e.g. the pinned current
+    /// one, `scripts/nats-current`); unset: the test kit's search (`NATS_SERVER_BIN`, PATH,
+    /// /usr/sbin). Checked by [`Settings::nats_server`] before anything starts.
+    pub nats_bin: Option<PathBuf>,
+    /// `STACK_NATS_SYNC`: see [`NatsSync`].
+    pub nats_sync: NatsSync,
 }
 
 /// A port from `variable`, `default` when unset or empty.
@@ -112,6 +153,57 @@ impl Settings {
             zipkin: Zipkin::Ours,
             nats_external: false,
             nats_auth: false,
+            nats_bin: std::env::var_os("STACK_NATS_BIN")
+                .filter(|path| !path.is_empty())
+                .map(PathBuf::from),
+            nats_sync: NatsSync::parse(&std::env::var("STACK_NATS_SYNC").unwrap_or_default())?,
+        })
+    }
+
+    /// The nats-server to run and how it syncs: `STACK_NATS_BIN` must be an executable whose
+    /// `--version` answers, and `STACK_NATS_SYNC=always` needs 2.10 or later; each refusal names
+    /// its variable.
+    pub fn nats_server(&self) -> anyhow::Result<NatsChoice> {
+        let binary = match &self.nats_bin {
+            Some(path) => {
+                let usable = std::fs::metadata(path).is_ok_and(|meta| {
+                    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0
+                        && meta.is_file()
+                });
+                anyhow::ensure!(
+                    usable,
+                    "STACK_NATS_BIN={} is not an executable file",
+                    path.display()
+                );
+                path.clone()
+            }
+            None => testkit::host::find_nats_server()
+                .context("the stack needs nats-server (or STACK_NATS_BIN=<path of one>)")?,
+        };
+        let version = NatsVersion::of(&binary).with_context(|| {
+            if self.nats_bin.is_some() {
+                format!("STACK_NATS_BIN={} is not a nats-server", binary.display())
+            } else {
+                format!("{} is not a nats-server", binary.display())
+            }
+        })?;
+        let sync_always = match self.nats_sync {
+            NatsSync::Auto => version.has_sync_always(),
+            NatsSync::Always => {
+                anyhow::ensure!(
+                    version.has_sync_always(),
+                    "STACK_NATS_SYNC=always needs nats-server 2.10 or later; {} is {version} \
+                     (pick another with STACK_NATS_BIN, e.g. \"$(scripts/nats-current)\")",
+                    binary.display()
+                );
+                true
+            }
+            NatsSync::ServerDefault => false,
+        };
+        Ok(NatsChoice {
+            binary,
+            version,
+            sync_always,
         })
     }
 
@@ -313,7 +405,86 @@ mod tests {
             zipkin: Zipkin::Ours,
             nats_external: false,
             nats_auth: true,
+            nats_bin: None,
+            nats_sync: NatsSync::Auto,
         }
+    }
+
+    /// A stand-in nats-server: a script answering `--version` as `version` would.
+    fn fake_nats_server(dir: &Path, version: &str) -> PathBuf {
+        let path = dir.join("nats-server");
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho 'nats-server: v{version}'\n"),
+        )
+        .expect("writing the script");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("making it executable");
+        path
+    }
+
+    #[test]
+    fn stack_nats_bin_must_be_an_executable_and_is_named_when_it_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut stack = settings(26257, HA_PORT_BASE);
+        stack.nats_bin = Some(dir.path().join("missing"));
+        let error = stack.nats_server().expect_err("missing");
+        assert!(
+            format!("{error:#}").contains("STACK_NATS_BIN="),
+            "{error:#}"
+        );
+
+        let not_nats = dir.path().join("true");
+        std::fs::write(&not_nats, "#!/bin/sh\necho hello\n").expect("writing");
+        std::fs::set_permissions(
+            &not_nats,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        stack.nats_bin = Some(not_nats);
+        let error = stack.nats_server().expect_err("not a nats-server");
+        assert!(
+            format!("{error:#}").contains("STACK_NATS_BIN="),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn every_write_is_synced_where_the_version_knows_how_and_not_on_2_9() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut stack = settings(26257, HA_PORT_BASE);
+
+        stack.nats_bin = Some(fake_nats_server(dir.path(), "2.15.1"));
+        let current = stack.nats_server().expect("2.15.1");
+        assert!(current.sync_always);
+        assert_eq!(current.version.to_string(), "2.15.1");
+        stack.nats_sync = NatsSync::ServerDefault;
+        assert!(!stack.nats_server().expect("2.15.1").sync_always);
+
+        let old = tempfile::tempdir().expect("tempdir");
+        stack.nats_bin = Some(fake_nats_server(old.path(), "2.9.10"));
+        stack.nats_sync = NatsSync::Auto;
+        assert!(!stack.nats_server().expect("2.9.10").sync_always);
+        stack.nats_sync = NatsSync::Always;
+        let error = stack.nats_server().expect_err("2.9 cannot");
+        assert!(
+            format!("{error:#}").contains("STACK_NATS_SYNC=always"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn stack_nats_sync_takes_auto_always_or_default_only() {
+        assert_eq!(NatsSync::parse("").expect("unset"), NatsSync::Auto);
+        assert_eq!(NatsSync::parse("always").expect("always"), NatsSync::Always);
+        assert_eq!(
+            NatsSync::parse("default").expect("default"),
+            NatsSync::ServerDefault
+        );
+        assert!(
+            format!("{:#}", NatsSync::parse("never").expect_err("never"))
+                .contains("STACK_NATS_SYNC=never")
+        );
     }
 
     #[test]

@@ -9,17 +9,103 @@ use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
 use crate::support::{
-    PORT_ATTEMPTS, START_TIMEOUT, find_binary, pick_port, port_accepts, process_alive, read_lossy,
-    tail, temp_folder, wait_until,
+    PORT_ATTEMPTS, START_TIMEOUT, find_binary, is_executable, pick_port, port_accepts,
+    process_alive, read_lossy, tail, temp_folder, wait_until,
 };
 
 /// Where nats-server lives when PATH does not say (Debian installs it in /usr/sbin).
 pub const NATS_FOLDERS: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"];
 
-/// nats-server from PATH, else from where Debian and friends install it ([`NATS_FOLDERS`]).
+/// The variable that picks the tests' nats-server binary (a path), e.g. the pinned current one of
+/// `scripts/nats-current`; unset or empty: the one of [`find_nats_server`]'s search.
+pub const NATS_SERVER_BIN: &str = "NATS_SERVER_BIN";
+
+/// The nats-server the tests run: [`NATS_SERVER_BIN`] when set (it must be an executable file: a
+/// wrong path fails loudly rather than quietly testing another version), else nats-server from
+/// PATH, else from where Debian and friends install it ([`NATS_FOLDERS`]).
 pub fn find_nats_server() -> anyhow::Result<PathBuf> {
+    pick_nats_server(std::env::var_os(NATS_SERVER_BIN))
+}
+
+/// [`find_nats_server`] with the variable's value given (`chosen`).
+fn pick_nats_server(chosen: Option<std::ffi::OsString>) -> anyhow::Result<PathBuf> {
+    if let Some(chosen) = chosen.filter(|value| !value.is_empty()) {
+        let path = PathBuf::from(chosen);
+        anyhow::ensure!(
+            is_executable(&path),
+            "{NATS_SERVER_BIN}={} is not an executable file",
+            path.display()
+        );
+        return Ok(path);
+    }
     let folders: Vec<PathBuf> = NATS_FOLDERS.iter().map(PathBuf::from).collect();
     find_binary("nats-server", &folders)
+}
+
+/// A nats-server's version, as `nats-server --version` reports it (`nats-server: v2.9.10`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NatsVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl NatsVersion {
+    /// Runs `binary --version` and reads its answer: what the binary is, whatever its path says.
+    pub fn of(binary: &Path) -> anyhow::Result<NatsVersion> {
+        let output = Command::new(binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} --version", binary.display()))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        NatsVersion::parse(&text).with_context(|| {
+            format!(
+                "{} --version answered {:?} ({})",
+                binary.display(),
+                text.trim(),
+                output.status
+            )
+        })
+    }
+
+    /// `nats-server: v2.9.10` (a suffix such as `-beta.1` or `-RC.2` is left out).
+    pub fn parse(text: &str) -> anyhow::Result<NatsVersion> {
+        let word = text
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix('v'))
+            .context("no `v<major>.<minor>.<patch>` in the answer")?;
+        let core = word.split(['-', '+']).next().unwrap_or(word);
+        let mut parts = core.split('.').map(str::parse::<u32>);
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch)), None) => Ok(NatsVersion {
+                major,
+                minor,
+                patch,
+            }),
+            _ => bail!("`v{word}` is not a version <major>.<minor>.<patch>"),
+        }
+    }
+
+    /// Whether `jetstream { sync_interval: always }` is known (2.10 and later; 2.9 refuses to
+    /// start on a field it does not know).
+    pub fn has_sync_always(self) -> bool {
+        (self.major, self.minor) >= (2, 10)
+    }
+}
+
+impl std::fmt::Display for NatsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The binary's version for a log line: the version, or why it could not be read.
+pub(crate) fn version_for_log(binary: &Path) -> String {
+    match NatsVersion::of(binary) {
+        Ok(version) => version.to_string(),
+        Err(error) => format!("unknown ({error:#})"),
+    }
 }
 
 /// A throwaway nats-server with JetStream: `nats-server -js -a 127.0.0.1 -p <free> -sd <tmp>/store`
@@ -101,6 +187,8 @@ impl NatsServer {
             match server.launch() {
                 Ok(()) => {
                     tracing::info!(
+                        binary = %server.binary.display(),
+                        version = %version_for_log(&server.binary),
                         port = server.port,
                         dir = %server.dir.path().display(),
                         elapsed_ms = began.elapsed().as_millis() as u64,
@@ -125,6 +213,11 @@ impl NatsServer {
     /// `nats://127.0.0.1:{port}`
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The nats-server binary this server runs (see [`find_nats_server`]).
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     /// The temporary folder holding the store and the log.
@@ -276,5 +369,45 @@ impl Drop for NatsServer {
             tracing::warn!(%error, "stopping nats-server failed");
         }
         // The TempDir field removes the folder after this.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_from_what_nats_server_version_prints() {
+        let debian = NatsVersion::parse("nats-server: v2.9.10\n").expect("2.9.10");
+        assert_eq!((debian.major, debian.minor, debian.patch), (2, 9, 10));
+        assert!(!debian.has_sync_always());
+        let current = NatsVersion::parse("nats-server: v2.15.1").expect("2.15.1");
+        assert!(current.has_sync_always() && current > debian);
+        assert_eq!(current.to_string(), "2.15.1");
+        let candidate = NatsVersion::parse("nats-server: v2.10.0-RC.3").expect("a suffix");
+        assert!(candidate.has_sync_always());
+        assert!(NatsVersion::parse("nats-server: version unknown").is_err());
+        assert!(NatsVersion::parse("nats-server: v2.x").is_err());
+    }
+
+    #[test]
+    fn a_nats_server_bin_that_is_not_an_executable_is_refused_naming_the_variable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nats-server");
+        let error = pick_nats_server(Some(missing.clone().into_os_string())).expect_err("missing");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("NATS_SERVER_BIN=") && message.contains(&*missing.to_string_lossy()),
+            "{message}"
+        );
+        std::fs::write(&missing, "not a program").expect("writing a file");
+        assert!(pick_nats_server(Some(missing.into_os_string())).is_err());
+    }
+
+    #[test]
+    fn an_empty_nats_server_bin_means_the_usual_search() {
+        let searched = pick_nats_server(Some(std::ffi::OsString::new()));
+        let usual = pick_nats_server(None);
+        assert_eq!(searched.ok(), usual.ok());
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
-use crate::nats::{find_nats_server, spawn_logged, wait_ready};
+use crate::nats::{find_nats_server, spawn_logged, version_for_log, wait_ready};
 use crate::support::{
     PORT_ATTEMPTS, START_TIMEOUT, http_request, pick_port, process_alive, read_lossy, tail,
     temp_folder, wait_until,
@@ -106,6 +106,8 @@ impl NatsCluster {
             match cluster.launch_all() {
                 Ok(()) => {
                     tracing::info!(
+                        binary = %cluster.binary.display(),
+                        version = %version_for_log(&cluster.binary),
                         urls = %cluster.urls(),
                         dir = %cluster.dir().display(),
                         elapsed_ms = began.elapsed().as_millis() as u64,

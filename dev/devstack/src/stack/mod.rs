@@ -162,6 +162,8 @@ impl Stack {
                 .collect::<Vec<_>>(),
             "build it (cargo build --bins) or unset STACK_BUILD",
         )?;
+        // STACK_NATS_BIN and STACK_NATS_SYNC too (start_nats asks again when it starts one).
+        stack.settings.nats_server()?;
         // The services' ports are checked before anything starts, and again when each starts.
         for (name, port, variable) in stack.service_ports() {
             if stack.live(name).is_none() && port_listening(port) {

@@ -84,11 +84,12 @@ impl Stack {
                 "STACK_NATS_HTTP_PORT",
             ));
         }
+        let nats = self.settings.nats_server()?;
         let nats_dir = self.layout.nats_dir();
         std::fs::create_dir_all(&nats_dir)?;
         // js.conf's store is relative to where nats-server starts, and -sd cannot be combined
         // with store_dir: a copy names this stack's folder.
-        let mut config = js_conf(&nats_dir);
+        let mut config = js_conf(&nats_dir, nats.sync_always);
         let mut env = Vec::new();
         let users = if self.layout.nats_auth {
             // nats-server reads one file; the passwords stay out of it, in its environment.
@@ -111,13 +112,23 @@ impl Stack {
         });
         std::fs::write(&config_file, config)
             .with_context(|| format!("writing {}", config_file.display()))?;
+        let sync = if nats.sync_always {
+            "syncing every write"
+        } else if nats.version.has_sync_always() {
+            "syncing on the server's timer (STACK_NATS_SYNC=default)"
+        } else {
+            "syncing on the server's timer: 2.9 cannot sync every write"
+        };
         step(&format!(
-            "starting nats-server on 127.0.0.1:{port} (monitoring {http_port}, store {}, {users})",
+            "starting nats-server {} ({}) on 127.0.0.1:{port} (monitoring {http_port}, store {}, \
+             {users}, {sync})",
+            nats.version,
+            nats.binary.display(),
             nats_dir.display()
         ));
         let log = self.layout.log("nats-server");
         let _ = std::fs::remove_file(&log);
-        let mut command = Command::new(testkit::host::find_nats_server()?);
+        let mut command = Command::new(&nats.binary);
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         command
             .arg("-c")
@@ -222,17 +233,56 @@ impl Stack {
     }
 }
 
-/// js.conf with its `store_dir` set to `store`.
-fn js_conf(store: &Path) -> String {
+/// js.conf with its `store_dir` set to `store`, and with `sync_interval: always` beside it when
+/// `sync_always` (only for 2.10 and later: 2.9 refuses to start on a field it does not know, which
+/// is why js.conf itself cannot carry it).
+fn js_conf(store: &Path, sync_always: bool) -> String {
     let mut out = String::new();
     for line in JS_CONF.lines() {
         if line.trim_start().starts_with("store_dir:") {
             let indent = &line[..line.len() - line.trim_start().len()];
             out.push_str(&format!("{indent}store_dir: \"{}\"\n", store.display()));
+            if sync_always {
+                // An acknowledged publish is on disk: a power cut loses nothing the relay was
+                // told is stored (RELIABILITY.md, "The broker's disk").
+                out.push_str(&format!("{indent}sync_interval: always\n"));
+            }
         } else {
             out.push_str(line);
             out.push('\n');
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stack_config_syncs_every_write_only_when_asked_inside_the_jetstream_block() {
+        let store = Path::new("/tmp/some stack/nats");
+        let synced = js_conf(store, true);
+        let block = synced
+            .split("jetstream {")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("js.conf has a jetstream block");
+        assert!(block.contains("sync_interval: always"), "{block}");
+        assert!(
+            block.contains("store_dir: \"/tmp/some stack/nats\""),
+            "{block}"
+        );
+        // js.conf's comments mention the field; only one line may set it.
+        let setting = |config: &str| {
+            config
+                .lines()
+                .filter(|line| line.trim_start().starts_with("sync_interval"))
+                .count()
+        };
+        assert_eq!(setting(&synced), 1, "{synced}");
+
+        let timer = js_conf(store, false);
+        assert_eq!(setting(&timer), 0, "{timer}");
+    }
 }

@@ -195,6 +195,23 @@ async fn the_stack_starts_from_a_clean_folder_serves_an_order_and_stops_without_
     expected.sort_unstable();
     assert_eq!(names, expected, "one pid file per process");
 
+    // Expected: the stack's own nats-server syncs every write where its version knows how (2.10
+    // and later), and runs on the server's timer on 2.9, which refuses the setting.
+    let nats_binary = testkit::host::find_nats_server().expect("the nats-server the stack runs");
+    let version = testkit::host::NatsVersion::of(&nats_binary).expect("its version");
+    let varz: Value = reqwest::get(format!("http://127.0.0.1:{}/varz", stack.ports[2].1))
+        .await
+        .expect("/varz answers")
+        .json()
+        .await
+        .expect("/varz is JSON");
+    assert_eq!(
+        varz["jetstream"]["config"]["sync_always"].as_bool(),
+        version.has_sync_always().then_some(true),
+        "nats-server {version}: {}",
+        varz["jetstream"]["config"]
+    );
+
     // Expected: `start` again sees the running stack and changes nothing.
     let again = stack.run(&["start"]).await;
     assert!(again.status.success(), "second start:\n{}", text(&again));

@@ -3,6 +3,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use testkit::NatsServer;
+use testkit::host::{NATS_SERVER_BIN, NatsVersion};
 
 use crate::support::port_accepts;
 
@@ -150,4 +151,20 @@ fn start_again_explains_itself_when_the_port_is_taken() {
     let message = format!("{error:#}");
     assert!(message.contains("address already in use"), "{message}");
     assert!(!nats.is_running());
+}
+
+#[test]
+fn the_server_that_runs_is_the_one_nats_server_bin_names_and_speaks_its_version() {
+    testkit::init_tracing();
+    let nats = NatsServer::start().expect("starting nats-server");
+    if let Some(chosen) = std::env::var_os(NATS_SERVER_BIN).filter(|value| !value.is_empty()) {
+        assert_eq!(nats.binary(), std::path::Path::new(&chosen));
+    }
+    let version = NatsVersion::of(nats.binary()).expect("the binary's version");
+    let client = RawClient::connect(nats.port());
+    assert!(
+        client.info.contains(&format!("\"version\":\"{version}\"")),
+        "{version}: {}",
+        client.info
+    );
 }
