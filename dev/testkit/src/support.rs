@@ -20,7 +20,7 @@ pub(crate) const PORT_ATTEMPTS: usize = 3;
 const INSTALL_HINT: &str = "install them with `apt-get install -y postgresql nats-server`";
 
 /// A port of 127.0.0.1 that nothing is bound to now, chosen at random below the kernel's ephemeral
-/// range (see [`pick_port`]).
+/// range (how, and why below that range: `pick_port`, in this module).
 ///
 /// Another process may take the port before the caller binds it; the servers retry with a new
 /// port when that happens.
