@@ -21,13 +21,20 @@ use super::table::{Append, Binaries};
 use super::{Bench, STATS_FLUSH_WAIT, step};
 
 /// The client counts of the append runs, one run each.
-pub const CLIENTS: [usize; 3] = [1, 16, 64];
+const CLIENTS: [usize; 3] = [1, 16, 64];
 /// Events appended to one aggregate before a client moves on to a new one.
 const CHAIN: i64 = 10;
 /// gRPC connections the clients share, round robin.
 const CHANNELS: usize = 4;
 /// The warm-up before the first run (opens the store's connections, fills its caches).
-pub const WARM_UP: Duration = Duration::from_secs(1);
+const WARM_UP: Duration = Duration::from_secs(1);
+
+/// About how long the step takes after its stack started, for `--duration` runs: a warm-up, the
+/// statistics' wait after it, and each run with that wait and a second for the outbox.
+pub fn planned(duration: Duration) -> Duration {
+    let run = duration + STATS_FLUSH_WAIT + Duration::from_secs(1);
+    WARM_UP + STATS_FLUSH_WAIT + run * CLIENTS.len() as u32
+}
 /// Longest wait for the relay to empty the outbox after a run.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The certificate the clients present when the stack runs mTLS: ordersvc's may append `created`
@@ -65,6 +72,8 @@ impl Bench {
             .execute(&mut outbox)
             .await
             .context("ANALYZE events, outbox")?;
+        // So that the first run's commits hold none of the warm-up's, flushed late.
+        tokio::time::sleep(STATS_FLUSH_WAIT).await;
         let mut rows = Vec::new();
         for count in CLIENTS {
             rows.push(

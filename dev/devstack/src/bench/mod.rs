@@ -142,8 +142,7 @@ impl Args {
             total += RESTART + saturated;
         }
         if self.runs(Step::Append) {
-            let run = self.duration + STATS_FLUSH_WAIT + Duration::from_secs(1);
-            total += (FRESH_START + append::WARM_UP + run * append::CLIENTS.len() as u32) * sets;
+            total += (FRESH_START + append::planned(self.duration)) * sets;
         }
         if self.ha {
             total += HA_START + pgbench;
@@ -807,11 +806,11 @@ mod tests {
     #[test]
     fn the_planned_duration_counts_each_step_once_per_set_of_binaries() {
         let alone = parse(&["--duration", "10s", "--only", "append"]).expect("append");
-        // A stack, pgbench (15 s), then a fresh stack (15 s), a warm-up (1 s) and three runs of
-        // 10 s, each with the statistics' wait (11 s) and 1 s for the outbox.
+        // A stack, pgbench (15 s), then a fresh stack (15 s), a warm-up (1 s) and the statistics'
+        // wait (11 s), and three runs of 10 s, each with that wait and 1 s for the outbox.
         assert_eq!(
             alone.planned(),
-            Duration::from_secs(10 + 15 + 15 + 1 + 3 * 22)
+            Duration::from_secs(10 + 15 + 15 + 12 + 3 * 22)
         );
         let twice = parse(&[
             "--duration",
@@ -824,7 +823,7 @@ mod tests {
         .expect("append twice");
         assert_eq!(
             twice.planned(),
-            Duration::from_secs(10 + 15 + 2 * (15 + 1 + 3 * 22))
+            Duration::from_secs(10 + 15 + 2 * (15 + 12 + 3 * 22))
         );
         let pipeline =
             parse(&["--duration", "10s", "--only", "saturated,steady"]).expect("pipeline");
