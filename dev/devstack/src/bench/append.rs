@@ -93,7 +93,8 @@ impl Bench {
         outbox: &mut PgConnection,
     ) -> anyhow::Result<Append> {
         step(&format!(
-            "append, {binaries} binaries: {count} gRPC clients appending for {} s (the event store alone)",
+            "append, {binaries} binaries: {count} gRPC client{} appending for {} s (the event store alone)",
+            if count == 1 { "" } else { "s" },
             self.duration.as_secs()
         ));
         let before = self.snapshot().await?;
@@ -126,7 +127,7 @@ impl Bench {
             seconds: load.elapsed.as_secs_f64(),
             p50_ms: percentile_ms(&load.latency, 0.50),
             p99_ms: percentile_ms(&load.latency, 0.99),
-            max_ms: load.latency.last().map(|max| max.as_secs_f64() * 1000.0),
+            max_ms: load.latency.last().copied().map(millis),
             cpu_ms_per_1000,
             commits: commits - own_queries,
             outbox_at_end,
@@ -318,8 +319,12 @@ fn percentile_ms(sorted: &[Duration], q: f64) -> Option<f64> {
     let last = sorted.len().checked_sub(1)?;
     // Nearest rank: the smallest sample with at least q of them at or below it.
     let rank = (q * sorted.len() as f64).ceil() as usize;
-    let sample = sorted[rank.saturating_sub(1).min(last)];
-    Some((sample.as_secs_f64() * 1_000_000.0).round() / 1000.0)
+    Some(millis(sorted[rank.saturating_sub(1).min(last)]))
+}
+
+/// Milliseconds to the microsecond (the table prints them as they are).
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 #[cfg(test)]
@@ -337,6 +342,8 @@ mod tests {
             Some(1.5)
         );
         assert_eq!(percentile_ms(&[], 0.5), None);
+        // To the microsecond, so that the table prints no float noise.
+        assert_eq!(millis(Duration::from_nanos(115_125_729)), 115.126);
     }
 
     #[test]
