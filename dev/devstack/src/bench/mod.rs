@@ -232,7 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.duration.as_secs(),
         match &args.baseline_bin {
             Some(dir) => format!(
-                ", every step but spans twice: {} and current",
+                "; saturated, steady and append with both {}'s binaries and the current ones",
                 dir.display()
             ),
             None => String::new(),

@@ -246,7 +246,7 @@ pub fn markdown(started_at: &str, command_line: &str, results: &Results) -> Stri
     let _ = writeln!(out, "### {started_at}: `{command_line}`\n");
     let _ = writeln!(
         out,
-        "pgbench baseline: {pgbench_tps:.0} single-row commits/s, so the goal is ≥ {goal:.0} orders/s end to end.\n"
+        "pgbench baseline: {pgbench_tps:.0} single-row commits/s, so the goal is ≥ {goal:.0} orders/s end to end."
     );
     let compared = results
         .saturated
@@ -262,9 +262,11 @@ pub fn markdown(started_at: &str, command_line: &str, results: &Results) -> Stri
             .any(|row| row.binaries == Binaries::Baseline);
     if compared {
         out.push_str(
-            "Each step ran with the baseline binaries (`--baseline-bin`) and the current ones on the \
-             same PostgreSQL and nats-server; `current ÷ baseline` above 1 is more of the figure \
-             (better for orders/s and appends/s, worse for CPU, commits and latency).\n\n",
+            "\nThe steps ran with the baseline binaries (`--baseline-bin`) and the current ones in the \
+             same run (saturated and steady on one PostgreSQL and nats-server, baseline first; \
+             append on a fresh stack for each, current first); `current ÷ baseline` above 1 is more \
+             of the figure (better for orders/s and appends/s, worse for CPU, commits and \
+             latency).\n",
         );
     }
     if !results.saturated.is_empty() {
@@ -289,7 +291,7 @@ pub fn markdown(started_at: &str, command_line: &str, results: &Results) -> Stri
 
 fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
     out.push_str(
-        "| PostgreSQL | run | binaries | orders final | orders/s | ÷ goal | POST/s | CPU ms/order (all) | by process | commits/order | rollbacks/order | machine busy |\n\
+        "\n| PostgreSQL | run | binaries | orders final | orders/s | ÷ goal | POST/s | CPU ms/order (all) | by process | commits/order | rollbacks/order | machine busy |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let rows = paired(
