@@ -68,9 +68,9 @@ pub struct Args {
     baseline_bin: Option<PathBuf>,
     /// The steps to run, comma-separated (pgbench always runs): saturated, steady (100/s and
     /// 500/s), spans (saturated with span export on), append (the event store alone).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Step::ALL)]
+    #[arg(long, value_enum, value_name = "STEP,...", value_delimiter = ',', default_values_t = Step::ALL)]
     only: Vec<Step>,
-    /// Add the run's table to BENCHMARKS.md.
+    /// Add the run's tables to BENCHMARKS.md.
     #[arg(long)]
     write: bool,
     /// Seconds of the pgbench baseline.
