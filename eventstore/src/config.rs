@@ -64,7 +64,8 @@ pub struct Config {
 
     /// Transactions appending at the same time, at most. One is fastest on PostgreSQL at
     /// SERIALIZABLE: concurrent batches touch the same index pages and abort each other (measured
-    /// with `cargo bench -p eventstore --bench append`); raise it for a multi-node CockroachDB.
+    /// with the append benchmark, `EVENTSTORE_BATCH_WORKERS=N scripts/bench --only append`); raise
+    /// it for a multi-node CockroachDB.
     #[arg(long, env = "EVENTSTORE_BATCH_WORKERS", value_name = "EVENTSTORE_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=64))]
     pub batch_workers: u8,
 

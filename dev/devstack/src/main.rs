@@ -48,7 +48,8 @@ enum Cmd {
     },
     /// Start the stack, post four sample orders and show their states, histories and traces.
     Run,
-    /// Benchmark the whole pipeline on a stack of its own (what scripts/bench runs).
+    /// Benchmark the whole pipeline and the event store alone on stacks of their own, with
+    /// `--baseline-bin` beside another build's binaries in the same run (what scripts/bench runs).
     Bench(devstack::bench::Args),
     /// The stack's trace store (tracestore: Zipkin's v2 API and a trace viewer, in memory) on
     /// 127.0.0.1:PORT until SIGINT or SIGTERM; `start` runs it in the background.

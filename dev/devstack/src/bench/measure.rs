@@ -38,7 +38,8 @@ pub struct Snapshot {
     pub rollbacks: BTreeMap<String, i64>,
 }
 
-fn pid_of(pids: &Path, name: &str) -> Option<String> {
+/// The pid in `<pids>/<name>.pid`, if the file holds one.
+pub(super) fn pid_of(pids: &Path, name: &str) -> Option<String> {
     let text = std::fs::read_to_string(pids.join(format!("{name}.pid"))).ok()?;
     let pid = text.split_whitespace().next()?;
     pid.chars()

@@ -1,5 +1,6 @@
-//! `devstack bench` (`scripts/bench`): benchmarks the whole pipeline on this machine: how many orders it carries end to end, what each
-//! costs, and how long one takes under load. Prints one table; `--write` adds it to BENCHMARKS.md.
+//! `devstack bench` (`scripts/bench`): benchmarks the pipeline on this machine: how many orders it
+//! carries end to end, what each costs, how long one takes under load, and what the event store
+//! alone appends. Prints one table per kind of step; `--write` adds them to BENCHMARKS.md.
 //!
 //! In one run, on one PostgreSQL (fsync on) and one nats-server of a dev stack of its own (own
 //! ports and folder, started by this same launcher and stopped at the end whatever happens):
@@ -11,16 +12,28 @@
 //! 3. Steady 100/s and 500/s for `--duration`: `orderctl load`, POST → final in the read model,
 //!    learnt from querymodelworker's READMODEL.orders notices (no API polling): p50/p95/p99.
 //! 4. Saturated again with span export on, to the stack's own trace store (its CPU is counted).
+//! 5. Append: the event store alone, on a fresh stack whose ordersvc and workers are stopped:
+//!    closed-loop gRPC clients (1, 16, 64) appending chains of events for `--duration` each:
+//!    appends/s, CreateEvent latency, CPU of the event store, PostgreSQL and nats-server per 1000
+//!    appends, commits per append, and how long the relay takes to empty the outbox ([`append`]).
 //!
-//! With `--baseline-bin DIR` (the binaries of another build), step 2 runs first with them on the
-//! same PostgreSQL and nats-server, for a before/after in the same run.
+//! `--only` picks among steps 2-5 (pgbench always runs: the other figures are read against it).
 //!
-//! With `--ha`, once the single node's stack is stopped, a second bench stack (`<dir>-ha`, ports
+//! With `--baseline-bin DIR` (the binaries of another build, e.g. the previous commit's), steps 2,
+//! 3 and 5 run with both: the baseline binaries first, then the current ones, for 2 and 3 on the
+//! same PostgreSQL and nats-server (the stack restarted with the other binaries), and the other way
+//! round for 5 (current first), so neither set always goes first. Each table prints the baseline
+//! row, the current row and their ratio: a before/after in the same run, on a machine whose
+//! pgbench moves by 2× from one day to the next.
+//!
+//! With `--ha`, once the single node's stacks are stopped, a second bench stack (`<dir>-ha`, ports
 //! of its own) runs PostgreSQL as the HA profile (`STACK_DB=ha`: three nodes under Patroni, one
-//! synchronous standby, etcd ×3, HAProxy on the PostgreSQL port), and steps 1-3 run again on it:
-//! pgbench through HAProxy, saturated (CPU of every node, Patroni, etcd member and HAProxy) and
-//! steady. The table puts its rows beside the single node's, with HA ÷ single.
+//! synchronous standby, etcd ×3, HAProxy on the PostgreSQL port), and steps 1-3 run again on it
+//! with the current binaries: pgbench through HAProxy, saturated (CPU of every node, Patroni, etcd
+//! member and HAProxy) and steady. The table puts its rows beside the single node's, with HA ÷
+//! single.
 
+mod append;
 mod measure;
 mod stack;
 mod table;
@@ -36,7 +49,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use self::measure::{LOAD_GENERATOR, Snapshot, difference, snapshot};
 use self::stack::{Profile, Stack, Tracing};
-use self::table::{Saturated, Steady};
+use self::table::{Binaries, Results, Saturated, Steady};
 use crate::settings::repository_root;
 
 /// Statistics of pg_stat_database reach it at most this long after a transaction.
@@ -45,25 +58,103 @@ const STATS_FLUSH_WAIT: Duration = Duration::from_secs(11);
 /// What `devstack bench` measures with.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// How long each load phase sends orders (`20s`, `1m`).
+    /// How long each load phase sends orders, and each append run appends (`20s`, `1m`).
     #[arg(long, default_value = "20s", value_parser = order_domain::parse_duration)]
     duration: Duration,
-    /// A folder with the binaries of another build: the saturated phase runs with them first.
-    #[arg(long)]
+    /// A folder with the binaries of another build (the previous commit's `target/release`): the
+    /// saturated, steady and append steps run with them too, and the tables print current ÷
+    /// baseline.
+    #[arg(long, value_name = "DIR")]
     baseline_bin: Option<PathBuf>,
-    /// Add the run's table to BENCHMARKS.md.
+    /// The steps to run, comma-separated (pgbench always runs): saturated, steady (100/s and
+    /// 500/s), spans (saturated with span export on), append (the event store alone).
+    #[arg(long, value_enum, value_name = "STEP,...", value_delimiter = ',', default_values_t = Step::ALL)]
+    only: Vec<Step>,
+    /// Add the run's tables to BENCHMARKS.md.
     #[arg(long)]
     write: bool,
     /// Seconds of the pgbench baseline.
     #[arg(long, env = "PGBENCH_SECONDS", default_value_t = 15)]
     pgbench_seconds: u32,
-    /// The bench stack's folder (made by the bench, removed by the next run).
+    /// The bench stack's folder (made by the bench, removed by the next run); the append step's
+    /// stack is `<dir>-append`, the HA one's `<dir>-ha`.
     #[arg(long, env = "STACK_DIR")]
     stack_dir: Option<PathBuf>,
     /// Then measure the HA profile (STACK_DB=ha) on a second stack in `<stack dir>-ha`: pgbench,
     /// saturated and steady, beside the single node's rows.
     #[arg(long)]
     ha: bool,
+}
+
+/// A step of the bench besides pgbench (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Step {
+    /// Orders at the rate the pipeline takes, until all are final.
+    Saturated,
+    /// Steady 100/s and 500/s: POST → final latencies.
+    Steady,
+    /// Saturated again with span export on.
+    Spans,
+    /// The event store alone: appends at 1, 16 and 64 clients.
+    Append,
+}
+
+impl Step {
+    const ALL: [Step; 4] = [Step::Saturated, Step::Steady, Step::Spans, Step::Append];
+}
+
+/// The steady steps' rates, orders/s.
+const STEADY_RATES: [f64; 2] = [100.0, 500.0];
+
+/// About how long a stack takes to stop and start again (with bootstrap and health checks), and
+/// to start fresh (initdb too), on this machine: the planned duration's allowance.
+const RESTART: Duration = Duration::from_secs(10);
+const FRESH_START: Duration = Duration::from_secs(15);
+const HA_START: Duration = Duration::from_secs(60);
+/// About how long a load step goes on after its `--duration`: the last orders become final and
+/// the pipeline drains.
+const SETTLE: Duration = Duration::from_secs(5);
+
+impl Args {
+    fn runs(&self, step: Step) -> bool {
+        self.only.contains(&step)
+    }
+
+    /// About how long the whole run takes, printed at its start.
+    fn planned(&self) -> Duration {
+        let sets = if self.baseline_bin.is_some() { 2 } else { 1 };
+        let saturated = self.duration + SETTLE + STATS_FLUSH_WAIT;
+        let steady = (self.duration + SETTLE) * STEADY_RATES.len() as u32;
+        let pgbench = Duration::from_secs(self.pgbench_seconds.into());
+        let mut pipeline = Duration::ZERO;
+        if self.runs(Step::Saturated) {
+            pipeline += saturated;
+        }
+        if self.runs(Step::Steady) {
+            pipeline += steady;
+        }
+        let mut total = RESTART + pgbench;
+        if !pipeline.is_zero() {
+            // The first set runs on the stack pgbench ran on; each other one restarts it.
+            total += pipeline * sets + RESTART * (sets - 1);
+        }
+        if self.runs(Step::Spans) {
+            total += RESTART + saturated;
+        }
+        if self.runs(Step::Append) {
+            total += (FRESH_START + append::planned(self.duration)) * sets;
+        }
+        if self.ha {
+            total += HA_START + pgbench;
+            if self.runs(Step::Saturated) {
+                total += saturated;
+            }
+            if self.runs(Step::Steady) {
+                total += steady;
+            }
+        }
+        total
+    }
 }
 
 /// The domain's final statuses as an SQL list: `'Approved','PaymentFailed',…`.
@@ -80,7 +171,14 @@ fn step(text: &str) {
     eprintln!("\n==> {text}");
 }
 
-/// Runs every step and prints the table (and adds it to BENCHMARKS.md with `--write`).
+/// `dir` with `suffix` added to its last component: the folders of the bench's other stacks.
+fn beside(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.to_path_buf().into_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Runs every step and prints the tables (and adds them to BENCHMARKS.md with `--write`).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let root = repository_root();
     // `devstack bench ARGS`, as scripts/bench ARGS.
@@ -100,31 +198,52 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             orderctl.display()
         );
     }
+    if let Some(dir) = &args.baseline_bin
+        && !dir.join("eventstore").is_file()
+    {
+        bail!(
+            "--baseline-bin {}: no eventstore there (copy another build's target/release binaries into it)",
+            dir.display()
+        );
+    }
     let pgbench = testkit::host::find_postgres_tool("pgbench")
         .context("pgbench is needed (apt-get install -y postgresql-client)")?;
     let stack_dir = args
         .stack_dir
         .clone()
         .unwrap_or_else(|| root.join(".stack-bench"));
+    // The sets of binaries, in the order the pipeline steps run them.
+    let sets: Vec<(Binaries, PathBuf)> = args
+        .baseline_bin
+        .iter()
+        .map(|dir| (Binaries::Baseline, dir.clone()))
+        .chain([(Binaries::Current, target.clone())])
+        .collect();
     let mut stack = Stack::new(&stack_dir, Profile::Single)?;
     let started_at = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year]-[month]-[day] [hour]:[minute] UTC"
         ))
         .unwrap_or_default();
+    let began = Instant::now();
+    eprintln!(
+        "bench: about {} min planned ({} s per load phase{})",
+        args.planned().as_secs().div_ceil(60),
+        args.duration.as_secs(),
+        match &args.baseline_bin {
+            Some(dir) => format!(
+                "; saturated, steady and append with both {}'s binaries and the current ones",
+                dir.display()
+            ),
+            None => String::new(),
+        }
+    );
 
     step(&format!(
         "starting the bench stack in {}",
         stack_dir.display()
     ));
-    let mut bench = Bench::start(
-        &mut stack,
-        args.baseline_bin.as_deref().unwrap_or(&target),
-        Tracing::Off,
-        &orderctl,
-        &args,
-    )
-    .await?;
+    let mut bench = Bench::start(&mut stack, &sets[0].1, Tracing::Off, &orderctl, &args).await?;
 
     step(&format!(
         "baseline: pgbench, single-row INSERTs, 16 clients, {} s",
@@ -135,34 +254,60 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "  {tps:.0} commits/s; the goal is {tps:.0}/20 = {:.0} orders/s",
         tps / 20.0
     );
-    let mut pgbench_tps = vec![(Profile::Single, tps)];
+    let mut results = Results {
+        pgbench: vec![(Profile::Single, tps)],
+        ..Results::default()
+    };
 
-    let mut saturated = Vec::new();
-    let mut steady = Vec::new();
-    if let Some(dir) = &args.baseline_bin {
-        saturated.push(
+    for (index, (binaries, bin_dir)) in sets.iter().enumerate() {
+        if index > 0 {
+            step(&format!("the {binaries} binaries ({})", bin_dir.display()));
+            bench = Bench::start(&mut stack, bin_dir, Tracing::Off, &orderctl, &args).await?;
+        }
+        if args.runs(Step::Saturated) {
+            results
+                .saturated
+                .push(bench.saturated("saturated", *binaries).await?);
+        }
+        if args.runs(Step::Steady) {
+            for rate in STEADY_RATES {
+                results.steady.push(bench.steady(rate, *binaries).await?);
+            }
+        }
+    }
+    if args.runs(Step::Spans) {
+        step("span export on, to the stack's trace store");
+        bench = Bench::start(&mut stack, &target, Tracing::StackStore, &orderctl, &args).await?;
+        results.saturated.push(
             bench
-                .saturated(&format!("saturated, baseline binaries ({})", dir.display()))
+                .saturated("saturated, span export on", Binaries::Current)
                 .await?,
         );
-        bench = Bench::start(&mut stack, &target, Tracing::Off, &orderctl, &args).await?;
     }
-    saturated.push(bench.saturated("saturated").await?);
-    for rate in [100.0, 500.0] {
-        steady.push(bench.steady(rate).await?);
-    }
-    step("span export on, to the stack's trace store");
-    bench = Bench::start(&mut stack, &target, Tracing::StackStore, &orderctl, &args).await?;
-    saturated.push(bench.saturated("saturated, span export on").await?);
     drop(bench);
     stack.stop();
+
+    if args.runs(Step::Append) {
+        let dir = beside(&stack_dir, "-append");
+        for (binaries, bin_dir) in sets.iter().rev() {
+            // A fresh stack for each set: what one set appends would otherwise wait in the
+            // workers' consumers and be worked off in the next set's runs.
+            let mut stack = Stack::new(&dir, Profile::Single)?;
+            step(&format!(
+                "a fresh stack for the event store alone, {binaries} binaries, in {}",
+                dir.display()
+            ));
+            let bench = Bench::start(&mut stack, bin_dir, Tracing::Off, &orderctl, &args).await?;
+            results.appends.extend(bench.appends(*binaries).await?);
+            drop(bench);
+            stack.stop();
+        }
+    }
 
     let mut ha_stopped = None;
     if args.ha {
         // Only one stack runs at a time: the other's processes would share the two cores.
-        let mut dir = stack_dir.clone().into_os_string();
-        dir.push("-ha");
-        let dir = PathBuf::from(dir);
+        let dir = beside(&stack_dir, "-ha");
         let mut stack = Stack::new(&dir, Profile::Ha)?;
         step(&format!(
             "starting the HA bench stack (STACK_DB=ha) in {}",
@@ -179,10 +324,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "  {ha_tps:.0} commits/s (single: {tps:.0}, HA ÷ single = {:.2})",
                 ha_tps / tps.max(1.0)
             );
-            pgbench_tps.push((Profile::Ha, ha_tps));
-            saturated.push(bench.saturated("saturated").await?);
-            for rate in [100.0, 500.0] {
-                steady.push(bench.steady(rate).await?);
+            results.pgbench.push((Profile::Ha, ha_tps));
+            if args.runs(Step::Saturated) {
+                results
+                    .saturated
+                    .push(bench.saturated("saturated", Binaries::Current).await?);
+            }
+            if args.runs(Step::Steady) {
+                for rate in STEADY_RATES {
+                    results
+                        .steady
+                        .push(bench.steady(rate, Binaries::Current).await?);
+                }
             }
             anyhow::Ok(())
         };
@@ -195,14 +348,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stack.stop();
     }
 
-    step("summary");
-    let text = table::markdown(
-        &started_at,
-        &command_line,
-        &pgbench_tps,
-        &saturated,
-        &steady,
-    );
+    step(&format!(
+        "summary ({:.0} s in all, {} s planned)",
+        began.elapsed().as_secs_f64(),
+        args.planned().as_secs()
+    ));
+    let text = table::markdown(&started_at, &command_line, &results);
     let text = match ha_stopped {
         Some(error) => format!("{text}\nThe HA steps stopped early: {error}\n"),
         None => text,
@@ -232,6 +383,9 @@ struct Bench {
     database_urls: String,
     pg_port: u16,
     nats_http_port: u16,
+    eventstore_port: u16,
+    /// The stack's certificates, when it runs mTLS.
+    tls_dir: PathBuf,
     pid_dir: PathBuf,
     /// The HA cluster's layout (where each node's postmaster.pid is); `None` for one PostgreSQL.
     ha: Option<testkit::patroni::HaLayout>,
@@ -268,6 +422,8 @@ impl Bench {
             database_urls: stack.database_url(""),
             pg_port: stack.pg_port(),
             nats_http_port: stack.nats_http_port(),
+            eventstore_port: stack.eventstore_port(),
+            tls_dir: stack.tls_dir(),
             pid_dir: stack.pid_dir(),
             ha: stack.ha_layout()?,
             work_dir: stack.work_dir(),
@@ -361,9 +517,9 @@ impl Bench {
         })
     }
 
-    async fn saturated(&self, name: &str) -> anyhow::Result<Saturated> {
+    async fn saturated(&self, name: &str, binaries: Binaries) -> anyhow::Result<Saturated> {
         step(&format!(
-            "{name} ({} PostgreSQL): orderctl load --rate max, 32 connections, {} s, then until every order is final",
+            "{name} ({} PostgreSQL, {binaries} binaries): orderctl load --rate max, 32 connections, {} s, then until every order is final",
             self.profile(),
             self.duration.as_secs()
         ));
@@ -400,6 +556,7 @@ impl Bench {
         let wall = cpu_after.at.duration_since(before.at).as_secs_f64();
         let row = Saturated {
             profile: self.profile(),
+            binaries,
             name: name.to_owned(),
             accepted: report.accepted,
             refused: report.errors.values().sum(),
@@ -421,9 +578,9 @@ impl Bench {
         Ok(row)
     }
 
-    async fn steady(&self, rate: f64) -> anyhow::Result<Steady> {
+    async fn steady(&self, rate: f64, binaries: Binaries) -> anyhow::Result<Steady> {
         step(&format!(
-            "steady {rate}/s ({} PostgreSQL) for {} s (POST → final by read-model notices)",
+            "steady {rate}/s ({} PostgreSQL, {binaries} binaries) for {} s (POST → final by read-model notices)",
             self.profile(),
             self.duration.as_secs()
         ));
@@ -443,6 +600,7 @@ impl Bench {
         let latency = report.post_to_final.latency;
         let row = Steady {
             profile: self.profile(),
+            binaries,
             rate,
             accepted: report.accepted,
             errors: report.errors.values().sum(),
@@ -604,6 +762,86 @@ impl Jsz {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use clap::Parser as _;
+
+    use super::{Args, Step};
+
+    /// `devstack bench`'s arguments on their own.
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(line: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(line.iter().copied()))
+            .map(|cli| cli.args)
+    }
+
+    #[test]
+    fn every_step_runs_unless_only_names_some() {
+        let args = parse(&[]).expect("no arguments");
+        assert_eq!(args.only, Step::ALL);
+        assert_eq!(args.duration, Duration::from_secs(20));
+        assert!(args.baseline_bin.is_none());
+        let args = parse(&["--only", "append,steady", "--duration", "10s"]).expect("two steps");
+        assert!(args.runs(Step::Append) && args.runs(Step::Steady));
+        assert!(!args.runs(Step::Saturated) && !args.runs(Step::Spans));
+        assert_eq!(args.duration, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_unknown_step_or_duration_is_refused_by_name() {
+        let error = parse(&["--only", "appends"]).expect_err("no such step");
+        assert!(error.to_string().contains("appends"), "{error}");
+        let error = parse(&["--duration", "ten"]).expect_err("no duration");
+        assert!(error.to_string().contains("--duration"), "{error}");
+    }
+
+    #[test]
+    fn the_planned_duration_counts_each_step_once_per_set_of_binaries() {
+        let alone = parse(&["--duration", "10s", "--only", "append"]).expect("append");
+        // A stack, pgbench (15 s), then a fresh stack (15 s), a warm-up (1 s) and the statistics'
+        // wait (11 s), and three runs of 10 s, each with that wait and 1 s for the outbox.
+        assert_eq!(
+            alone.planned(),
+            Duration::from_secs(10 + 15 + 15 + 12 + 3 * 22)
+        );
+        let twice = parse(&[
+            "--duration",
+            "10s",
+            "--only",
+            "append",
+            "--baseline-bin",
+            "/tmp/base-bin",
+        ])
+        .expect("append twice");
+        assert_eq!(
+            twice.planned(),
+            Duration::from_secs(10 + 15 + 2 * (15 + 12 + 3 * 22))
+        );
+        let pipeline =
+            parse(&["--duration", "10s", "--only", "saturated,steady"]).expect("pipeline");
+        // Saturated: 10 s + 5 s to settle + 11 s; steady: two rates of 10 s + 5 s.
+        assert_eq!(pipeline.planned(), Duration::from_secs(10 + 15 + 26 + 30));
+        let compared = parse(&[
+            "--duration",
+            "10s",
+            "--only",
+            "saturated,steady",
+            "--baseline-bin",
+            "/tmp/base-bin",
+        ])
+        .expect("pipeline twice");
+        // The same steps again after one restart with the other binaries.
+        assert_eq!(
+            compared.planned(),
+            pipeline.planned() + Duration::from_secs(10 + 26 + 30)
+        );
+    }
+
     #[test]
     fn the_final_statuses_are_the_domains() {
         assert_eq!(

@@ -229,6 +229,15 @@ impl Stack {
         self.ports.nats_http
     }
 
+    pub fn eventstore_port(&self) -> u16 {
+        self.ports.eventstore
+    }
+
+    /// The stack's certificates when it runs mTLS (the launcher's `certs::stack_dir`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
     /// The HA cluster's layout (its nodes' data folders, hence their postmasters), or `None` for
     /// a single PostgreSQL.
     pub fn ha_layout(&self) -> anyhow::Result<Option<HaLayout>> {

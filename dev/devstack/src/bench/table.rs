@@ -5,10 +5,30 @@ use std::fmt::Write as _;
 
 pub use super::stack::Profile;
 
+/// Whose binaries a row measured: `--baseline-bin DIR`'s, or the ones beside the launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binaries {
+    Baseline,
+    Current,
+}
+
+impl std::fmt::Display for Binaries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Binaries::Baseline => "baseline",
+            Binaries::Current => "current",
+        })
+    }
+}
+
+/// The label of a row of ratios, current ÷ baseline.
+const RATIO: &str = "current ÷ baseline";
+
 /// A saturated phase: as many orders as the pipeline takes, then until all are final.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Saturated {
     pub profile: Profile,
+    pub binaries: Binaries,
     /// The phase; an HA row is compared with the single row of the same name.
     pub name: String,
     /// POSTs answered 201, and the ones that were not.
@@ -36,6 +56,10 @@ impl Saturated {
         self.cpu_ms_per_order.values().sum()
     }
 
+    pub fn commits_per_order(&self) -> f64 {
+        ratio(self.commits as f64, self.finals as f64)
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{} orders final in {:.1} s: {:.0} orders/s; {} POSTs accepted, {} not; CPU {:.2} ms/order; \
@@ -46,7 +70,7 @@ impl Saturated {
             self.accepted,
             self.refused,
             self.cpu_ms_per_order_total(),
-            ratio(self.commits as f64, self.finals as f64),
+            self.commits_per_order(),
             ratio(self.rollbacks as f64, self.finals as f64),
             self.busy_pct,
         )
@@ -57,6 +81,7 @@ impl Saturated {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Steady {
     pub profile: Profile,
+    pub binaries: Binaries,
     pub rate: f64,
     pub accepted: u64,
     pub errors: u64,
@@ -84,6 +109,101 @@ impl Steady {
     }
 }
 
+/// An append step: the event store alone (the workers and ordersvc stopped), `clients` closed-loop
+/// gRPC clients each appending chains of events to aggregates of their own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Append {
+    pub binaries: Binaries,
+    pub clients: usize,
+    /// Appends answered OK, and the ones that were not.
+    pub appends: u64,
+    pub errors: u64,
+    /// The first refusal, to say why there were errors.
+    pub first_error: Option<String>,
+    /// How long the clients appended.
+    pub seconds: f64,
+    /// CreateEvent as the client saw it.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// CPU milliseconds per 1000 appends, by server process (the in-process client not counted).
+    pub cpu_ms_per_1000: BTreeMap<String, f64>,
+    /// Transactions committed in eventstoredb (the bench's own queries taken off).
+    pub commits: i64,
+    /// Outbox rows still unpublished when the clients stopped, and how long the relay then took
+    /// to publish them all (JetStream acked them).
+    pub outbox_at_end: i64,
+    pub drain_ms: f64,
+}
+
+impl Append {
+    pub fn appends_per_s(&self) -> f64 {
+        ratio(self.appends as f64, self.seconds)
+    }
+
+    pub fn cpu_ms_per_1000_total(&self) -> f64 {
+        self.cpu_ms_per_1000.values().sum()
+    }
+
+    pub fn commits_per_append(&self) -> f64 {
+        ratio(self.commits as f64, self.appends as f64)
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{} appends in {:.1} s: {:.0}/s, {} errors; CreateEvent p50 {} ms, p99 {} ms, max {} ms; \
+             CPU {:.1} ms per 1000 appends; commits/append {:.3}; outbox {} at the end, empty {:.0} ms later",
+            self.appends,
+            self.seconds,
+            self.appends_per_s(),
+            self.errors,
+            millis(self.p50_ms),
+            millis(self.p99_ms),
+            millis(self.max_ms),
+            self.cpu_ms_per_1000_total(),
+            self.commits_per_append(),
+            self.outbox_at_end,
+            self.drain_ms,
+        )
+    }
+}
+
+/// Rows in print order: each current row after the baseline row it is compared with (`same`),
+/// followed by `Some(baseline)` to print their ratios; a row without a partner stands alone.
+fn paired<T>(
+    rows: &[T],
+    binaries: impl Fn(&T) -> Binaries,
+    same: impl Fn(&T, &T) -> bool,
+) -> Vec<(&T, Option<&T>)> {
+    let partner = |row: &T, wanted: Binaries| {
+        rows.iter()
+            .find(|other| binaries(other) == wanted && same(row, other))
+    };
+    let mut out = Vec::new();
+    for row in rows {
+        match binaries(row) {
+            Binaries::Baseline if partner(row, Binaries::Current).is_some() => {}
+            Binaries::Baseline => out.push((row, None)),
+            Binaries::Current => match partner(row, Binaries::Baseline) {
+                Some(baseline) => {
+                    out.push((baseline, None));
+                    out.push((row, Some(baseline)));
+                }
+                None => out.push((row, None)),
+            },
+        }
+    }
+    out
+}
+
+/// `current ÷ baseline` to two decimals, `-` when either is missing or the baseline is 0.
+fn times(current: Option<f64>, baseline: Option<f64>) -> String {
+    match (current, baseline) {
+        (Some(current), Some(baseline)) if baseline > 0.0 => format!("{:.2}", current / baseline),
+        _ => "-".to_owned(),
+    }
+}
+
 fn ratio(numerator: f64, denominator: f64) -> f64 {
     if denominator > 0.0 {
         numerator / denominator
@@ -96,35 +216,90 @@ fn millis(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |ms| format!("{ms}"))
 }
 
-/// The run's Markdown: a heading with when and how it ran, the pgbench floor, one table of the
-/// saturated phases and one of the steady ones, and with HA rows how they compare with the single
-/// node's.
-pub fn markdown(
-    started_at: &str,
-    command_line: &str,
-    pgbench: &[(Profile, f64)],
-    saturated: &[Saturated],
-    steady: &[Steady],
-) -> String {
-    let tps = |profile: Profile| {
-        pgbench
+/// What one run measured, for its Markdown.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    /// pgbench's commits/s by profile.
+    pub pgbench: Vec<(Profile, f64)>,
+    pub saturated: Vec<Saturated>,
+    pub steady: Vec<Steady>,
+    pub appends: Vec<Append>,
+}
+
+impl Results {
+    fn pgbench_tps(&self, profile: Profile) -> Option<f64> {
+        self.pgbench
             .iter()
             .find(|(p, _)| *p == profile)
             .map(|(_, tps)| *tps)
-    };
-    let pgbench_tps = tps(Profile::Single).unwrap_or(0.0);
+    }
+}
+
+/// The run's Markdown: a heading with when and how it ran, the pgbench floor, one table of the
+/// saturated phases, one of the steady ones and one of the event store's appends (each row of the
+/// baseline binaries followed by the current one and their ratio), and with HA rows how they
+/// compare with the single node's.
+pub fn markdown(started_at: &str, command_line: &str, results: &Results) -> String {
+    let pgbench_tps = results.pgbench_tps(Profile::Single).unwrap_or(0.0);
     let goal = pgbench_tps / 20.0;
     let mut out = String::new();
     let _ = writeln!(out, "### {started_at}: `{command_line}`\n");
     let _ = writeln!(
         out,
-        "pgbench baseline: {pgbench_tps:.0} single-row commits/s, so the goal is ≥ {goal:.0} orders/s end to end.\n"
+        "pgbench baseline: {pgbench_tps:.0} single-row commits/s, so the goal is ≥ {goal:.0} orders/s end to end."
     );
+    let compared = results
+        .saturated
+        .iter()
+        .any(|row| row.binaries == Binaries::Baseline)
+        || results
+            .steady
+            .iter()
+            .any(|row| row.binaries == Binaries::Baseline)
+        || results
+            .appends
+            .iter()
+            .any(|row| row.binaries == Binaries::Baseline);
+    if compared {
+        out.push_str(
+            "\nThe steps ran with the baseline binaries (`--baseline-bin`) and the current ones in the \
+             same run (saturated and steady on one PostgreSQL and nats-server, baseline first; \
+             append on a fresh stack for each, current first); `current ÷ baseline` above 1 is more \
+             of the figure (better for orders/s and appends/s, worse for CPU, commits and \
+             latency).\n",
+        );
+    }
+    if !results.saturated.is_empty() {
+        saturated_table(&mut out, &results.saturated, goal);
+    }
+    if !results.steady.is_empty() {
+        steady_table(&mut out, &results.steady);
+    }
+    if !results.appends.is_empty() {
+        append_table(&mut out, &results.appends, pgbench_tps);
+    }
+    if let Some(ha_tps) = results.pgbench_tps(Profile::Ha) {
+        out.push_str(&ha_beside_single(
+            pgbench_tps,
+            ha_tps,
+            &results.saturated,
+            &results.steady,
+        ));
+    }
+    out
+}
+
+fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
     out.push_str(
-        "| PostgreSQL | run | orders final | orders/s | ÷ goal | POST/s | CPU ms/order (all) | by process | commits/order | rollbacks/order | machine busy |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n| PostgreSQL | run | binaries | orders final | orders/s | ÷ goal | POST/s | CPU ms/order (all) | by process | commits/order | rollbacks/order | machine busy |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for row in saturated {
+    let rows = paired(
+        rows,
+        |row| row.binaries,
+        |a, b| a.profile == b.profile && a.name == b.name,
+    );
+    for (row, baseline) in rows {
         let mut by_process: Vec<(&String, &f64)> = row.cpu_ms_per_order.iter().collect();
         by_process.sort_by(|a, b| b.1.total_cmp(a.1));
         let by_process = by_process
@@ -134,30 +309,58 @@ pub fn markdown(
             .join(", ");
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.2} | {:.3} | {:.0}% of 200% |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.2} | {:.3} | {:.0}% of 200% |",
             row.profile,
             row.name,
+            row.binaries,
             row.finals,
             row.orders_per_s(),
             ratio(row.orders_per_s(), goal),
             row.posts_per_s,
             row.cpu_ms_per_order_total(),
             by_process,
-            ratio(row.commits as f64, row.finals as f64),
+            row.commits_per_order(),
             ratio(row.rollbacks as f64, row.finals as f64),
             row.busy_pct,
         );
+        if let Some(base) = baseline {
+            let _ = writeln!(
+                out,
+                "| {} | {} | **{RATIO}** | | **{}** | | {} | **{}** | | {} | | |",
+                row.profile,
+                row.name,
+                times(Some(row.orders_per_s()), Some(base.orders_per_s())),
+                times(Some(row.posts_per_s), Some(base.posts_per_s)),
+                times(
+                    Some(row.cpu_ms_per_order_total()),
+                    Some(base.cpu_ms_per_order_total())
+                ),
+                times(
+                    Some(row.commits_per_order()),
+                    Some(base.commits_per_order())
+                ),
+            );
+        }
     }
+}
+
+fn steady_table(out: &mut String, rows: &[Steady]) {
     out.push_str(
-        "\n| PostgreSQL | steady rate | accepted | errors | not final | final seen by | p50 ms | p95 ms | p99 ms | max ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "\n| PostgreSQL | steady rate | binaries | accepted | errors | not final | final seen by | p50 ms | p95 ms | p99 ms | max ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for row in steady {
+    let rows = paired(
+        rows,
+        |row| row.binaries,
+        |a, b| a.profile == b.profile && a.rate == b.rate,
+    );
+    for (row, baseline) in rows {
         let _ = writeln!(
             out,
-            "| {} | {}/s | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {}/s | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.profile,
             row.rate,
+            row.binaries,
             row.accepted,
             row.errors,
             row.not_final,
@@ -167,14 +370,88 @@ pub fn markdown(
             millis(row.p99_ms),
             millis(row.max_ms),
         );
+        if let Some(base) = baseline {
+            let _ = writeln!(
+                out,
+                "| {} | {}/s | **{RATIO}** | | | | | {} | {} | **{}** | {} |",
+                row.profile,
+                row.rate,
+                times(row.p50_ms, base.p50_ms),
+                times(row.p95_ms, base.p95_ms),
+                times(row.p99_ms, base.p99_ms),
+                times(row.max_ms, base.max_ms),
+            );
+        }
     }
-    if let Some(ha_tps) = tps(Profile::Ha) {
-        out.push_str(&ha_beside_single(pgbench_tps, ha_tps, saturated, steady));
-    }
-    out
 }
 
-/// The HA profile against the single node: pgbench, orders/s, where the extra CPU goes, latency.
+fn append_table(out: &mut String, rows: &[Append], pgbench_tps: f64) {
+    out.push_str(
+        "\nThe event store alone (single PostgreSQL; ordersvc and the workers stopped): closed-loop \
+         gRPC CreateEvent clients, chains of 10 events per aggregate; CPU of the servers per 1000 \
+         appends; the outbox when the clients stopped and how long the relay took to empty it.\n\n\
+         | clients | binaries | appends/s | ÷ pgbench | p50 ms | p99 ms | max ms | errors | CPU ms/1000 appends (all) | by process | commits/append | outbox at end | emptied in ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (row, baseline) in paired(rows, |row| row.binaries, |a, b| a.clients == b.clients) {
+        let mut by_process: Vec<(&String, &f64)> = row.cpu_ms_per_1000.iter().collect();
+        by_process.sort_by(|a, b| b.1.total_cmp(a.1));
+        let by_process = by_process
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {:.1} | {} | {:.3} | {} | {:.0} |",
+            row.clients,
+            row.binaries,
+            row.appends_per_s(),
+            ratio(row.appends_per_s(), pgbench_tps),
+            millis(row.p50_ms),
+            millis(row.p99_ms),
+            millis(row.max_ms),
+            row.errors,
+            row.cpu_ms_per_1000_total(),
+            by_process,
+            row.commits_per_append(),
+            row.outbox_at_end,
+            row.drain_ms,
+        );
+        if let Some(base) = baseline {
+            let _ = writeln!(
+                out,
+                "| {} | **{RATIO}** | **{}** | | {} | **{}** | {} | | **{}** | | {} | | {} |",
+                row.clients,
+                times(Some(row.appends_per_s()), Some(base.appends_per_s())),
+                times(row.p50_ms, base.p50_ms),
+                times(row.p99_ms, base.p99_ms),
+                times(row.max_ms, base.max_ms),
+                times(
+                    Some(row.cpu_ms_per_1000_total()),
+                    Some(base.cpu_ms_per_1000_total())
+                ),
+                times(
+                    Some(row.commits_per_append()),
+                    Some(base.commits_per_append())
+                ),
+                times(Some(row.drain_ms), Some(base.drain_ms)),
+            );
+        }
+    }
+    for row in rows.iter().filter(|row| row.first_error.is_some()) {
+        let _ = writeln!(
+            out,
+            "\n{} clients, {} binaries: first error: {}",
+            row.clients,
+            row.binaries,
+            row.first_error.as_deref().unwrap_or_default()
+        );
+    }
+}
+
+/// The HA profile against the single node (its rows of the current binaries: the HA steps run
+/// only those): pgbench, orders/s, where the extra CPU goes, latency.
 fn ha_beside_single(
     single_tps: f64,
     ha_tps: f64,
@@ -189,10 +466,11 @@ fn ha_beside_single(
         ratio(ha_tps, single_tps)
     );
     for ha in saturated.iter().filter(|row| row.profile == Profile::Ha) {
-        let Some(single) = saturated
-            .iter()
-            .find(|row| row.profile == Profile::Single && row.name == ha.name)
-        else {
+        let Some(single) = saturated.iter().find(|row| {
+            row.profile == Profile::Single
+                && row.binaries == Binaries::Current
+                && row.name == ha.name
+        }) else {
             continue;
         };
         let _ = writeln!(
@@ -216,10 +494,11 @@ fn ha_beside_single(
         );
     }
     for ha in steady.iter().filter(|row| row.profile == Profile::Ha) {
-        if let Some(single) = steady
-            .iter()
-            .find(|row| row.profile == Profile::Single && row.rate == ha.rate)
-        {
+        if let Some(single) = steady.iter().find(|row| {
+            row.profile == Profile::Single
+                && row.binaries == Binaries::Current
+                && row.rate == ha.rate
+        }) {
             let _ = writeln!(
                 out,
                 "- steady {}/s p99 ms: single {}, HA {}",
@@ -268,6 +547,7 @@ mod tests {
     fn saturated() -> Saturated {
         Saturated {
             profile: Profile::Single,
+            binaries: Binaries::Current,
             name: "saturated".to_owned(),
             accepted: 1000,
             refused: 0,
@@ -284,10 +564,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_saturated_row_divides_by_final_orders_and_sorts_processes_by_cost() {
-        let steady = Steady {
-            profile: Profile::Single,
+    fn steady(profile: Profile, binaries: Binaries, p99_ms: Option<f64>) -> Steady {
+        Steady {
+            profile,
+            binaries,
             rate: 100.0,
             accepted: 2000,
             errors: 0,
@@ -295,26 +575,163 @@ mod tests {
             followed_by: "notices".to_owned(),
             p50_ms: Some(75.0),
             p95_ms: None,
-            p99_ms: Some(258.0),
+            p99_ms,
             max_ms: Some(400.5),
+        }
+    }
+
+    fn append(binaries: Binaries, clients: usize, appends: u64) -> Append {
+        Append {
+            binaries,
+            clients,
+            appends,
+            errors: 0,
+            first_error: None,
+            seconds: 10.0,
+            p50_ms: Some(2.0),
+            p99_ms: Some(8.0),
+            max_ms: Some(20.0),
+            cpu_ms_per_1000: BTreeMap::from([
+                ("eventstore".to_owned(), 100.0),
+                ("postgresql".to_owned(), 150.0),
+                ("nats-server".to_owned(), 10.0),
+            ]),
+            commits: i64::try_from(appends / 4).unwrap_or(0),
+            outbox_at_end: 12,
+            drain_ms: 40.0,
+        }
+    }
+
+    #[test]
+    fn a_saturated_row_divides_by_final_orders_and_sorts_processes_by_cost() {
+        let results = Results {
+            pgbench: vec![(Profile::Single, 7200.0)],
+            saturated: vec![saturated()],
+            steady: vec![steady(Profile::Single, Binaries::Current, Some(258.0))],
+            appends: Vec::new(),
         };
-        let text = markdown(
-            "2026-12-07 03:00 UTC",
-            "scripts/bench",
-            &[(Profile::Single, 7200.0)],
-            &[saturated()],
-            &[steady],
-        );
+        let text = markdown("2026-12-07 03:00 UTC", "scripts/bench", &results);
         assert!(text.contains("the goal is ≥ 360 orders/s"), "{text}");
         assert!(!text.contains("HA"), "{text}");
         assert!(
-            text.contains("| single | saturated | 1000 | 250 | 0.69 | 500 | 2.00 | postgresql 1.50, ordersvc 0.50 | 0.57 | 0.000 | 150% of 200% |"),
+            text.contains("| single | saturated | current | 1000 | 250 | 0.69 | 500 | 2.00 | postgresql 1.50, ordersvc 0.50 | 0.57 | 0.000 | 150% of 200% |"),
             "{text}"
         );
         assert!(
-            text.contains("| single | 100/s | 2000 | 0 | 0 | notices | 75 | - | 258 | 400.5 |"),
+            text.contains(
+                "| single | 100/s | current | 2000 | 0 | 0 | notices | 75 | - | 258 | 400.5 |"
+            ),
             "{text}"
         );
+        // Without a baseline, no ratios and no word of one; without appends, no append table.
+        assert!(!text.contains(RATIO), "{text}");
+        assert!(!text.contains("event store alone"), "{text}");
+    }
+
+    #[test]
+    fn each_baseline_row_is_followed_by_the_current_one_and_their_ratio() {
+        let baseline = Saturated {
+            binaries: Binaries::Baseline,
+            seconds: 5.0,
+            cpu_ms_per_order: BTreeMap::from([("postgresql".to_owned(), 4.0)]),
+            ..saturated()
+        };
+        let results = Results {
+            pgbench: vec![(Profile::Single, 8000.0)],
+            // Measured baseline first, as the bench runs them; printed side by side.
+            saturated: vec![baseline, saturated()],
+            steady: vec![
+                steady(Profile::Single, Binaries::Baseline, Some(200.0)),
+                Steady {
+                    rate: 500.0,
+                    ..steady(Profile::Single, Binaries::Baseline, None)
+                },
+                steady(Profile::Single, Binaries::Current, Some(258.0)),
+                Steady {
+                    rate: 500.0,
+                    ..steady(Profile::Single, Binaries::Current, Some(90.0))
+                },
+            ],
+            appends: vec![
+                append(Binaries::Current, 16, 20_000),
+                append(Binaries::Baseline, 16, 16_000),
+            ],
+        };
+        let text = markdown("2026-12-07 03:00 UTC", "scripts/bench", &results);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |prefix: &str| {
+            lines
+                .iter()
+                .position(|line| line.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no line starts with {prefix:?} in\n{text}"))
+        };
+        let base = at("| single | saturated | baseline | 1000 | 200 |");
+        assert_eq!(
+            at("| single | saturated | current | 1000 | 250 |"),
+            base + 1
+        );
+        // Orders/s 250 ÷ 200, POST/s equal, CPU 2.0 ÷ 4.0, commits per order equal.
+        assert_eq!(
+            lines[base + 2],
+            "| single | saturated | **current ÷ baseline** | | **1.25** | | 1.00 | **0.50** | | 1.00 | | |"
+        );
+        let base = at("| single | 100/s | baseline |");
+        assert_eq!(at("| single | 100/s | current |"), base + 1);
+        assert_eq!(
+            lines[base + 2],
+            "| single | 100/s | **current ÷ baseline** | | | | | 1.00 | - | **1.29** | 1.00 |"
+        );
+        // A missing percentile on either side gives no ratio.
+        assert!(
+            text.contains(
+                "| single | 500/s | **current ÷ baseline** | | | | | 1.00 | - | **-** | 1.00 |"
+            ),
+            "{text}"
+        );
+        let base = at("| 16 | baseline | 1600 | 0.20 |");
+        assert_eq!(at("| 16 | current | 2000 | 0.25 |"), base + 1);
+        assert_eq!(
+            lines[base + 2],
+            "| 16 | **current ÷ baseline** | **1.25** | | 1.00 | **1.00** | 1.00 | | **1.00** | | 1.00 | | 1.00 |"
+        );
+        assert!(text.contains("`current ÷ baseline` above 1"), "{text}");
+    }
+
+    #[test]
+    fn an_append_row_counts_per_append_and_names_its_first_error() {
+        let row = Append {
+            errors: 3,
+            first_error: Some("Unavailable: the database is down".to_owned()),
+            ..append(Binaries::Current, 64, 40_000)
+        };
+        assert_eq!(row.appends_per_s(), 4000.0);
+        assert_eq!(row.cpu_ms_per_1000_total(), 260.0);
+        assert_eq!(row.commits_per_append(), 0.25);
+        let results = Results {
+            pgbench: vec![(Profile::Single, 16_000.0)],
+            appends: vec![row],
+            ..Results::default()
+        };
+        let text = markdown(
+            "2026-12-07 03:00 UTC",
+            "scripts/bench --only append",
+            &results,
+        );
+        assert!(
+            text.contains(
+                "| 64 | current | 4000 | 0.25 | 2 | 8 | 20 | 3 | 260.0 | postgresql 150.0, eventstore 100.0, nats-server 10.0 | 0.250 | 12 | 40 |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "64 clients, current binaries: first error: Unavailable: the database is down"
+            ),
+            "{text}"
+        );
+        // Only the steps that ran have a table.
+        assert!(!text.contains("orders final"), "{text}");
+        assert!(!text.contains("steady rate"), "{text}");
     }
 
     #[test]
@@ -335,35 +752,33 @@ mod tests {
             seconds: 2.0,
             ..saturated()
         };
-        let steady = |profile, p99_ms| Steady {
-            profile,
-            rate: 100.0,
-            accepted: 2000,
-            errors: 0,
-            not_final: 0,
-            followed_by: "notices".to_owned(),
-            p50_ms: Some(75.0),
-            p95_ms: None,
-            p99_ms,
-            max_ms: None,
+        // A baseline row of the same name is not what HA is compared with.
+        let baseline = Saturated {
+            binaries: Binaries::Baseline,
+            seconds: 1.0,
+            ..saturated()
         };
-        let text = markdown(
-            "2026-12-07 03:00 UTC",
-            "scripts/bench --ha",
-            &[(Profile::Single, 7200.0), (Profile::Ha, 1800.0)],
-            &[saturated(), span_export, ha],
-            &[
-                steady(Profile::Single, Some(258.0)),
-                steady(Profile::Ha, Some(300.0)),
+        let results = Results {
+            pgbench: vec![(Profile::Single, 7200.0), (Profile::Ha, 1800.0)],
+            saturated: vec![baseline, saturated(), span_export, ha],
+            steady: vec![
+                steady(Profile::Single, Binaries::Baseline, Some(100.0)),
+                steady(Profile::Single, Binaries::Current, Some(258.0)),
+                steady(Profile::Ha, Binaries::Current, Some(300.0)),
             ],
+            appends: Vec::new(),
+        };
+        let text = markdown("2026-12-07 03:00 UTC", "scripts/bench --ha", &results);
+        assert!(
+            text.contains("| HA | saturated | current | 1000 | 200 |"),
+            "{text}"
         );
-        assert!(text.contains("| HA | saturated | 1000 | 200 |"), "{text}");
-        assert!(text.contains("| HA | 100/s | 2000 |"), "{text}");
+        assert!(text.contains("| HA | 100/s | current | 2000 |"), "{text}");
         assert!(
             text.contains("- pgbench commits/s: single 7200, HA 1800 (HA ÷ single = 0.25)"),
             "{text}"
         );
-        // Against "saturated" (250/s), not the span-export row (500/s).
+        // Against "saturated" (250/s), not the span-export row (500/s) nor the baseline (1000/s).
         assert!(
             text.contains("- HA saturated orders/s ÷ single: 200 ÷ 250 = 0.80 (goal ≥ 0.5)"),
             "{text}"
@@ -380,6 +795,14 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("orders/s ÷ single").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_ratio_needs_both_figures_and_a_baseline_above_zero() {
+        assert_eq!(times(Some(3.0), Some(2.0)), "1.50");
+        assert_eq!(times(Some(3.0), Some(0.0)), "-");
+        assert_eq!(times(None, Some(2.0)), "-");
+        assert_eq!(times(Some(3.0), None), "-");
     }
 
     #[test]
