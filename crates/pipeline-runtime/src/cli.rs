@@ -45,6 +45,38 @@ pub fn arg_defaults<A: Args>() -> A {
     defaults::<Only<A>>().args
 }
 
+/// Whether `built` (a service's `Config::new`) is `parsed` (what its command line makes of the same
+/// endpoints alone): `Debug` shows every field but the secrets, so those `secrets` names are compared
+/// on their own. For each service's test that its constructor keeps the command line's defaults.
+#[cfg(any(test, feature = "test-util"))]
+pub fn same_config<T: std::fmt::Debug>(
+    built: &T,
+    parsed: &T,
+    secrets: impl Fn(&T) -> Vec<Option<&secrecy::SecretString>>,
+) -> Result<(), String> {
+    use secrecy::ExposeSecret as _;
+
+    let (built_debug, parsed_debug) = (format!("{built:?}"), format!("{parsed:?}"));
+    if built_debug != parsed_debug {
+        return Err(format!("built:  {built_debug}\nparsed: {parsed_debug}"));
+    }
+    let exposed = |config: &T| {
+        secrets(config)
+            .into_iter()
+            .map(|secret| secret.map(|s| s.expose_secret().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    // Which secret differs, never its value: the message may end up in a CI log.
+    match exposed(built)
+        .iter()
+        .zip(exposed(parsed))
+        .position(|(a, b)| *a != b)
+    {
+        Some(index) => Err(format!("secret #{index} differs")),
+        None => Ok(()),
+    }
+}
+
 /// A command line of nothing but `A`.
 #[derive(Parser)]
 #[command(name = "args")]
@@ -111,6 +143,37 @@ mod tests {
     struct Group {
         #[arg(long, env = "PATH", default_value_t = 7)]
         seven: u8,
+    }
+
+    #[derive(Debug)]
+    struct WithSecret {
+        #[expect(dead_code, reason = "read through Debug, which same_config compares")]
+        shown: u8,
+        hidden: secrecy::SecretString,
+    }
+
+    impl WithSecret {
+        fn new(shown: u8, hidden: &str) -> Self {
+            Self {
+                shown,
+                hidden: hidden.into(),
+            }
+        }
+    }
+
+    #[test]
+    fn configurations_are_the_same_only_when_fields_and_secrets_agree() {
+        fn secrets(c: &WithSecret) -> Vec<Option<&secrecy::SecretString>> {
+            vec![Some(&c.hidden)]
+        }
+        let one = WithSecret::new(1, "pw");
+        assert_eq!(
+            same_config(&one, &WithSecret::new(1, "pw"), secrets),
+            Ok(())
+        );
+        assert!(same_config(&one, &WithSecret::new(2, "pw"), secrets).is_err());
+        let differs = same_config(&one, &WithSecret::new(1, "other"), secrets);
+        assert_eq!(differs, Err("secret #0 differs".to_owned()));
     }
 
     #[test]
