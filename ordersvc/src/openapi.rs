@@ -8,6 +8,7 @@
 //! types only need utoipa's derive (aide needs schemars, a second schema model beside serde's);
 //! and it is what crates.io does (`src/openapi.rs`), a pattern the project's style guide names.
 
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
@@ -58,22 +59,28 @@ impl utoipa::Modify for BearerScheme {
 /// Marks every operation of `document` as needing a bearer token, answering 401 without a valid
 /// one.
 pub(crate) fn protected(document: &mut Document) {
-    for item in document.paths.paths.values_mut() {
-        let operations = [
+    for operation in operations(document) {
+        operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+        operation
+            .responses
+            .responses
+            .insert("401".to_owned(), RefOr::T(unauthorized()));
+    }
+}
+
+/// Every operation of `document`, whatever its path and method.
+fn operations(document: &mut Document) -> impl Iterator<Item = &mut Operation> {
+    document.paths.paths.values_mut().flat_map(|item| {
+        [
             &mut item.get,
             &mut item.put,
             &mut item.post,
             &mut item.delete,
             &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
-            operation
-                .responses
-                .responses
-                .insert("401".to_owned(), RefOr::T(unauthorized()));
-        }
-    }
+        ]
+        .into_iter()
+        .flatten()
+    })
 }
 
 fn unauthorized() -> Response {
@@ -101,20 +108,11 @@ fn unauthorized() -> Response {
 /// Adds the 503 of the bound of requests in flight to every operation of `document`: a dependency
 /// is down, or the instance refused the request before doing anything.
 pub(crate) fn refusable(document: &mut Document) {
-    for item in document.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            operation
-                .responses
-                .responses
-                .insert("503".to_owned(), RefOr::T(unavailable()));
-        }
+    for operation in operations(document) {
+        operation
+            .responses
+            .responses
+            .insert("503".to_owned(), RefOr::T(unavailable()));
     }
 }
 
