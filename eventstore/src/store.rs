@@ -147,7 +147,6 @@ pub async fn try_append(
         "SELECT aggregate_id, MAX(aggregate_version) FROM events \
          WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
     )
-    .persistent(false)
     .bind(&aggregates)
     .fetch_all(&mut *tx)
     .await?
@@ -218,7 +217,6 @@ async fn insert(
               AS t(id, ty, agg, agg_ty, ver, data, stream, meta) \
          ON CONFLICT DO NOTHING RETURNING created_at",
     )
-    .persistent(false)
     .bind(&ids)
     .bind(&types)
     .bind(&aggregate_ids)
@@ -238,7 +236,6 @@ async fn insert(
         "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
          SELECT t.id, t.agg, t.ver, now() FROM UNNEST($1::UUID[], $2::TEXT[], $3::INT8[]) AS t(id, agg, ver)",
     )
-    .persistent(false)
     .bind(&ids)
     .bind(&aggregate_ids)
     .bind(&versions)
@@ -256,7 +253,6 @@ pub async fn events_by_ids<'e, E: sqlx::PgExecutor<'e>>(
         sqlx::query_as::<_, EventRow>(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1)"
         ))
-        .persistent(false)
         .bind(ids)
         .fetch_all(executor)
         .await?,

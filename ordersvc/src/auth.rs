@@ -8,9 +8,12 @@
 //! HMAC secret. A `kid` not in the key set makes one refresh of it (at most one per
 //! [`MIN_REFRESH`], however many such tokens arrive) and is refused if still unknown.
 //!
-//! Decoding keys are built once per key set, so a check costs one signature verification.
+//! Decoding keys are built once per key set, so a check costs one signature verification, and a
+//! token that passed it is remembered with its key set until its `exp` ([`verified`]): a client
+//! that sends the same token again is not checked again.
 
 mod fetch;
+mod verified;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,7 @@ use crate::error::ApiError;
 use self::fetch::Fetcher;
 pub(crate) use self::fetch::ca_file;
 pub use self::fetch::{CA_VARIABLE as JWKS_CA_VARIABLE, MAX_JWKS_BYTES};
+use self::verified::Verified;
 
 /// The scope of operators (`scope` claim, space-separated): every order of every customer.
 pub const OPERATOR_SCOPE: &str = "orders:admin";
@@ -87,9 +91,25 @@ struct Key {
 
 type Keys = HashMap<String, Arc<Key>>;
 
+/// The keys of one version of the key set, and the tokens they verified: replacing the set
+/// forgets those tokens with it.
+struct KeySet {
+    keys: Keys,
+    verified: Verified,
+}
+
+impl KeySet {
+    fn new(keys: Keys) -> Arc<KeySet> {
+        Arc::new(KeySet {
+            keys,
+            verified: Verified::default(),
+        })
+    }
+}
+
 struct Verifier {
     source: Source,
-    keys: RwLock<Arc<Keys>>,
+    keys: RwLock<Arc<KeySet>>,
     /// When the key set was last refreshed for an unknown `kid` (`None`: not yet); held while one
     /// refresh runs, so that concurrent requests wait for it rather than fetch again.
     refreshed: tokio::sync::Mutex<Option<Instant>>,
@@ -147,7 +167,7 @@ impl Auth {
             .collect();
         Ok(Auth(Some(Arc::new(Verifier {
             source,
-            keys: RwLock::new(Arc::new(keys)),
+            keys: RwLock::new(KeySet::new(keys)),
             refreshed: tokio::sync::Mutex::new(None),
             validations,
         }))))
@@ -186,6 +206,10 @@ fn invalid(description: &'static str) -> ApiError {
 
 impl Verifier {
     async fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(caller) = self.current().verified.get(token, now) {
+            return Ok(caller);
+        }
         // `alg: none` and unknown names already fail here: they are no `Algorithm`.
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the token is not a JWT signed with RS256, ES256 or EdDSA"))?;
@@ -203,7 +227,7 @@ impl Verifier {
             .kid
             .as_deref()
             .ok_or_else(|| invalid("the token names no key (kid)"))?;
-        let key = self
+        let (set, key) = self
             .key(kid)
             .await?
             .ok_or_else(|| invalid("the token is signed with a key this service does not know"))?;
@@ -226,28 +250,38 @@ impl Verifier {
             .get("scope")
             .and_then(Value::as_str)
             .is_some_and(|scope| scope.split_whitespace().any(|s| s == OPERATOR_SCOPE));
-        Ok(if operator {
+        let caller = if operator {
             Caller::Operator(subject.to_owned())
         } else {
             Caller::Customer(subject.to_owned())
-        })
+        };
+        // `exp` is required and was checked above; one that is not a whole number of seconds
+        // is simply not remembered.
+        if let Some(expires) = claims.get("exp").and_then(Value::as_u64) {
+            set.verified.insert(token, caller.clone(), expires, now);
+        }
+        Ok(caller)
     }
 
-    fn cached(&self, kid: &str) -> Option<Arc<Key>> {
-        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
-        keys.get(kid).cloned()
+    /// The key set as it is now.
+    fn current(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The key `kid` of the current set, with that set.
+    fn cached(&self, kid: &str) -> Option<(Arc<KeySet>, Arc<Key>)> {
+        let set = self.current();
+        let key = set.keys.get(kid).cloned()?;
+        Some((set, key))
     }
 
     fn is_empty(&self) -> bool {
-        self.keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+        self.current().keys.is_empty()
     }
 
-    /// The key `kid`, refreshing the key set once when it is unknown (unless that was done less
-    /// than [`MIN_REFRESH`] ago).
-    async fn key(&self, kid: &str) -> Result<Option<Arc<Key>>, ApiError> {
+    /// The key `kid` and the key set it is in, refreshing the set once when the key is unknown
+    /// (unless that was done less than [`MIN_REFRESH`] ago).
+    async fn key(&self, kid: &str) -> Result<Option<(Arc<KeySet>, Arc<Key>)>, ApiError> {
         if let Some(key) = self.cached(kid) {
             return Ok(Some(key));
         }
@@ -263,7 +297,7 @@ impl Verifier {
         match self.source.load().await {
             Ok(keys) => {
                 tracing::info!(keys = keys.len(), "key set refreshed for an unknown kid");
-                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = KeySet::new(keys);
                 Ok(self.cached(kid))
             }
             Err(error) => {

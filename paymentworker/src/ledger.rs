@@ -106,7 +106,6 @@ async fn try_settle_batch(
     let mut decided: HashMap<Uuid, Result<Decision, LedgerError>> = HashMap::new();
     let recorded: Vec<(Uuid, String)> =
         sqlx::query_as("SELECT order_id, status FROM payments WHERE order_id = ANY($1)")
-            .persistent(false)
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
@@ -133,7 +132,6 @@ async fn try_settle_batch(
              SELECT c, $2, now(), now() FROM UNNEST($1::TEXT[]) AS t(c) \
              ON CONFLICT (customer_id) DO NOTHING",
         )
-        .persistent(false)
         .bind(&customers)
         .bind(initial_credit.as_decimal())
         .execute(&mut *tx)
@@ -142,7 +140,6 @@ async fn try_settle_batch(
             "SELECT customer_id, balance FROM wallets WHERE customer_id = ANY($1) \
              ORDER BY customer_id FOR UPDATE",
         )
-        .persistent(false)
         .bind(&customers)
         .fetch_all(&mut *tx)
         .await?
@@ -178,7 +175,6 @@ async fn try_settle_batch(
                  FROM UNNEST($1::TEXT[], $2::DECIMAL[]) AS t(customer_id, balance) \
                  WHERE wallets.customer_id = t.customer_id",
             )
-            .persistent(false)
             .bind(&customers)
             .bind(&balances)
             .execute(&mut *tx)
@@ -257,7 +253,6 @@ impl PaymentRows {
                   AS t(order_id, payment_id, customer_id, amount, status, debit_event_id) \
              ON CONFLICT (order_id) DO NOTHING",
         )
-        .persistent(false)
         .bind(&self.order_ids)
         .bind(&self.payment_ids)
         .bind(&self.customers)

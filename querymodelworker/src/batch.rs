@@ -208,7 +208,6 @@ async fn load_all(
         order_columns!(),
         " FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
     ))
-    .persistent(false)
     .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
@@ -322,7 +321,6 @@ async fn insert_all(
          ON CONFLICT (order_id) DO NOTHING
          RETURNING order_id",
     )
-    .persistent(false)
     .bind(&ids)
     .bind(&customers)
     .bind(&restaurants)
@@ -364,7 +362,6 @@ async fn insert_all(
              SELECT * FROM UNNEST($1::UUID[], $2::INT8[], $3::TEXT[], $4::TEXT[], $5::DECIMAL[],
                                   $6::INT8[])",
         )
-        .persistent(false)
         .bind(&item_orders)
         .bind(&line_nos)
         .bind(&codes)
@@ -415,7 +412,6 @@ async fn update_all(
           WHERE orders.order_id = t.id AND orders.version = t.stored
          RETURNING orders.order_id",
     )
-    .persistent(false)
     .bind(&ids)
     .bind(&stored)
     .bind(&statuses)

@@ -36,7 +36,6 @@ pub(super) async fn delete_acked(pool: PgPool, mut acked: mpsc::UnboundedReceive
         }
         let deleted = pipeline_runtime::db::retry(|| {
             sqlx::query("DELETE FROM outbox WHERE event_id = ANY($1)")
-                .persistent(false)
                 .bind(&pending)
                 .execute(&pool)
         })
@@ -79,7 +78,6 @@ pub(super) async fn claim(
              ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
          RETURNING event_id, aggregate_id, aggregate_version",
     )
-    .persistent(false)
     .bind(ripe_ms)
     .bind(held)
     .bind(limit)
@@ -96,7 +94,6 @@ pub(super) async fn lowest_versions(
         "SELECT aggregate_id, MIN(aggregate_version) FROM outbox \
          WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
     )
-    .persistent(false)
     .bind(aggregates)
     .fetch_all(pool)
     .await?

@@ -45,7 +45,6 @@ pub async fn count_up_to(pool: &PgPool, key: Key) -> Result<u64, sqlx::Error> {
 pub async fn in_outbox(pool: &PgPool, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
     Ok(
         sqlx::query_scalar::<_, Uuid>("SELECT event_id FROM outbox WHERE event_id = ANY($1)")
-            .persistent(false)
             .bind(ids)
             .fetch_all(pool)
             .await?

@@ -275,6 +275,71 @@ async fn a_new_key_in_the_key_set_is_found_by_one_refresh_and_no_more_often() {
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
 }
 
+/// A token that was accepted once (so ordersvc remembers it) and then sent again with the same
+/// header and claims but another signature: the forgery is checked in full and refused.
+#[tokio::test]
+async fn a_forged_copy_of_an_accepted_token_is_refused() {
+    let stack = Stack::start().await;
+    let claims = claims_of_b(|_| {});
+    let genuine = tokens().issuer.sign(&claims);
+    let list = || get(&format!("/api/orders?customer_id={B}"));
+    let answer = stack.call_raw(with_token(list(), &genuine)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+
+    let forger = TokenIssuer::generate(ISSUER, AUDIENCE).expect("a key");
+    let forged = forger.sign_with_header(&tokens().issuer.header(), &claims);
+    assert_ne!(forged, genuine);
+    let answer = stack.call_raw(with_token(list(), &forged)).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
+    // And the genuine one still passes.
+    let answer = stack.call_raw(with_token(list(), &genuine)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+}
+
+/// A token accepted (and remembered) under a key that the issuer then takes out of its key set:
+/// once ordersvc has read the new set, the token is refused, though it has not expired.
+#[tokio::test]
+async fn a_token_accepted_before_its_key_left_the_key_set_is_refused_after_the_refresh() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().expect("a folder");
+    let jwks = dir.path().join("jwks.json");
+    let old = TokenIssuer::generate(ISSUER, AUDIENCE).expect("a key");
+    old.write_jwks(&jwks).expect("the key set");
+    let (_, state) = stack.state_with(|config| {
+        *config =
+            config
+                .clone()
+                .with_tokens(jwks.to_str().expect("a UTF-8 path"), ISSUER, AUDIENCE);
+    });
+    let list = || get("/api/orders?customer_id=c1");
+    let remembered = old.customer("c1");
+    for _ in 0..2 {
+        let answer = call_raw(
+            ordersvc::router(state.clone()),
+            with_token(list(), &remembered),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+
+    // The old key is withdrawn; a token of the new one makes ordersvc read the set again.
+    let new = TokenIssuer::generate(ISSUER, AUDIENCE).expect("a key");
+    new.write_jwks(&jwks).expect("the key set");
+    let answer = call_raw(
+        ordersvc::router(state.clone()),
+        with_token(list(), &new.customer("c1")),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+
+    let answer = call_raw(
+        ordersvc::router(state.clone()),
+        with_token(list(), &remembered),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
+}
+
 #[tokio::test]
 async fn customer_b_cannot_read_a_s_order_which_answers_as_a_missing_one() {
     let stack = Stack::start().await;

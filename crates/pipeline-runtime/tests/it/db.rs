@@ -156,3 +156,37 @@ async fn a_connection_to_a_node_that_turned_read_only_is_not_handed_out_again() 
         .expect("the next write gets a new connection");
     assert_eq!(rows(&world).await, 1);
 }
+
+/// A prepared batch statement run many times while its table is empty (a fresh database) is still
+/// planned for its parameters at every call: PostgreSQL's default would switch to a cached
+/// generic plan after five calls and keep it while the table grows.
+#[tokio::test]
+async fn a_prepared_batch_statement_is_planned_for_its_parameters_at_every_call() {
+    testkit::init_tracing();
+    let postgres = Postgres::start().expect("PostgreSQL starts");
+    let url = postgres.fresh_database().await.expect("a database");
+    let pool = db::lazy_pool(&url, 1, Duration::from_secs(5)).expect("pool");
+    sqlx::query("CREATE TABLE t (id INT PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    const BATCH: &str = "SELECT id FROM t WHERE id = ANY($1)";
+    for _ in 0..12 {
+        let found: Vec<i32> = sqlx::query_scalar(BATCH)
+            .bind(vec![1, 2, 3])
+            .fetch_all(&pool)
+            .await
+            .expect("the batch statement");
+        assert!(found.is_empty());
+    }
+    // The pool has one connection: the one that prepared the statement answers.
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind(BATCH)
+    .fetch_one(&pool)
+    .await
+    .expect("the statement is prepared (sent in one round trip from the second call on)");
+    assert_eq!(generic, 0, "a generic plan was used");
+    assert_eq!(custom, 12);
+}
