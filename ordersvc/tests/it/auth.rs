@@ -364,6 +364,14 @@ async fn b_is_answered_as_for_a_missing_order(
     assert!(!answer.body.to_string().contains(A), "{}", answer.body);
 }
 
+/// A, whose order it is, reads `path` with their own token: what B was refused is there.
+async fn a_reads(stack: &Stack, path: &str) {
+    let answer = stack
+        .call_raw(with_token(get(path), &tokens().customer(A)))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+}
+
 #[tokio::test]
 async fn customer_b_cannot_read_a_s_order_which_answers_as_a_missing_one() {
     let stack = Stack::start().await;
@@ -375,14 +383,7 @@ async fn customer_b_cannot_read_a_s_order_which_answers_as_a_missing_one() {
         get(&format!("/api/orders/{id}?min_version=1"))
     })
     .await;
-    // A reads it.
-    let answer = stack
-        .call_raw(with_token(
-            get(&format!("/api/orders/{order_id}")),
-            &tokens().customer(A),
-        ))
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    a_reads(&stack, &format!("/api/orders/{order_id}")).await;
 }
 
 #[tokio::test]
@@ -393,13 +394,7 @@ async fn customer_b_cannot_read_the_history_of_a_s_order() {
         get(&format!("/api/orders/{id}/events"))
     })
     .await;
-    let answer = stack
-        .call_raw(with_token(
-            get(&format!("/api/orders/{order_id}/events")),
-            &tokens().customer(A),
-        ))
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    a_reads(&stack, &format!("/api/orders/{order_id}/events")).await;
 }
 
 #[tokio::test]
