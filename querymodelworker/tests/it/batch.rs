@@ -16,24 +16,6 @@ use uuid::Uuid;
 
 use crate::harness::*;
 
-/// Every row of both tables, every column, as text, in a stable order.
-async fn dump(pool: &PgPool) -> (Vec<String>, Vec<String>) {
-    let orders: Vec<(String,)> =
-        sqlx::query_as("SELECT row_to_json(o)::text FROM orders o ORDER BY order_id")
-            .fetch_all(pool)
-            .await
-            .expect("orders");
-    let items: Vec<(String,)> =
-        sqlx::query_as("SELECT row_to_json(i)::text FROM order_items i ORDER BY order_id, line_no")
-            .fetch_all(pool)
-            .await
-            .expect("items");
-    (
-        orders.into_iter().map(|(r,)| r).collect(),
-        items.into_iter().map(|(r,)| r).collect(),
-    )
-}
-
 /// Appends `events` to a new order and returns them as the event store gives them.
 async fn history(stack: &Stack, order: &OrderCreated, events: &[OrderEvent]) -> Vec<EventEnvelope> {
     stack.append_all(events).await;

@@ -134,6 +134,24 @@ impl Deref for Stack {
     }
 }
 
+/// Every row of both read-model tables, every column, as text, in a stable order.
+pub async fn dump(pool: &PgPool) -> (Vec<String>, Vec<String>) {
+    let orders: Vec<(String,)> =
+        sqlx::query_as("SELECT row_to_json(o)::text FROM orders o ORDER BY order_id")
+            .fetch_all(pool)
+            .await
+            .expect("orders");
+    let items: Vec<(String,)> =
+        sqlx::query_as("SELECT row_to_json(i)::text FROM order_items i ORDER BY order_id, line_no")
+            .fetch_all(pool)
+            .await
+            .expect("items");
+    (
+        orders.into_iter().map(|(r,)| r).collect(),
+        items.into_iter().map(|(r,)| r).collect(),
+    )
+}
+
 pub async fn row(pool: &PgPool, order_id: Uuid) -> Option<OrderRow> {
     sqlx::query_as(concat!(
         "SELECT ",

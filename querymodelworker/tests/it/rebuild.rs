@@ -4,24 +4,6 @@ use order_domain::OrderEvent;
 
 use crate::harness::*;
 
-/// Every row of both tables, every column, as text, in a stable order.
-async fn dump(pool: &sqlx::PgPool) -> (Vec<String>, Vec<String>) {
-    let orders: Vec<(String,)> =
-        sqlx::query_as("SELECT row_to_json(o)::text FROM orders o ORDER BY order_id")
-            .fetch_all(pool)
-            .await
-            .expect("orders");
-    let items: Vec<(String,)> =
-        sqlx::query_as("SELECT row_to_json(i)::text FROM order_items i ORDER BY order_id, line_no")
-            .fetch_all(pool)
-            .await
-            .expect("items");
-    (
-        orders.into_iter().map(|(r,)| r).collect(),
-        items.into_iter().map(|(r,)| r).collect(),
-    )
-}
-
 #[tokio::test]
 async fn a_rebuild_into_a_fresh_database_equals_the_live_read_model_row_for_row() {
     let stack = Stack::start().await;
