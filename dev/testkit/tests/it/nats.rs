@@ -5,7 +5,7 @@ use std::time::Duration;
 use testkit::NatsServer;
 use testkit::host::{NATS_SERVER_BIN, NatsVersion};
 
-use crate::support::port_accepts;
+use crate::support::{assert_cleaned_up_after_a_panic, port_accepts};
 
 /// Just enough of the NATS client protocol to ask the JetStream API a question.
 struct RawClient {
@@ -126,18 +126,11 @@ fn dropping_nats_server_removes_its_folder_and_closes_its_port() {
 
 #[test]
 fn nats_server_is_cleaned_up_when_a_test_panics() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let outcome = std::thread::spawn(move || {
+    assert_cleaned_up_after_a_panic(|| {
         let nats = NatsServer::start().expect("starting nats-server");
-        tx.send((nats.dir().to_path_buf(), nats.port()))
-            .expect("sending the folder");
-        panic!("the test failed");
-    })
-    .join();
-    assert!(outcome.is_err());
-    let (dir, port) = rx.recv().expect("the folder and port");
-    assert!(!dir.exists(), "{} is still there", dir.display());
-    assert!(!port_accepts(port));
+        let (dir, port) = (nats.dir().to_path_buf(), nats.port());
+        (Box::new(nats), dir, port)
+    });
 }
 
 #[test]

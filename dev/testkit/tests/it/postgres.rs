@@ -1,7 +1,7 @@
 use sqlx::{Connection, PgConnection, Row};
 use testkit::Postgres;
 
-use crate::support::port_accepts;
+use crate::support::{assert_cleaned_up_after_a_panic, port_accepts};
 
 async fn connect(url: &str) -> PgConnection {
     PgConnection::connect(url)
@@ -112,18 +112,11 @@ fn dropping_postgres_removes_its_folder_and_closes_its_port() {
 
 #[test]
 fn postgres_is_cleaned_up_when_a_test_panics() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let outcome = std::thread::spawn(move || {
+    assert_cleaned_up_after_a_panic(|| {
         let pg = Postgres::start().expect("starting PostgreSQL");
-        tx.send((pg.dir().to_path_buf(), pg.port()))
-            .expect("sending the folder");
-        panic!("the test failed");
-    })
-    .join();
-    assert!(outcome.is_err());
-    let (dir, port) = rx.recv().expect("the folder and port");
-    assert!(!dir.exists(), "{} is still there", dir.display());
-    assert!(!port_accepts(port));
+        let (dir, port) = (pg.dir().to_path_buf(), pg.port());
+        (Box::new(pg), dir, port)
+    });
 }
 
 #[test]

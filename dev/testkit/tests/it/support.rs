@@ -1,10 +1,29 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_accepts(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// A server that `start` starts (returning it, its folder and its port) and that a test holds when
+/// it panics is gone afterwards: its folder removed, its port closed.
+pub fn assert_cleaned_up_after_a_panic(
+    start: impl FnOnce() -> (Box<dyn std::any::Any + Send>, PathBuf, u16) + Send + 'static,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outcome = std::thread::spawn(move || {
+        let (_server, dir, port) = start();
+        tx.send((dir, port)).expect("sending the folder");
+        panic!("the test failed");
+    })
+    .join();
+    assert!(outcome.is_err());
+    let (dir, port) = rx.recv().expect("the folder and port");
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    assert!(!port_accepts(port));
 }
 
 #[test]
