@@ -233,6 +233,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Why `config`'s token settings are refused (empty when they are not).
+    fn refusal(config: &Config) -> String {
+        config
+            .token_check()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default()
+    }
     use clap::{CommandFactory as _, Parser as _};
 
     #[test]
@@ -279,11 +288,7 @@ mod tests {
     #[test]
     fn without_keys_or_an_open_api_start_is_refused_naming_both_variables() {
         let config = Config::try_parse_from(["ordersvc"]).expect("defaults parse");
-        let error = config
-            .token_check()
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
+        let error = refusal(&config);
         assert!(
             error.contains("ORDERSVC_JWKS") && error.contains("ORDERSVC_AUTH=none"),
             "{error}"
@@ -294,11 +299,7 @@ mod tests {
     fn keys_without_issuer_or_audience_are_refused_naming_the_variable() {
         let config = Config::try_parse_from(["ordersvc", "--jwks", "/nonexistent/jwks.json"])
             .expect("parses");
-        let error = config
-            .token_check()
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
+        let error = refusal(&config);
         assert!(error.contains("ORDERSVC_ISSUER"), "{error}");
         let config = Config::try_parse_from([
             "ordersvc",
@@ -308,11 +309,7 @@ mod tests {
             "https://id.example",
         ])
         .expect("parses");
-        let error = config
-            .token_check()
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
+        let error = refusal(&config);
         assert!(error.contains("ORDERSVC_AUDIENCE"), "{error}");
     }
 
@@ -321,11 +318,7 @@ mod tests {
         let config = Config::try_parse_from(["ordersvc"])
             .expect("parses")
             .with_tokens("/nonexistent/jwks.json", "https://id.example", "orders");
-        let error = config
-            .token_check()
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
+        let error = refusal(&config);
         assert!(error.contains("ORDERSVC_JWKS"), "{error}");
     }
 
@@ -333,11 +326,7 @@ mod tests {
     fn an_open_api_and_a_key_set_together_are_refused() {
         let config = Config::try_parse_from(["ordersvc", "--auth", "none", "--jwks", "x.json"])
             .expect("parses");
-        let error = config
-            .token_check()
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
+        let error = refusal(&config);
         assert!(error.contains("ORDERSVC_AUTH=none"), "{error}");
         let open = Config::try_parse_from(["ordersvc", "--auth", "none"]).expect("parses");
         assert!(open.token_check().expect("open").is_open());

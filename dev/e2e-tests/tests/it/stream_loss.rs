@@ -52,35 +52,44 @@ fn republish(pipeline: &Pipeline, args: &[&str]) -> (bool, String) {
     (output.status.success(), stdout)
 }
 
+/// A number per accepted order, from `sql` (bound to the accepted ids) on `database`.
+async fn per_order(
+    pipeline: &Pipeline,
+    database: &str,
+    sql: &str,
+    accepted: &Accepted,
+) -> HashMap<String, i64> {
+    let pool = sqlx::PgPool::connect(&pipeline.database_url(database))
+        .await
+        .expect(database);
+    let rows: HashMap<String, i64> = sqlx::query_as(sql)
+        .bind(&accepted.ids)
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+        .into_iter()
+        .collect();
+    pool.close().await;
+    rows
+}
+
 /// No event was applied twice to the read model, nor skipped: each accepted order's version is
 /// the number of its events in the store (querymodelworker applies version n only on n - 1).
 async fn expect_read_model_versions(pipeline: &Pipeline, accepted: &Accepted) {
-    let events = sqlx::PgPool::connect(&pipeline.database_url("eventstoredb"))
-        .await
-        .expect("eventstoredb");
-    let stored: HashMap<String, i64> = sqlx::query_as(
+    let stored = per_order(
+        pipeline,
+        "eventstoredb",
         "SELECT aggregate_id, count(*) FROM events WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
+        accepted,
     )
-    .bind(&accepted.ids)
-    .fetch_all(&events)
-    .await
-    .expect("counting events")
-    .into_iter()
-    .collect();
-    events.close().await;
-    let orders = sqlx::PgPool::connect(&pipeline.database_url("ordersdb"))
-        .await
-        .expect("ordersdb");
-    let versions: HashMap<String, i64> = sqlx::query_as(
+    .await;
+    let versions = per_order(
+        pipeline,
+        "ordersdb",
         "SELECT order_id::text, version FROM orders WHERE order_id = ANY($1::uuid[])",
+        accepted,
     )
-    .bind(&accepted.ids)
-    .fetch_all(&orders)
-    .await
-    .expect("reading versions")
-    .into_iter()
-    .collect();
-    orders.close().await;
+    .await;
     for id in &accepted.ids {
         assert_eq!(
             versions.get(id),
