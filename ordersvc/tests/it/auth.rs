@@ -3,6 +3,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use ordersvc::AppState;
 use serde_json::{Value, json};
 use testkit::tokens::{self, TokenIssuer, unix_now};
 use uuid::Uuid;
@@ -233,19 +234,28 @@ async fn a_token_without_a_subject_is_refused() {
     refused_everywhere(Some(&token), Some("subject")).await;
 }
 
-#[tokio::test]
-async fn a_new_key_in_the_key_set_is_found_by_one_refresh_and_no_more_often() {
-    let stack = Stack::start().await;
+/// ordersvc's state checking tokens against a key set file (in the returned folder) that holds
+/// one key, whose issuer is returned: a test rewrites the file to rotate keys.
+fn checking_a_key_set_file(
+    stack: &Stack,
+) -> (tempfile::TempDir, std::path::PathBuf, TokenIssuer, AppState) {
     let dir = tempfile::tempdir().expect("a folder");
     let jwks = dir.path().join("jwks.json");
-    let old = TokenIssuer::generate(ISSUER, AUDIENCE).expect("a key");
-    old.write_jwks(&jwks).expect("the key set");
+    let issuer = TokenIssuer::generate(ISSUER, AUDIENCE).expect("a key");
+    issuer.write_jwks(&jwks).expect("the key set");
     let (_, state) = stack.state_with(|config| {
         *config =
             config
                 .clone()
                 .with_tokens(jwks.to_str().expect("a UTF-8 path"), ISSUER, AUDIENCE);
     });
+    (dir, jwks, issuer, state)
+}
+
+#[tokio::test]
+async fn a_new_key_in_the_key_set_is_found_by_one_refresh_and_no_more_often() {
+    let stack = Stack::start().await;
+    let (_dir, jwks, old, state) = checking_a_key_set_file(&stack);
     let list = || get("/api/orders?customer_id=c1");
     let answer = call_raw(
         ordersvc::router(state.clone()),
@@ -301,16 +311,7 @@ async fn a_forged_copy_of_an_accepted_token_is_refused() {
 #[tokio::test]
 async fn a_token_accepted_before_its_key_left_the_key_set_is_refused_after_the_refresh() {
     let stack = Stack::start().await;
-    let dir = tempfile::tempdir().expect("a folder");
-    let jwks = dir.path().join("jwks.json");
-    let old = TokenIssuer::generate(ISSUER, AUDIENCE).expect("a key");
-    old.write_jwks(&jwks).expect("the key set");
-    let (_, state) = stack.state_with(|config| {
-        *config =
-            config
-                .clone()
-                .with_tokens(jwks.to_str().expect("a UTF-8 path"), ISSUER, AUDIENCE);
-    });
+    let (_dir, jwks, old, state) = checking_a_key_set_file(&stack);
     let list = || get("/api/orders?customer_id=c1");
     let remembered = old.customer("c1");
     for _ in 0..2 {
