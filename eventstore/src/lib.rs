@@ -198,7 +198,7 @@ impl App {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                incoming(listener),
                 async move {
                     shutdown.await;
                     health
@@ -222,5 +222,38 @@ impl App {
         }
         pool.close().await;
         served
+    }
+}
+
+/// The accepted connections, each with Nagle's algorithm off. A listener handed to tonic as a plain
+/// stream keeps it on, and a streaming answer (`GetEvents`) goes out as several small writes: the
+/// last waited for the client's delayed ACK, about 40 ms per call.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect");
+        let server_side = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(
+            server_side.nodelay().expect("TCP_NODELAY readable"),
+            "Nagle's algorithm is on: a streamed answer's last frame waits for the client's delayed ACK"
+        );
     }
 }

@@ -20,7 +20,7 @@ use pipeline_runtime::eventstore::EventStoreClient;
 use pipeline_runtime::nats::NatsArgs;
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub use crate::auth::{
     Auth, Caller, JWKS_CA_VARIABLE, LEEWAY_SECS, MAX_JWKS_BYTES, MIN_REFRESH, OPERATOR_SCOPE,
@@ -167,7 +167,7 @@ impl App {
             }
             tokio::time::sleep(GRACE).await;
         };
-        let serve = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
+        let serve = axum::serve(without_nagle(listener), router(state)).with_graceful_shutdown(signal);
         tokio::select! {
             served = serve => served.context("serving HTTP")?,
             () = grace => tracing::warn!(?GRACE, "requests still running after the grace period; dropping them"),
@@ -176,5 +176,38 @@ impl App {
         db.close().await;
         tracing::info!("ordersvc stopped");
         Ok(())
+    }
+}
+
+/// Accepted connections with Nagle's algorithm off: an answer written in more than one piece must
+/// not wait for the client's delayed ACK (about 40 ms).
+fn without_nagle(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
+    fn nodelay(tcp: &mut TcpStream) {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot turn Nagle's algorithm off");
+        }
+    }
+    axum::serve::ListenerExt::tap_io(listener, nodelay as fn(&mut TcpStream))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut listener = without_nagle(listener);
+        let _client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect");
+        let (server_side, _) = listener.accept().await;
+        assert!(
+            server_side.nodelay().expect("TCP_NODELAY readable"),
+            "Nagle's algorithm is on: an answer written in pieces waits for the client's delayed ACK"
+        );
     }
 }
