@@ -124,25 +124,55 @@ pub struct Committed {
 
 /// One attempt at committing a batch. `Ok(None)` means a concurrent writer inserted a conflicting row
 /// between our reads and our insert: nothing was committed and the batch should be planned again.
+///
+/// Most batches are new events at the versions their callers expect: those commit on the fast path,
+/// which does not read for duplicates (the insert's `ON CONFLICT` finds them). Anything else, and a
+/// fast path whose insert came up short, goes the careful way, which reads the batch's ids first so
+/// that a repeated event is answered as the duplicate it is rather than as a conflict.
 pub async fn try_append(
     pool: &PgPool,
     batch: &[EventToStore],
 ) -> Result<Option<Committed>, sqlx::Error> {
+    if let Some(committed) = attempt(pool, batch, Reads::VersionsOnly).await? {
+        return Ok(Some(committed));
+    }
+    attempt(pool, batch, Reads::IdsAndVersions).await
+}
+
+/// What an attempt reads before it plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// The aggregates' versions only: the attempt commits only if every event is a plain insert.
+    VersionsOnly,
+    /// The stored events with the batch's ids too: every outcome is decided.
+    IdsAndVersions,
+}
+
+async fn attempt(
+    pool: &PgPool,
+    batch: &[EventToStore],
+    reads: Reads,
+) -> Result<Option<Committed>, sqlx::Error> {
     // READ COMMITTED: the reads only plan; the keys decide. `event_id` and (aggregate_id,
     // aggregate_version) are unique and the insert is ON CONFLICT DO NOTHING, so a writer that
-    // slipped in between our reads and our insert makes the insert count short, and the batch is
-    // rolled back and planned again.
+    // slipped in between our reads and our insert (or, on the fast path, an event stored before)
+    // makes the insert count short, and the attempt is rolled back.
     let mut tx = pipeline_runtime::db::begin_guarded(pool).await?;
-    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
     let mut aggregates: Vec<&str> = batch.iter().map(|e| e.aggregate_id.as_str()).collect();
     aggregates.sort_unstable();
     aggregates.dedup();
 
-    let existing: HashMap<Uuid, StoredEvent> = events_by_ids(&mut *tx, &ids)
-        .await?
-        .into_iter()
-        .map(|e| (e.event_id, e))
-        .collect();
+    let existing: HashMap<Uuid, StoredEvent> = match reads {
+        Reads::VersionsOnly => HashMap::new(),
+        Reads::IdsAndVersions => {
+            let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+            events_by_ids(&mut *tx, &ids)
+                .await?
+                .into_iter()
+                .map(|e| (e.event_id, e))
+                .collect()
+        }
+    };
     let current: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
         "SELECT aggregate_id, MAX(aggregate_version) FROM events \
          WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
@@ -162,6 +192,11 @@ pub async fn try_append(
             Decision::Done(_) => None,
         })
         .collect();
+    if reads == Reads::VersionsOnly && inserts.len() < batch.len() {
+        // A conflict may be a repeat of a stored event: only the careful way can tell.
+        tx.rollback().await?;
+        return Ok(None);
+    }
     let mut created_at = None;
     if !inserts.is_empty() {
         let (inserted, at) = insert(&mut tx, &inserts).await?;
@@ -207,15 +242,22 @@ async fn insert(
         .iter()
         .map(|(e, _)| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
         .collect();
-    // ON CONFLICT DO NOTHING covers both keys: the event id (a replay racing its original) and
+    // ON CONFLICT DO NOTHING covers both keys: the event id (a replay, or a racing original) and
     // (aggregate_id, aggregate_version) (a writer racing us). Fewer rows back means a race was lost.
+    // The outbox rows are those of the events inserted, in the same statement (one round trip).
     let inserted: Vec<OffsetDateTime> = sqlx::query_scalar(
-        "INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
-                             event_data, stream, metadata, created_at) \
-         SELECT t.id, t.ty, t.agg, t.agg_ty, t.ver, t.data::JSONB, t.stream, t.meta::JSONB, now() \
-         FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INT8[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) \
-              AS t(id, ty, agg, agg_ty, ver, data, stream, meta) \
-         ON CONFLICT DO NOTHING RETURNING created_at",
+        "WITH inserted AS ( \
+             INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
+                                 event_data, stream, metadata, created_at) \
+             SELECT t.id, t.ty, t.agg, t.agg_ty, t.ver, t.data::JSONB, t.stream, t.meta::JSONB, now() \
+             FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INT8[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) \
+                  AS t(id, ty, agg, agg_ty, ver, data, stream, meta) \
+             ON CONFLICT DO NOTHING \
+             RETURNING event_id, aggregate_id, aggregate_version, created_at), \
+         outboxed AS ( \
+             INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
+             SELECT event_id, aggregate_id, aggregate_version, created_at FROM inserted) \
+         SELECT created_at FROM inserted",
     )
     .bind(&ids)
     .bind(&types)
@@ -229,18 +271,6 @@ async fn insert(
     .await?;
     let created_at = inserted.first().copied();
     let inserted = inserted.len();
-    if inserted < rows.len() {
-        return Ok((inserted, created_at));
-    }
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
-         SELECT t.id, t.agg, t.ver, now() FROM UNNEST($1::UUID[], $2::TEXT[], $3::INT8[]) AS t(id, agg, ver)",
-    )
-    .bind(&ids)
-    .bind(&aggregate_ids)
-    .bind(&versions)
-    .execute(&mut **tx)
-    .await?;
     Ok((inserted, created_at))
 }
 
