@@ -4,6 +4,10 @@ use clap::{CommandFactory as _, Parser as _};
 use eventstore::{App, Command, Config};
 use pipeline_runtime::{service, shutdown};
 
+/// glibc's malloc cost these services a third of their CPU under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // The whole configuration is parsed and checked before anything starts: a bad value exits 2,
