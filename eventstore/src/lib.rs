@@ -197,16 +197,13 @@ impl App {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(
-                incoming(listener),
-                async move {
-                    shutdown.await;
-                    health
-                        .set_not_serving::<EventStoreServer<EventStoreService>>()
-                        .await;
-                    stop_streams.cancel();
-                },
-            );
+            .serve_with_incoming_shutdown(incoming(listener), async move {
+                shutdown.await;
+                health
+                    .set_not_serving::<EventStoreServer<EventStoreService>>()
+                    .await;
+                stop_streams.cancel();
+            });
 
         let served = server.await.context("gRPC server failed");
         tail_check.abort();
@@ -243,9 +240,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let mut accepted = incoming(listener);
-        let _client = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let server_side = accepted
             .next()
             .await

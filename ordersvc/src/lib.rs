@@ -167,7 +167,8 @@ impl App {
             }
             tokio::time::sleep(GRACE).await;
         };
-        let serve = axum::serve(without_nagle(listener), router(state)).with_graceful_shutdown(signal);
+        let serve =
+            axum::serve(without_nagle(listener), router(state)).with_graceful_shutdown(signal);
         tokio::select! {
             served = serve => served.context("serving HTTP")?,
             () = grace => tracing::warn!(?GRACE, "requests still running after the grace period; dropping them"),
@@ -201,9 +202,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let mut listener = without_nagle(listener);
-        let _client = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (server_side, _) = listener.accept().await;
         assert!(
             server_side.nodelay().expect("TCP_NODELAY readable"),
