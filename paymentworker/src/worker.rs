@@ -5,7 +5,9 @@
 //! decision of the batch, then one `CreateEvents` call appends them, each expecting the `created`'s
 //! version. Only an append that conflicts (the customer cancelled first) reads the order's history,
 //! to undo the debit the order never saw. Rejections and cancellations (the compensation) are rarer
-//! and go one at a time on the order's history.
+//! and go on the order's history, one at a time per order, different orders' at the same time.
+
+use std::collections::HashMap;
 
 use anyhow::anyhow;
 use order_domain::{
@@ -37,7 +39,7 @@ pub struct Worker {
 
 impl Worker {
     /// Handles a batch: one outcome per delivery, in order. The `created` messages are paid
-    /// together first, then the rejections and cancellations one at a time: a cancel that follows
+    /// together first, then the rejections and cancellations (one at a time per order): a cancel that follows
     /// its order's `created` in the same batch finds the payment recorded.
     pub async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Result<(), Failure>> {
         let mut outcomes: Vec<Option<Result<(), Failure>>> =
@@ -59,12 +61,30 @@ impl Worker {
                 outcomes[index] = Some(outcome);
             }
         }
-        for index in compensations {
-            let delivery = &deliveries[index];
-            let outcome = self
-                .on_rejected_or_cancelled(&delivery.envelope)
-                .instrument(delivery.span.clone())
-                .await;
+        // Each order's compensations in batch order; different orders' at the same time, so that
+        // one order's history read does not hold up the others.
+        let orders = per_order(
+            compensations
+                .into_iter()
+                .map(|index| (index, deliveries[index].envelope.aggregate_id.as_str())),
+        );
+        let compensated = futures::future::join_all(orders.into_iter().map(|indices| {
+            let deliveries = &deliveries;
+            async move {
+                let mut done = Vec::with_capacity(indices.len());
+                for index in indices {
+                    let delivery = &deliveries[index];
+                    let outcome = self
+                        .on_rejected_or_cancelled(&delivery.envelope)
+                        .instrument(delivery.span.clone())
+                        .await;
+                    done.push((index, outcome));
+                }
+                done
+            }
+        }))
+        .await;
+        for (index, outcome) in compensated.into_iter().flatten() {
             outcomes[index] = Some(outcome);
         }
         outcomes
@@ -258,9 +278,35 @@ impl Worker {
     }
 }
 
+/// The places of `messages` (place, order id) grouped by order, each group in the order given.
+fn per_order<'a>(messages: impl IntoIterator<Item = (usize, &'a str)>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    for (index, order) in messages {
+        let group = *group_of.entry(order).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(index);
+    }
+    groups
+}
+
 fn ledger_failure(err: LedgerError) -> Failure {
     match err {
         LedgerError::Sql(err) => Failure::retry(err),
         LedgerError::Inconsistent(message) => Failure::dead_letter(anyhow!(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compensations_are_grouped_per_order_and_keep_their_order_within_it() {
+        let groups = per_order([(1, "a"), (2, "b"), (4, "a"), (5, "c"), (7, "a"), (9, "b")]);
+        assert_eq!(groups, vec![vec![1, 4, 7], vec![2, 9], vec![5]]);
+        assert!(per_order([]).is_empty());
     }
 }
