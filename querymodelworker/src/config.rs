@@ -51,6 +51,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub worker_concurrency: u16,
 
+    /// Batches in hand at once (`WORKER_LANES`); every message of an order goes to the same one,
+    /// so an order's messages are still projected one after the other, in stream order.
+    #[arg(long, env = "WORKER_LANES", default_value_t = consumer::DEFAULT_LANES as u8,
+          value_parser = clap::value_parser!(u8).range(1..=64), global = true)]
+    pub worker_lanes: u8,
+
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
@@ -76,6 +82,7 @@ impl Config {
         consumer::Options {
             max_deliveries: self.max_deliveries,
             concurrency: usize::from(self.worker_concurrency),
+            lanes: usize::from(self.worker_lanes),
             ..consumer::Options::default()
         }
     }

@@ -1,12 +1,15 @@
 //! The workers' JetStream consumer loop: ack after the effect committed, nak with a growing delay,
 //! dead letters after too many deliveries, graceful stop.
 //!
-//! Messages are taken in batches: the loop waits for one message, then takes every message that is
-//! already there, up to [`Options::concurrency`], and hands the whole batch to the handler
-//! ([`run_batches`]), which can commit it in one transaction and append its events in one call. At
-//! low load a batch is one message (no waiting for company); under load batches grow by themselves
-//! while the previous one is handled. One batch is in hand at a time per instance, so the messages of
-//! one aggregate are handled in stream order within an instance.
+//! Messages are taken in batches: each message goes to one of [`Options::lanes`] lanes, chosen by
+//! its aggregate; a lane waits for one message, then takes every message already queued for it, up
+//! to [`Options::concurrency`], and hands the whole batch to the handler ([`run_batches`]), which can
+//! commit it in one transaction and append its events in one call. At low load a batch is one
+//! message (no waiting for company); under load batches grow by themselves while the previous one is
+//! handled. Each lane has one batch in hand at a time, and every message of an aggregate goes to the
+//! same lane, so the messages of one aggregate are handled in stream order within an instance, while
+//! the other lanes' batches go on: a message that arrives during a batch waits only for its own
+//! lane.
 //!
 //! A handler gets each message decoded as an [`EventEnvelope`] and answers, per message:
 //! - `Ok(())`: its effect is committed (or was already there): the message is acked;
@@ -29,6 +32,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt as _;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, Jitter};
@@ -38,7 +42,9 @@ use crate::tracecontext;
 mod options;
 mod settle;
 
-pub use options::{DEFAULT_CONCURRENCY, DEFAULT_MAX_DELIVERIES, Options, WorkerArgs};
+pub use options::{
+    DEFAULT_CONCURRENCY, DEFAULT_LANES, DEFAULT_MAX_DELIVERIES, Options, WorkerArgs,
+};
 pub use settle::{Failure, OUTAGE_MAX_DELAY, is_outage};
 use settle::{ack, give_up, settle};
 
@@ -93,8 +99,8 @@ where
     result
 }
 
-/// Consumes `spec`'s durable consumer until `stop` is cancelled, one batch at a time, then finishes
-/// the batch in hand.
+/// Consumes `spec`'s durable consumer until `stop` is cancelled, a batch at a time per lane, then
+/// finishes the batches in hand.
 ///
 /// `handler` gets the batch's decoded messages (those of the types the worker handles) and answers
 /// one outcome per message, in the same order. Each message is then settled on its own: acked,
@@ -115,17 +121,77 @@ where
 {
     let js = jetstream::new(client.clone());
     let max_batch = options.concurrency.max(1);
+    let lanes = options.lanes.max(1);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..lanes)
+        .map(|_| mpsc::channel::<Incoming>(max_batch))
+        .unzip();
+    let working = futures::future::join_all(receivers.into_iter().map(|receiver| {
+        lane(
+            receiver,
+            &js,
+            spec.durable,
+            &options,
+            &handler,
+            &stop,
+            max_batch,
+        )
+    }));
+    let dispatching = dispatch(&client, &js, spec, max_batch, senders, &stop);
+    futures::future::join(dispatching, working).await;
+    Ok(())
+}
+
+/// A delivered message with its body decoded (or why it could not be).
+struct Incoming {
+    message: jetstream::Message,
+    envelope: Result<EventEnvelope, String>,
+}
+
+impl Incoming {
+    fn new(message: jetstream::Message) -> Self {
+        let envelope = serde_json::from_slice::<EventEnvelope>(&message.payload)
+            .map_err(|err| format!("undecodable message: {err}"));
+        Self { message, envelope }
+    }
+
+    /// The lane of `lanes` this message goes to: the same for every message of its aggregate.
+    fn lane(&self, lanes: usize) -> usize {
+        match &self.envelope {
+            Ok(envelope) => lane_of(&envelope.aggregate_id, lanes),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// The lane of an aggregate's messages.
+fn lane_of(aggregate_id: &str, lanes: usize) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    aggregate_id.hash(&mut hasher);
+    usize::try_from(hasher.finish() % lanes.max(1) as u64).unwrap_or(0)
+}
+
+/// Pulls from `spec`'s durable consumer until `stop` is cancelled and hands each message to its
+/// lane, waiting when the lane is full. Binds again (and pulls again) after losing the consumer.
+async fn dispatch(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    max_batch: usize,
+    lanes: Vec<mpsc::Sender<Incoming>>,
+    stop: &CancellationToken,
+) {
     let mut attempt = 0u32;
     'outer: while !stop.is_cancelled() {
         let consumer = tokio::select! {
             () = stop.cancelled() => break,
-            consumer = bind(&js, spec) => consumer,
+            consumer = bind(js, spec) => consumer,
         };
         let consumer = match consumer {
             Ok(consumer) => consumer,
             Err(err) => {
                 attempt += 1;
-                warn_and_wait(attempt, &format!("{err:#}"), &stop).await;
+                warn_and_wait(attempt, &format!("{err:#}"), stop).await;
                 continue;
             }
         };
@@ -139,7 +205,7 @@ where
                     warn_and_wait(
                         attempt,
                         &format!("cannot pull from consumer {}: {err}", spec.durable),
-                        &stop,
+                        stop,
                     )
                     .await;
                     continue 'outer;
@@ -154,7 +220,7 @@ where
                     () = stop.cancelled() => break 'outer,
                     next = messages.next() => next,
                 };
-                let first = match next {
+                let message = match next {
                     Some(Ok(message)) => message,
                     Some(Err(err)) if pull_lost(&err) => {
                         // The request died with the consumer's leader, or found none (an election).
@@ -174,7 +240,7 @@ where
                         // While disconnected a request would only queue up: pull once connected.
                         tokio::select! {
                             () = stop.cancelled() => break 'outer,
-                            () = connected_after(&client, REPULL_DELAY) => {}
+                            () = connected_after(client, REPULL_DELAY) => {}
                         }
                         continue 'pulling;
                     }
@@ -192,40 +258,71 @@ where
                     }
                 };
                 lost = 0;
-                // Whatever else is already here joins the batch; nothing waits for more. A message
-                // stream item that is not a message ends the batch and is seen on the next turn.
-                let mut batch = vec![first];
-                while batch.len() < max_batch {
-                    match futures::FutureExt::now_or_never(messages.next()) {
-                        Some(Some(Ok(message))) => batch.push(message),
-                        Some(Some(Err(err))) => {
-                            tracing::debug!(error = %err, "pull consumer hiccup");
-                            break;
-                        }
-                        Some(None) | None => break,
-                    }
-                }
-                // Not raced with `stop`: a batch taken is finished (committed, then acked), within
-                // the grace period.
-                let handled = handle_batch(&js, spec.durable, &options, batch, &handler);
-                let grace_over = async {
-                    stop.cancelled().await;
-                    tokio::time::sleep(options.grace).await;
-                };
+                let incoming = Incoming::new(message);
+                let lane = &lanes[incoming.lane(lanes.len())];
                 tokio::select! {
-                    () = handled => {}
-                    () = grace_over => {
-                        tracing::warn!(
-                            consumer = spec.durable,
-                            "grace period over with messages in hand; they will be redelivered"
-                        );
+                    () = stop.cancelled() => break 'outer,
+                    sent = lane.send(incoming) => if sent.is_err() {
+                        // A lane stops only when the grace period is over.
                         break 'outer;
-                    }
+                    },
                 }
             }
         }
     }
-    Ok(())
+}
+
+/// One lane: takes what is queued for it as one batch (at least one message, at most `max_batch`),
+/// has it handled and settled, and again, until `stop` is cancelled. A batch taken is finished
+/// (committed, then acked) within the grace period; what is still queued when `stop` comes is left
+/// unacknowledged, for the consumer to deliver again.
+async fn lane<H, Fut>(
+    mut queue: mpsc::Receiver<Incoming>,
+    js: &jetstream::Context,
+    worker: &str,
+    options: &Options,
+    handler: &H,
+    stop: &CancellationToken,
+    max_batch: usize,
+) where
+    H: Fn(Vec<Delivery>) -> Fut,
+    Fut: Future<Output = Vec<Result<(), Failure>>>,
+{
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            first = queue.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        // Whatever else is already queued joins the batch; nothing waits for more.
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match queue.try_recv() {
+                Ok(incoming) => batch.push(incoming),
+                Err(_) => break,
+            }
+        }
+        // Not raced with `stop`: a batch taken is finished (committed, then acked), within the
+        // grace period.
+        let handled = handle_batch(js, worker, options, batch, handler);
+        let grace_over = async {
+            stop.cancelled().await;
+            tokio::time::sleep(options.grace).await;
+        };
+        tokio::select! {
+            () = handled => {}
+            () = grace_over => {
+                tracing::warn!(
+                    consumer = worker,
+                    "grace period over with messages in hand; they will be redelivered"
+                );
+                return;
+            }
+        }
+    }
 }
 
 async fn pull(
@@ -293,7 +390,7 @@ async fn handle_batch<H, Fut>(
     js: &jetstream::Context,
     worker: &str,
     options: &Options,
-    batch: Vec<jetstream::Message>,
+    batch: Vec<Incoming>,
     handler: &H,
 ) where
     H: Fn(Vec<Delivery>) -> Fut,
@@ -302,12 +399,11 @@ async fn handle_batch<H, Fut>(
     let mut handled = Vec::with_capacity(batch.len());
     let mut deliveries = Vec::with_capacity(batch.len());
     let mut settled = Vec::new();
-    for message in batch {
+    for Incoming { message, envelope } in batch {
         let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-        let envelope = match serde_json::from_slice::<EventEnvelope>(&message.payload) {
+        let envelope = match envelope {
             Ok(envelope) => envelope,
-            Err(err) => {
-                let reason = format!("undecodable message: {err}");
+            Err(reason) => {
                 settled.push(Settle::GiveUp(message, delivered, reason));
                 continue;
             }

@@ -1,5 +1,6 @@
-//! A worker's consumer settings: how many messages a batch takes, how redeliveries are spaced, when
-//! a message goes to the dead letters; and the command-line arguments every worker shares for them.
+//! A worker's consumer settings: how many messages a batch takes, how many batches are in hand, how
+//! redeliveries are spaced, when a message goes to the dead letters; and the command-line arguments
+//! every worker shares for them.
 
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use crate::backoff::{Backoff, Jitter};
 
 /// Default of `WORKER_CONCURRENCY`: the largest batch a worker takes.
 pub const DEFAULT_CONCURRENCY: usize = 256;
+/// Default of `WORKER_LANES`: batches in hand at once, each of other aggregates.
+pub const DEFAULT_LANES: usize = 4;
 /// Default of `MAX_DELIVERIES`: deliveries of a failing message before it is dead-lettered.
 pub const DEFAULT_MAX_DELIVERIES: i64 = 5;
 
@@ -17,8 +20,10 @@ pub const DEFAULT_MAX_DELIVERIES: i64 = 5;
 pub struct Options {
     /// Deliveries before a message that keeps failing is dead-lettered.
     pub max_deliveries: i64,
-    /// Messages in hand at once by this instance: the largest batch.
+    /// The largest batch.
     pub concurrency: usize,
+    /// Batches in hand at once; the messages of one aggregate all go to the same one, in order.
+    pub lanes: usize,
     /// The event types this worker handles; other messages are acked at once, without a span or a
     /// call of the handler. `None`: every message.
     pub handles: Option<&'static [&'static str]>,
@@ -34,6 +39,7 @@ impl Default for Options {
         Self {
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             concurrency: DEFAULT_CONCURRENCY,
+            lanes: DEFAULT_LANES,
             handles: None,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
@@ -71,10 +77,14 @@ pub struct WorkerArgs {
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = DEFAULT_MAX_DELIVERIES, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_deliveries: i64,
 
-    /// Messages in hand at once by this instance, taken and committed as one batch
-    /// (`WORKER_CONCURRENCY`).
+    /// The largest batch: messages taken and committed together (`WORKER_CONCURRENCY`).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+
+    /// Batches in hand at once (`WORKER_LANES`); every message of an order goes to the same one,
+    /// so an order's messages are still handled one after the other, in stream order.
+    #[arg(long, env = "WORKER_LANES", default_value_t = DEFAULT_LANES as u8, value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub lanes: u8,
 
     /// Time limit of an event store call (and of getting a database connection, for a worker that
     /// has one), in milliseconds (`WORKER_TIMEOUT_MS`).
@@ -116,6 +126,7 @@ impl WorkerArgs {
         Options {
             max_deliveries: self.max_deliveries,
             concurrency: usize::from(self.concurrency),
+            lanes: usize::from(self.lanes),
             ..Options::default()
         }
     }

@@ -327,17 +327,7 @@ async fn a_dependency_outage_longer_than_the_delivery_budget_dead_letters_nothin
     testkit::init_tracing();
     let nats = NatsServer::start().expect("starting nats-server");
     let admin = jetstream::new(connect(&nats.url()).await);
-    for (name, subjects) in [(STREAM, SUBJECTS), ("DEADLETTERS", "DEADLETTERS.>")] {
-        admin
-            .create_stream(stream::Config {
-                name: name.to_owned(),
-                subjects: vec![subjects.to_owned()],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .expect("creating the streams");
-    }
+    streams(&admin).await;
     let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
     let outage_deliveries = 8;
     let outage_victim = envelope(1);
@@ -419,6 +409,132 @@ async fn a_dependency_outage_longer_than_the_delivery_budget_dead_letters_nothin
         serde_json::from_slice(&letter.payload).expect("the original message");
     assert_eq!(body.event_id, poison.event_id);
     assert_eq!(handled.load(Ordering::SeqCst), 1, "handled once");
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), worker)
+        .await
+        .expect("the loop stops")
+        .expect("the loop task")
+        .expect("the loop ends cleanly");
+}
+
+/// Creates the `ORDERS` stream (and `DEADLETTERS`) on a fresh server.
+async fn streams(admin: &jetstream::Context) {
+    for (name, subjects) in [(STREAM, SUBJECTS), ("DEADLETTERS", "DEADLETTERS.>")] {
+        admin
+            .create_stream(stream::Config {
+                name: name.to_owned(),
+                subjects: vec![subjects.to_owned()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .expect("creating the streams");
+    }
+}
+
+fn event_of(aggregate: &str, version: i64) -> EventEnvelope {
+    EventEnvelope {
+        aggregate_id: aggregate.to_owned(),
+        ..envelope(version)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_orders_go_on_while_one_orders_batch_is_in_hand_and_each_order_keeps_its_order() {
+    use std::sync::{Arc, Mutex};
+
+    testkit::init_tracing();
+    let nats = NatsServer::start().expect("starting nats-server");
+    let admin = jetstream::new(connect(&nats.url()).await);
+    streams(&admin).await;
+    let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
+
+    // The slow order's first message is held until `release` says so; every handled message is
+    // recorded as (order, version), in the order the handler finished it.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let handled: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, i64)>();
+    let handler = {
+        let handled = Arc::clone(&handled);
+        move |batch: Vec<Delivery>| {
+            let handled = Arc::clone(&handled);
+            let seen_tx = seen_tx.clone();
+            let mut released = released.clone();
+            async move {
+                // A batch is one transaction in order, as the workers' handlers do it.
+                let mut outcomes = Vec::new();
+                for delivery in batch {
+                    let envelope = &delivery.envelope;
+                    if envelope.aggregate_id == "slow" && envelope.aggregate_version == 1 {
+                        let _ = released.wait_for(|go| *go).await;
+                    }
+                    let key = (envelope.aggregate_id.clone(), envelope.aggregate_version);
+                    handled.lock().expect("lock").push(key.clone());
+                    let _ = seen_tx.send(key);
+                    outcomes.push(Ok(()));
+                }
+                outcomes
+            }
+        }
+    };
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(consumer::run_batches(
+        connect(&nats.url()).await,
+        spec,
+        Options::default(),
+        handler,
+        stop.clone(),
+    ));
+
+    publish(&admin, &event_of("slow", 1)).await;
+    for version in 2..=5 {
+        publish(&admin, &event_of("slow", version)).await;
+    }
+    let others: Vec<String> = (0..16).map(|i| format!("other-{i}")).collect();
+    for other in &others {
+        publish(&admin, &event_of(other, 1)).await;
+    }
+
+    // While the slow order's first message is in hand, other orders are handled...
+    let first = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await;
+    let first = first
+        .expect("another order is handled while the slow one is in hand")
+        .expect("a handled message");
+    assert!(
+        first.0.starts_with("other-"),
+        "the first message handled is another order's, not {first:?}"
+    );
+    // ...but none of the slow order's later messages.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !handled
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(order, _)| order == "slow"),
+        "no message of the slow order is handled before its first: {:?}",
+        handled.lock().expect("lock")
+    );
+
+    release.send(true).expect("the handler listens");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handled.lock().expect("lock").len() < 5 + others.len() {
+        assert!(Instant::now() < deadline, "every message is handled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow: Vec<i64> = handled
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(order, _)| order == "slow")
+        .map(|(_, version)| *version)
+        .collect();
+    assert_eq!(
+        slow,
+        vec![1, 2, 3, 4, 5],
+        "the slow order's messages in stream order"
+    );
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), worker)
