@@ -5,9 +5,10 @@
 //! decision of the batch, then one `CreateEvents` call appends them, each expecting the `created`'s
 //! version. Only an append that conflicts (the customer cancelled first) reads the order's history,
 //! to undo the debit the order never saw. Rejections and cancellations (the compensation) are rarer
-//! and go on the order's history, one at a time per order, different orders' at the same time.
+//! and go on the order's history, one at a time per order, different orders' at the same time and
+//! beside the batch's payments (after them for an order paid in the same batch).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::anyhow;
 use order_domain::{
@@ -39,8 +40,9 @@ pub struct Worker {
 
 impl Worker {
     /// Handles a batch: one outcome per delivery, in order. The `created` messages are paid
-    /// together first, then the rejections and cancellations (one at a time per order): a cancel that follows
-    /// its order's `created` in the same batch finds the payment recorded.
+    /// together while the rejections and cancellations of other orders are compensated (one at a
+    /// time per order, different orders' at the same time); a cancel that follows its order's
+    /// `created` in the same batch waits for the payment, so that it finds it recorded.
     pub async fn handle_batch(&self, deliveries: Vec<Delivery>) -> Vec<Result<(), Failure>> {
         let mut outcomes: Vec<Option<Result<(), Failure>>> =
             deliveries.iter().map(|_| None).collect();
@@ -56,41 +58,63 @@ impl Worker {
                 Err(failure) => outcomes[index] = Some(Err(failure)),
             }
         }
-        if !created.is_empty() {
-            for (index, outcome) in self.pay(&deliveries, created).await {
-                outcomes[index] = Some(outcome);
-            }
-        }
-        // Each order's compensations in batch order; different orders' at the same time, so that
-        // one order's history read does not hold up the others.
-        let orders = per_order(
-            compensations
-                .into_iter()
-                .map(|index| (index, deliveries[index].envelope.aggregate_id.as_str())),
-        );
-        let compensated = futures::future::join_all(orders.into_iter().map(|indices| {
-            let deliveries = &deliveries;
-            async move {
-                let mut done = Vec::with_capacity(indices.len());
-                for index in indices {
-                    let delivery = &deliveries[index];
-                    let outcome = self
-                        .on_rejected_or_cancelled(&delivery.envelope)
-                        .instrument(delivery.span.clone())
-                        .await;
-                    done.push((index, outcome));
-                }
-                done
-            }
-        }))
-        .await;
-        for (index, outcome) in compensated.into_iter().flatten() {
+        let paid_here: HashSet<&str> = created
+            .iter()
+            .map(|(index, _)| deliveries[*index].envelope.aggregate_id.as_str())
+            .collect();
+        let (after_payment, independent): (Vec<usize>, Vec<usize>) =
+            compensations.into_iter().partition(|&index| {
+                paid_here.contains(deliveries[index].envelope.aggregate_id.as_str())
+            });
+        let paying = async {
+            let paid = if created.is_empty() {
+                Vec::new()
+            } else {
+                self.pay(&deliveries, created).await
+            };
+            let compensated = self.compensate(&deliveries, after_payment).await;
+            paid.into_iter().chain(compensated).collect::<Vec<_>>()
+        };
+        let (paid, compensated) =
+            futures::future::join(paying, self.compensate(&deliveries, independent)).await;
+        for (index, outcome) in paid.into_iter().chain(compensated) {
             outcomes[index] = Some(outcome);
         }
         outcomes
             .into_iter()
             .map(|outcome| outcome.unwrap_or(Ok(())))
             .collect()
+    }
+
+    /// Compensates the rejections and cancellations at these places of the batch: each order's in
+    /// batch order, different orders' at the same time, so that one order's history read does not
+    /// hold up the others.
+    async fn compensate(
+        &self,
+        deliveries: &[Delivery],
+        compensations: Vec<usize>,
+    ) -> Vec<(usize, Result<(), Failure>)> {
+        let orders = per_order(
+            compensations
+                .into_iter()
+                .map(|index| (index, deliveries[index].envelope.aggregate_id.as_str())),
+        );
+        futures::future::join_all(orders.into_iter().map(|indices| async move {
+            let mut done = Vec::with_capacity(indices.len());
+            for index in indices {
+                let delivery = &deliveries[index];
+                let outcome = self
+                    .on_rejected_or_cancelled(&delivery.envelope)
+                    .instrument(delivery.span.clone())
+                    .await;
+                done.push((index, outcome));
+            }
+            done
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// Pays the Pending orders of `created` (index in the batch, the order its `created` makes):

@@ -10,8 +10,10 @@ use crate::backoff::{Backoff, Jitter};
 
 /// Default of `WORKER_CONCURRENCY`: the largest batch a worker takes.
 pub const DEFAULT_CONCURRENCY: usize = 256;
-/// Default of `WORKER_LANES`: batches in hand at once, each of other aggregates.
-pub const DEFAULT_LANES: usize = 4;
+/// Default of `WORKER_LANES`: batches in hand at once, each of other aggregates. One on this
+/// project's 2-core machine, where more lanes made smaller batches: more CPU per order and a longer
+/// tail at 500 orders/s (BENCHMARKS.md); more where a batch waits more than it works.
+pub const DEFAULT_LANES: usize = 1;
 /// Default of `MAX_DELIVERIES`: deliveries of a failing message before it is dead-lettered.
 pub const DEFAULT_MAX_DELIVERIES: i64 = 5;
 

@@ -482,7 +482,10 @@ async fn other_orders_go_on_while_one_orders_batch_is_in_hand_and_each_order_kee
     let worker = tokio::spawn(consumer::run_batches(
         connect(&nats.url()).await,
         spec,
-        Options::default(),
+        Options {
+            lanes: 4,
+            ..Options::default()
+        },
         handler,
         stop.clone(),
     ));
