@@ -237,18 +237,11 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_connections_send_small_writes_at_once() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let mut accepted = incoming(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let server_side = accepted
-            .next()
-            .await
-            .expect("a connection")
-            .expect("accepted");
-        assert!(
-            server_side.nodelay().expect("TCP_NODELAY readable"),
-            "Nagle's algorithm is on: a streamed answer's last frame waits for the client's delayed ACK"
-        );
+        testkit::net::assert_accepts_without_nagle(|listener| async {
+            let mut accepted = incoming(listener);
+            let stream = accepted.next().await.expect("a connection");
+            stream.expect("accepted")
+        })
+        .await;
     }
 }

@@ -199,14 +199,10 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_connections_send_small_writes_at_once() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let mut listener = without_nagle(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (server_side, _) = listener.accept().await;
-        assert!(
-            server_side.nodelay().expect("TCP_NODELAY readable"),
-            "Nagle's algorithm is on: an answer written in pieces waits for the client's delayed ACK"
-        );
+        testkit::net::assert_accepts_without_nagle(|listener| async {
+            let (stream, _) = without_nagle(listener).accept().await;
+            stream
+        })
+        .await;
     }
 }

@@ -6,6 +6,7 @@ pub mod host;
 pub mod jetstream;
 mod nats;
 mod nats_cluster;
+pub mod net;
 pub mod patroni;
 mod postgres;
 pub mod procfs;

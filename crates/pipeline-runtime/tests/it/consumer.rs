@@ -216,29 +216,12 @@ async fn the_consumer_loop_pulls_again_when_the_consumers_leader_dies_under_it()
         "the worker reconnected by itself"
     );
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), worker)
-        .await
-        .expect("the loop stops")
-        .expect("the loop task")
-        .expect("the loop ends cleanly");
+    stops_cleanly(&stop, worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_loop_pulls_again_when_a_lone_nats_server_comes_back() {
-    testkit::init_tracing();
-    let mut nats = NatsServer::start().expect("starting nats-server");
-    let admin = jetstream::new(connect(&nats.url()).await);
-    admin
-        .create_stream(stream::Config {
-            name: STREAM.to_owned(),
-            subjects: vec![SUBJECTS.to_owned()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .expect("creating ORDERS");
-    let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
+    let (mut nats, admin, spec) = lone_server().await;
     let worker_client = connect(&nats.url()).await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
@@ -307,12 +290,7 @@ async fn the_consumer_loop_pulls_again_when_a_lone_nats_server_comes_back() {
         );
     }
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), worker)
-        .await
-        .expect("the loop stops")
-        .expect("the loop task")
-        .expect("the loop ends cleanly");
+    stops_cleanly(&stop, worker).await;
 }
 
 /// An outage of a dependency (here: the event store refusing connections) is not the message's
@@ -324,11 +302,7 @@ async fn a_dependency_outage_longer_than_the_delivery_budget_dead_letters_nothin
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, Ordering};
 
-    testkit::init_tracing();
-    let nats = NatsServer::start().expect("starting nats-server");
-    let admin = jetstream::new(connect(&nats.url()).await);
-    streams(&admin).await;
-    let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
+    let (nats, admin, spec) = lone_server().await;
     let outage_deliveries = 8;
     let outage_victim = envelope(1);
     let poison = envelope(1);
@@ -410,12 +384,34 @@ async fn a_dependency_outage_longer_than_the_delivery_budget_dead_letters_nothin
     assert_eq!(body.event_id, poison.event_id);
     assert_eq!(handled.load(Ordering::SeqCst), 1, "handled once");
 
+    stops_cleanly(&stop, worker).await;
+}
+
+/// Stops the loop and waits for it to end cleanly, at most 15 s.
+async fn stops_cleanly(
+    stop: &CancellationToken,
+    worker: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(15), worker)
         .await
         .expect("the loop stops")
         .expect("the loop task")
         .expect("the loop ends cleanly");
+}
+
+/// A fresh nats-server with the streams, a client on it and the consumer spec the tests use.
+async fn lone_server() -> (
+    NatsServer,
+    jetstream::Context,
+    &'static pipeline_runtime::stream::ConsumerSpec,
+) {
+    testkit::init_tracing();
+    let nats = NatsServer::start().expect("starting nats-server");
+    let admin = jetstream::new(connect(&nats.url()).await);
+    streams(&admin).await;
+    let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
+    (nats, admin, spec)
 }
 
 /// Creates the `ORDERS` stream (and `DEADLETTERS`) on a fresh server.
@@ -444,11 +440,7 @@ fn event_of(aggregate: &str, version: i64) -> EventEnvelope {
 async fn other_orders_go_on_while_one_orders_batch_is_in_hand_and_each_order_keeps_its_order() {
     use std::sync::{Arc, Mutex};
 
-    testkit::init_tracing();
-    let nats = NatsServer::start().expect("starting nats-server");
-    let admin = jetstream::new(connect(&nats.url()).await);
-    streams(&admin).await;
-    let spec = pipeline_runtime::stream::consumer(DURABLE).expect("a consumer spec");
+    let (nats, admin, spec) = lone_server().await;
 
     // The slow order's first message is held until `release` says so; every handled message is
     // recorded as (order, version), in the order the handler finished it.
@@ -539,10 +531,5 @@ async fn other_orders_go_on_while_one_orders_batch_is_in_hand_and_each_order_kee
         "the slow order's messages in stream order"
     );
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), worker)
-        .await
-        .expect("the loop stops")
-        .expect("the loop task")
-        .expect("the loop ends cleanly");
+    stops_cleanly(&stop, worker).await;
 }
