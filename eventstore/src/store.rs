@@ -173,14 +173,21 @@ async fn attempt(
                 .collect()
         }
     };
-    let current: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT aggregate_id, MAX(aggregate_version) FROM events \
-         WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
+    // Each aggregate's last version by one backward step in (aggregate_id, aggregate_version), a
+    // plan that does not depend on statistics: before `events` is first analyzed, `= ANY … GROUP
+    // BY` was planned as a bitmap scan over every version (a quarter of the database's statement
+    // time in a saturated run on a fresh database).
+    let current: HashMap<String, i64> = sqlx::query_as::<_, (String, Option<i64>)>(
+        "SELECT t.aggregate_id, \
+                (SELECT e.aggregate_version FROM events e WHERE e.aggregate_id = t.aggregate_id \
+                 ORDER BY e.aggregate_version DESC LIMIT 1) \
+         FROM UNNEST($1::TEXT[]) AS t(aggregate_id)",
     )
     .bind(&aggregates)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
+    .filter_map(|(aggregate, version)| version.map(|version| (aggregate, version)))
     .collect();
 
     let decisions = plan(batch, &existing, &current);
