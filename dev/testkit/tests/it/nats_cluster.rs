@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use testkit::NatsCluster;
 
-use crate::support::port_accepts;
+use crate::support::{assert_cleaned_up_after_a_panic, port_accepts};
 
 /// A client of the whole cluster, as the services connect (every node listed).
 async fn connect(cluster: &NatsCluster) -> jetstream::Context {
@@ -200,16 +200,9 @@ fn dropping_the_cluster_removes_its_folder_and_closes_every_port() {
 
 #[test]
 fn the_cluster_is_cleaned_up_when_a_test_panics() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let outcome = std::thread::spawn(move || {
+    assert_cleaned_up_after_a_panic(|| {
         let cluster = NatsCluster::start().expect("starting the cluster");
-        tx.send((cluster.dir().to_path_buf(), cluster.port(0)))
-            .expect("sending the folder");
-        panic!("the test failed");
-    })
-    .join();
-    assert!(outcome.is_err());
-    let (dir, port) = rx.recv().expect("the folder and port");
-    assert!(!dir.exists(), "{} is still there", dir.display());
-    assert!(!port_accepts(port));
+        let (dir, port) = (cluster.dir().to_path_buf(), cluster.port(0));
+        (Box::new(cluster), dir, port)
+    });
 }
