@@ -1,7 +1,8 @@
 //! SQL of the event store: the group-commit append transaction and the reads.
 //!
-//! Only SQL that CockroachDB and PostgreSQL both accept: `= ANY($1)`, multi-array `UNNEST`,
-//! `ON CONFLICT DO NOTHING`, `FOR UPDATE SKIP LOCKED`.
+//! Only SQL that CockroachDB and PostgreSQL both document: `= ANY($1)`, multi-array `UNNEST`,
+//! `ON CONFLICT DO NOTHING`, `FOR UPDATE SKIP LOCKED`, an `INSERT … RETURNING` in `WITH`, a
+//! correlated subquery with `LIMIT` (the last two are new and not yet run on CockroachDB).
 
 use std::collections::{BTreeMap, HashMap};
 
