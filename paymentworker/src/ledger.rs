@@ -67,11 +67,18 @@ pub struct ToSettle {
 /// decision twice.
 ///
 /// Guards (the transaction runs at READ COMMITTED, see [`db::begin_guarded`]):
-/// - the wallets of the batch are locked `FOR UPDATE` in `customer_id` order, so their balances
-///   are read and written by one batch at a time and two batches cannot deadlock;
+/// - the wallets of the batch are created if missing and locked in `customer_id` order by one
+///   upsert (`ON CONFLICT DO UPDATE`, which locks the latest committed row and returns its
+///   balance), so their balances are read and written by one batch at a time and two batches
+///   cannot deadlock;
 /// - `payments.order_id` is the primary key and the insert is `ON CONFLICT DO NOTHING`: a payment
-///   another instance recorded after our read makes the insert count short, and the batch is rolled
-///   back and decided again (the recorded decision is then read, not made twice).
+///   recorded before (a redelivery) or by another instance after our read makes the insert count
+///   short, and the batch is rolled back and decided again with the recorded decisions read first
+///   (they are then returned, not made twice).
+///
+/// The first round does not read recorded payments: a batch is almost always new, and its
+/// transaction is then four round trips (begin, lock wallets, debit and record, commit). Only a
+/// short insert count sends it the careful way.
 // Debug level: a batch serves many orders, so it belongs to none of their traces (each
 // message's CONSUMER span is in its order's trace).
 #[tracing::instrument(name = "paymentsdb settle_batch", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "paymentsdb", batch.size = batch.len()))]
@@ -81,13 +88,15 @@ pub async fn settle_batch(
     initial_credit: Money,
 ) -> Result<Vec<Result<Decision, LedgerError>>, LedgerError> {
     for round in 1..=MAX_ROUNDS {
-        if let Some(decisions) = db::retry(|| try_settle_batch(pool, batch, initial_credit)).await?
+        let read_recorded = round > 1;
+        if let Some(decisions) =
+            db::retry(|| try_settle_batch(pool, batch, initial_credit, read_recorded)).await?
         {
             return Ok(decisions);
         }
         tracing::debug!(
             round,
-            "another instance recorded a payment of this batch; deciding again"
+            "a payment of this batch is recorded already; deciding again"
         );
     }
     Err(LedgerError::Sql(sqlx::Error::Protocol(
@@ -95,22 +104,26 @@ pub async fn settle_batch(
     )))
 }
 
-/// One attempt at [`settle_batch`]; `None` when another instance won a race for one of its rows.
+/// One attempt at [`settle_batch`]; `None` when a payment of the batch was recorded already (by
+/// an earlier delivery when `read_recorded` is false, else by another instance meanwhile).
 async fn try_settle_batch(
     pool: &PgPool,
     batch: &[ToSettle],
     initial_credit: Money,
+    read_recorded: bool,
 ) -> Result<Option<Vec<Result<Decision, LedgerError>>>, sqlx::Error> {
     let mut tx = db::begin_guarded(pool).await?;
-    let ids: Vec<Uuid> = batch.iter().map(|s| s.order.order_id).collect();
     let mut decided: HashMap<Uuid, Result<Decision, LedgerError>> = HashMap::new();
-    let recorded: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT order_id, status FROM payments WHERE order_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-    for (order_id, recorded) in recorded {
-        decided.insert(order_id, recorded_decision(order_id, &recorded));
+    if read_recorded {
+        let ids: Vec<Uuid> = batch.iter().map(|s| s.order.order_id).collect();
+        let recorded: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT order_id, status FROM payments WHERE order_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        for (order_id, recorded) in recorded {
+            decided.insert(order_id, recorded_decision(order_id, &recorded));
+        }
     }
     // The orders to decide now, each once, in batch order.
     let mut new: Vec<&ToSettle> = Vec::new();
@@ -127,24 +140,7 @@ async fn try_settle_batch(
         let mut customers: Vec<&str> = new.iter().map(|s| s.order.customer_id.as_str()).collect();
         customers.sort_unstable();
         customers.dedup();
-        sqlx::query(
-            "INSERT INTO wallets (customer_id, balance, created_at, updated_at) \
-             SELECT c, $2, now(), now() FROM UNNEST($1::TEXT[]) AS t(c) \
-             ON CONFLICT (customer_id) DO NOTHING",
-        )
-        .bind(&customers)
-        .bind(initial_credit.as_decimal())
-        .execute(&mut *tx)
-        .await?;
-        let mut balances: BTreeMap<String, Decimal> = sqlx::query_as::<_, (String, Decimal)>(
-            "SELECT customer_id, balance FROM wallets WHERE customer_id = ANY($1) \
-             ORDER BY customer_id FOR UPDATE",
-        )
-        .bind(&customers)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let mut balances = lock_wallets(&mut tx, &customers, initial_credit).await?;
         let mut changed: BTreeMap<String, Decimal> = BTreeMap::new();
         let mut rows = PaymentRows::default();
         for settle in &new {
@@ -168,19 +164,7 @@ async fn try_settle_batch(
                 }),
             );
         }
-        if !changed.is_empty() {
-            let (customers, balances): (Vec<String>, Vec<Decimal>) = changed.into_iter().unzip();
-            sqlx::query(
-                "UPDATE wallets SET balance = t.balance, updated_at = now() \
-                 FROM UNNEST($1::TEXT[], $2::DECIMAL[]) AS t(customer_id, balance) \
-                 WHERE wallets.customer_id = t.customer_id",
-            )
-            .bind(&customers)
-            .bind(&balances)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let inserted = rows.insert(&mut tx).await?;
+        let inserted = rows.insert_debiting(&mut tx, changed).await?;
         if inserted < new.len() {
             tx.rollback().await?;
             return Ok(None);
@@ -200,6 +184,29 @@ async fn try_settle_batch(
             })
             .collect(),
     ))
+}
+
+/// Creates the missing wallets of `customers` (sorted, distinct) with `initial_credit`, locks
+/// them all until the transaction ends, in `customer_id` order, and returns their balances, in one
+/// statement. `ON CONFLICT DO UPDATE` (a no-op update) locks the latest committed version of an
+/// existing wallet, even one committed after this statement's snapshot, and returns that version:
+/// `DO NOTHING` followed by `SELECT … FOR UPDATE` would take two round trips for the same.
+async fn lock_wallets(
+    tx: &mut Transaction<'_, Postgres>,
+    customers: &[&str],
+    initial_credit: Money,
+) -> Result<BTreeMap<String, Decimal>, sqlx::Error> {
+    let balances = sqlx::query_as::<_, (String, Decimal)>(
+        "INSERT INTO wallets (customer_id, balance, created_at, updated_at) \
+         SELECT c, $2, now(), now() FROM UNNEST($1::TEXT[]) AS t(c) ORDER BY c \
+         ON CONFLICT (customer_id) DO UPDATE SET balance = wallets.balance \
+         RETURNING customer_id, balance",
+    )
+    .bind(customers)
+    .bind(initial_credit.as_decimal())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(balances.into_iter().collect())
 }
 
 /// The decision a recorded payment status stands for.
@@ -242,10 +249,20 @@ impl PaymentRows {
             .push(debited.then_some(settle.debit_event_id));
     }
 
-    /// Inserts the rows that are not there yet; returns how many were new.
-    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<usize, sqlx::Error> {
+    /// Sets the `changed` wallets' balances and inserts the rows that are not there yet, in one
+    /// statement; returns how many rows were new.
+    async fn insert_debiting(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        changed: BTreeMap<String, Decimal>,
+    ) -> Result<usize, sqlx::Error> {
+        let (wallets, balances): (Vec<String>, Vec<Decimal>) = changed.into_iter().unzip();
         let inserted = sqlx::query(
-            "INSERT INTO payments (order_id, payment_id, customer_id, amount, status, \
+            "WITH debit AS ( \
+                 UPDATE wallets SET balance = w.balance, updated_at = now() \
+                 FROM UNNEST($7::TEXT[], $8::DECIMAL[]) AS w(customer_id, balance) \
+                 WHERE wallets.customer_id = w.customer_id) \
+             INSERT INTO payments (order_id, payment_id, customer_id, amount, status, \
                                    debit_event_id, created_at, updated_at) \
              SELECT t.order_id, t.payment_id, t.customer_id, t.amount, t.status, t.debit_event_id, \
                     now(), now() \
@@ -259,6 +276,8 @@ impl PaymentRows {
         .bind(&self.amounts)
         .bind(&self.statuses)
         .bind(&self.debit_event_ids)
+        .bind(&wallets)
+        .bind(&balances)
         .execute(&mut **tx)
         .await?
         .rows_affected();

@@ -1,7 +1,8 @@
 //! paymentworker against a real PostgreSQL, nats-server and event store: debits, failures,
-//! refunds, redeliveries, lost races, dead letters and restarts.
+//! refunds, redeliveries, lost races, dead letters and restarts; and the ledger alone.
 
 mod harness;
+mod ledger;
 mod payments;
 
 use harness::{Running, Stack};
