@@ -136,7 +136,15 @@ where
             max_batch,
         )
     }));
-    let dispatching = dispatch(&client, &js, spec, max_batch, senders, &stop);
+    let dispatching = dispatch(
+        &client,
+        &js,
+        spec,
+        max_batch,
+        options.handles,
+        senders,
+        &stop,
+    );
     futures::future::join(dispatching, working).await;
     Ok(())
 }
@@ -172,12 +180,15 @@ fn lane_of(aggregate_id: &str, lanes: usize) -> usize {
 }
 
 /// Pulls from `spec`'s durable consumer until `stop` is cancelled and hands each message to its
-/// lane, waiting when the lane is full. Binds again (and pulls again) after losing the consumer.
+/// lane, waiting when the lane is full; acks at once, undecoded, a message whose subject names a
+/// type the worker does not handle (`handles`), so that it never takes a place in a batch. Binds
+/// again (and pulls again) after losing the consumer.
 async fn dispatch(
     client: &async_nats::Client,
     js: &jetstream::Context,
     spec: &ConsumerSpec,
     max_batch: usize,
+    handles: Option<&[&str]>,
     lanes: Vec<mpsc::Sender<Incoming>>,
     stop: &CancellationToken,
 ) {
@@ -258,6 +269,10 @@ async fn dispatch(
                     }
                 };
                 lost = 0;
+                if !handled(handles, &message.subject) {
+                    ack(&message).await;
+                    continue;
+                }
                 let incoming = Incoming::new(message);
                 let lane = &lanes[incoming.lane(lanes.len())];
                 tokio::select! {
@@ -335,6 +350,19 @@ async fn pull(
         .heartbeat(PULL_HEARTBEAT)
         .messages()
         .await
+}
+
+/// Whether a message on `subject` may be of a type in `handles` (`None`: every type). Only a
+/// subject of the stream that names another type (`ORDERS.<type>`) is not; the handler's check of
+/// the decoded type stays for the rest.
+fn handled(handles: Option<&[&str]>, subject: &str) -> bool {
+    let Some(handles) = handles else {
+        return true;
+    };
+    subject
+        .strip_prefix(STREAM)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_none_or(|event_type| handles.contains(&event_type))
 }
 
 /// Waits `delay`, then until `client` is connected.
@@ -504,4 +532,22 @@ fn consume_span(
         aggregate.version = envelope.aggregate_version,
         delivered,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handled;
+
+    #[test]
+    fn only_a_stream_subject_naming_another_type_is_not_handled() {
+        let handles: &[&str] = &["created", "cancelled"];
+        assert!(handled(Some(handles), "ORDERS.created"));
+        assert!(handled(Some(handles), "ORDERS.cancelled"));
+        assert!(!handled(Some(handles), "ORDERS.approved"));
+        assert!(!handled(Some(handles), "ORDERS.createdx"));
+        // Not a subject of the stream's form: decoded, and judged by its type.
+        assert!(handled(Some(handles), "ORDERS"));
+        assert!(handled(Some(handles), "OTHER.approved"));
+        assert!(handled(None, "ORDERS.approved"));
+    }
 }

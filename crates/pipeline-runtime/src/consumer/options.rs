@@ -26,8 +26,10 @@ pub struct Options {
     pub concurrency: usize,
     /// Batches in hand at once; the messages of one aggregate all go to the same one, in order.
     pub lanes: usize,
-    /// The event types this worker handles; other messages are acked at once, without a span or a
-    /// call of the handler. `None`: every message.
+    /// The event types this worker handles. A message on the subject of another type is acked
+    /// as it arrives, undecoded, and takes no place in a batch; one that is only found to be of
+    /// another type once decoded is acked without a span or a call of the handler. `None`: every
+    /// message.
     pub handles: Option<&'static [&'static str]>,
     /// Delay of the first `nak`; doubled on each delivery, up to `max_delay`.
     pub base_delay: Duration,

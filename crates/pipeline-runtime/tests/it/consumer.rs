@@ -533,3 +533,123 @@ async fn other_orders_go_on_while_one_orders_batch_is_in_hand_and_each_order_kee
 
     stops_cleanly(&stop, worker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_types_the_worker_does_not_handle_are_acked_as_they_arrive_undecoded() {
+    use std::sync::{Arc, Mutex};
+
+    let (nats, admin, spec) = lone_server().await;
+    let (release, released) = tokio::sync::watch::channel(false);
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |batch: Vec<Delivery>| {
+            let seen = Arc::clone(&seen);
+            let mut released = released.clone();
+            async move {
+                for delivery in &batch {
+                    seen.lock().expect("lock").push(delivery.subject.clone());
+                }
+                // The batch is held until the test lets it go.
+                let _ = released.wait_for(|go| *go).await;
+                batch.iter().map(|_| Ok(())).collect::<Vec<_>>()
+            }
+        }
+    };
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(consumer::run_batches(
+        connect(&nats.url()).await,
+        spec,
+        Options {
+            handles: Some(&["created"]),
+            ..Options::default()
+        },
+        handler,
+        stop.clone(),
+    ));
+
+    publish(&admin, &envelope(1)).await;
+    let approved = EventEnvelope {
+        event_type: "approved".to_owned(),
+        ..envelope(2)
+    };
+    for body in [
+        serde_json::to_vec(&approved).expect("JSON"),
+        b"not an event".to_vec(),
+    ] {
+        admin
+            .publish("ORDERS.approved", body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    // Expected: while the `created` batch is in hand, both `approved` messages (one of them not
+    // even JSON) are acked without the handler and without a dead letter: only the held message
+    // waits for its ack.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut consumer: PullConsumer = admin
+            .get_stream(STREAM)
+            .await
+            .expect("stream")
+            .get_consumer(DURABLE)
+            .await
+            .expect("consumer");
+        let info = consumer.info().await.expect("consumer info");
+        if info.num_pending == 0 && info.num_ack_pending == 1 && info.ack_floor.stream_sequence == 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other types' messages are acked while the batch is in hand: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        vec!["ORDERS.created".to_owned()]
+    );
+    let dead = admin
+        .get_stream("DEADLETTERS")
+        .await
+        .expect("dead letters")
+        .info()
+        .await
+        .expect("dead letters info")
+        .state
+        .messages;
+    assert_eq!(
+        dead, 0,
+        "another type's undecodable message is not ours to dead-letter"
+    );
+
+    release.send(true).expect("the handler listens");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut consumer: PullConsumer = admin
+            .get_stream(STREAM)
+            .await
+            .expect("stream")
+            .get_consumer(DURABLE)
+            .await
+            .expect("consumer");
+        if consumer
+            .info()
+            .await
+            .expect("consumer info")
+            .num_ack_pending
+            == 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held message is acked once let go"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stops_cleanly(&stop, worker).await;
+}
