@@ -2,7 +2,8 @@
 //!
 //! Only SQL that CockroachDB and PostgreSQL both document: `= ANY($1)`, multi-array `UNNEST`,
 //! `ON CONFLICT DO NOTHING`, `FOR UPDATE SKIP LOCKED`, an `INSERT … RETURNING` in `WITH`, a
-//! correlated subquery with `LIMIT` (the last two are new and not yet run on CockroachDB).
+//! correlated subquery with `LIMIT`, `bool_and` (the last three are new and not yet run on
+//! CockroachDB).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -127,57 +128,159 @@ pub struct Committed {
 /// between our reads and our insert: nothing was committed and the batch should be planned again.
 ///
 /// Most batches are new events at the versions their callers expect: those commit on the fast path,
-/// which does not read for duplicates (the insert's `ON CONFLICT` finds them). Anything else, and a
-/// fast path whose insert came up short, goes the careful way, which reads the batch's ids first so
-/// that a repeated event is answered as the duplicate it is rather than as a conflict.
+/// one statement in its own transaction ([`insert_as_expected`]). Anything else, and a fast path
+/// that inserted nothing, goes the careful way, a transaction that reads the batch's ids and
+/// versions first, so that a repeated event is answered as the duplicate it is rather than as a
+/// conflict.
 pub async fn try_append(
     pool: &PgPool,
     batch: &[EventToStore],
 ) -> Result<Option<Committed>, sqlx::Error> {
-    if let Some(committed) = attempt(pool, batch, Reads::VersionsOnly).await? {
+    if let Some(plain) = as_expected(batch)
+        && let Some(committed) = insert_as_expected(pool, batch, &plain).await?
+    {
         return Ok(Some(committed));
     }
-    attempt(pool, batch, Reads::IdsAndVersions).await
+    careful(pool, batch).await
 }
 
-/// What an attempt reads before it plans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reads {
-    /// The aggregates' versions only: the attempt commits only if every event is a plain insert.
-    VersionsOnly,
-    /// The stored events with the batch's ids too: every outcome is decided.
-    IdsAndVersions,
+/// A batch that is a plain run of new events: what it expects and the versions it would get.
+#[derive(Debug, PartialEq)]
+struct AsExpected<'a> {
+    /// Each aggregate of the batch once, with the version its first event expects.
+    aggregates: Vec<&'a str>,
+    expected: Vec<i64>,
+    /// The version of each event of the batch, in order.
+    versions: Vec<i64>,
 }
 
-async fn attempt(
+/// The batch as a plain run of new events: each aggregate's first event expects the version found
+/// (it stands for the aggregate), and every later event of the aggregate in the batch expects the
+/// version the one before it makes. `None` when the batch itself conflicts or repeats an event:
+/// only the careful way answers those.
+fn as_expected(batch: &[EventToStore]) -> Option<AsExpected<'_>> {
+    let mut aggregates = Vec::new();
+    let mut expected = Vec::new();
+    let mut assumed: HashMap<String, i64> = HashMap::new();
+    for event in batch {
+        if !assumed.contains_key(&event.aggregate_id) {
+            assumed.insert(event.aggregate_id.clone(), event.expected_version);
+            aggregates.push(event.aggregate_id.as_str());
+            expected.push(event.expected_version);
+        }
+    }
+    let versions = plan(batch, &HashMap::new(), &assumed)
+        .into_iter()
+        .map(|decision| match decision {
+            Decision::Insert { version } => Some(version),
+            Decision::Done(_) => None,
+        })
+        .collect::<Option<Vec<i64>>>()?;
+    Some(AsExpected {
+        aggregates,
+        expected,
+        versions,
+    })
+}
+
+/// The fast path: inserts the batch (events and outbox rows) at the versions it expects, in one
+/// statement that is its own transaction (one round trip, no `BEGIN` or `COMMIT` of ours), only if
+/// every aggregate is at its expected version; all or nothing. `None` when nothing was inserted: an
+/// aggregate was elsewhere (a conflict, or a repeat of a stored event), or a concurrent writer's
+/// row made the insert fail on a unique key (the statement then wrote nothing).
+///
+/// The check and the insert are one statement, so they share a snapshot: a writer that commits
+/// the same key after it is caught by the unique keys, since this insert has no `ON CONFLICT`.
+async fn insert_as_expected(
     pool: &PgPool,
     batch: &[EventToStore],
-    reads: Reads,
+    plain: &AsExpected<'_>,
 ) -> Result<Option<Committed>, sqlx::Error> {
+    let rows: Vec<(&EventToStore, i64)> =
+        batch.iter().zip(plain.versions.iter().copied()).collect();
+    let columns = Columns::of(&rows);
+    let inserted: Result<Vec<OffsetDateTime>, sqlx::Error> = sqlx::query_scalar(
+        "WITH due AS ( \
+             SELECT bool_and(COALESCE( \
+                 (SELECT e.aggregate_version FROM events e WHERE e.aggregate_id = a.aggregate_id \
+                  ORDER BY e.aggregate_version DESC LIMIT 1), 0) = a.expected) AS ok \
+             FROM UNNEST($9::TEXT[], $10::INT8[]) AS a(aggregate_id, expected)), \
+         inserted AS ( \
+             INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
+                                 event_data, stream, metadata, created_at) \
+             SELECT t.id, t.ty, t.agg, t.agg_ty, t.ver, t.data::JSONB, t.stream, t.meta::JSONB, now() \
+             FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INT8[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) \
+                  AS t(id, ty, agg, agg_ty, ver, data, stream, meta) \
+             WHERE (SELECT ok FROM due) \
+             RETURNING event_id, aggregate_id, aggregate_version, created_at), \
+         outboxed AS ( \
+             INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
+             SELECT event_id, aggregate_id, aggregate_version, created_at FROM inserted) \
+         SELECT created_at FROM inserted",
+    )
+    .bind(&columns.ids)
+    .bind(&columns.types)
+    .bind(&columns.aggregate_ids)
+    .bind(&columns.aggregate_types)
+    .bind(&columns.versions)
+    .bind(&columns.data)
+    .bind(&columns.streams)
+    .bind(&columns.metadata)
+    .bind(&plain.aggregates)
+    .bind(&plain.expected)
+    .fetch_all(pool)
+    .await;
+    let inserted = match inserted {
+        Ok(inserted) => inserted,
+        Err(err) if is_unique_violation(&err) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    if inserted.len() < rows.len() {
+        // All or nothing: the check failed, so nothing was inserted.
+        return Ok(None);
+    }
+    Ok(Some(Committed {
+        outcomes: rows
+            .iter()
+            .map(|(_, version)| {
+                Ok(StoredAt {
+                    version: *version,
+                    duplicate: false,
+                })
+            })
+            .collect(),
+        created_at: inserted.first().copied(),
+    }))
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|err| err.code())
+        .is_some_and(|code| code == pipeline_runtime::db::UNIQUE_VIOLATION)
+}
+
+/// The careful way: one transaction that reads the stored events with the batch's ids and each
+/// aggregate's version, plans every outcome, and inserts what is new.
+async fn careful(pool: &PgPool, batch: &[EventToStore]) -> Result<Option<Committed>, sqlx::Error> {
     // READ COMMITTED: the reads only plan; the keys decide. `event_id` and (aggregate_id,
     // aggregate_version) are unique and the insert is ON CONFLICT DO NOTHING, so a writer that
-    // slipped in between our reads and our insert (or, on the fast path, an event stored before)
-    // makes the insert count short, and the attempt is rolled back.
+    // slipped in between our reads and our insert makes the insert count short, and the attempt is
+    // rolled back.
     let mut tx = pipeline_runtime::db::begin_guarded(pool).await?;
     let mut aggregates: Vec<&str> = batch.iter().map(|e| e.aggregate_id.as_str()).collect();
     aggregates.sort_unstable();
     aggregates.dedup();
 
-    let existing: HashMap<Uuid, StoredEvent> = match reads {
-        Reads::VersionsOnly => HashMap::new(),
-        Reads::IdsAndVersions => {
-            let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
-            events_by_ids(&mut *tx, &ids)
-                .await?
-                .into_iter()
-                .map(|e| (e.event_id, e))
-                .collect()
-        }
-    };
+    let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+    let existing: HashMap<Uuid, StoredEvent> = events_by_ids(&mut *tx, &ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id, e))
+        .collect();
     // Each aggregate's last version by one backward step in (aggregate_id, aggregate_version), a
     // plan that does not depend on statistics: before `events` is first analyzed, `= ANY … GROUP
     // BY` was planned as a bitmap scan over every version (a quarter of the database's statement
-    // time in a saturated run on a fresh database).
+    // time in a saturated run on a fresh database). The fast path reads it the same way.
     let current: HashMap<String, i64> = sqlx::query_as::<_, (String, Option<i64>)>(
         "SELECT t.aggregate_id, \
                 (SELECT e.aggregate_version FROM events e WHERE e.aggregate_id = t.aggregate_id \
@@ -200,11 +303,6 @@ async fn attempt(
             Decision::Done(_) => None,
         })
         .collect();
-    if reads == Reads::VersionsOnly && inserts.len() < batch.len() {
-        // A conflict may be a repeat of a stored event: only the careful way can tell.
-        tx.rollback().await?;
-        return Ok(None);
-    }
     let mut created_at = None;
     if !inserts.is_empty() {
         let (inserted, at) = insert(&mut tx, &inserts).await?;
@@ -230,26 +328,46 @@ async fn attempt(
     }))
 }
 
+/// The columns of rows to insert, one array each, for `UNNEST`.
+struct Columns<'a> {
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    aggregate_ids: Vec<&'a str>,
+    aggregate_types: Vec<&'a str>,
+    versions: Vec<i64>,
+    data: Vec<String>,
+    streams: Vec<&'a str>,
+    metadata: Vec<String>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &[(&'a EventToStore, i64)]) -> Self {
+        Columns {
+            ids: rows.iter().map(|(e, _)| e.event_id).collect(),
+            types: rows.iter().map(|(e, _)| e.event_type.as_str()).collect(),
+            aggregate_ids: rows.iter().map(|(e, _)| e.aggregate_id.as_str()).collect(),
+            aggregate_types: rows
+                .iter()
+                .map(|(e, _)| e.aggregate_type.as_str())
+                .collect(),
+            versions: rows.iter().map(|(_, v)| *v).collect(),
+            data: rows.iter().map(|(e, _)| e.event_data.to_string()).collect(),
+            streams: rows.iter().map(|(e, _)| e.stream.as_str()).collect(),
+            metadata: rows
+                .iter()
+                .map(|(e, _)| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
+                .collect(),
+        }
+    }
+}
+
 /// Inserts events and their outbox rows; returns how many events were new and their `created_at`
 /// (one value: `now()` is the transaction's start time), which the relay publishes from memory.
 async fn insert(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[(&EventToStore, i64)],
 ) -> Result<(usize, Option<OffsetDateTime>), sqlx::Error> {
-    let ids: Vec<Uuid> = rows.iter().map(|(e, _)| e.event_id).collect();
-    let types: Vec<&str> = rows.iter().map(|(e, _)| e.event_type.as_str()).collect();
-    let aggregate_ids: Vec<&str> = rows.iter().map(|(e, _)| e.aggregate_id.as_str()).collect();
-    let aggregate_types: Vec<&str> = rows
-        .iter()
-        .map(|(e, _)| e.aggregate_type.as_str())
-        .collect();
-    let versions: Vec<i64> = rows.iter().map(|(_, v)| *v).collect();
-    let data: Vec<String> = rows.iter().map(|(e, _)| e.event_data.to_string()).collect();
-    let streams: Vec<&str> = rows.iter().map(|(e, _)| e.stream.as_str()).collect();
-    let metadata: Vec<String> = rows
-        .iter()
-        .map(|(e, _)| serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into()))
-        .collect();
+    let columns = Columns::of(rows);
     // ON CONFLICT DO NOTHING covers both keys: the event id (a replay, or a racing original) and
     // (aggregate_id, aggregate_version) (a writer racing us). Fewer rows back means a race was lost.
     // The outbox rows are those of the events inserted, in the same statement (one round trip).
@@ -267,14 +385,14 @@ async fn insert(
              SELECT event_id, aggregate_id, aggregate_version, created_at FROM inserted) \
          SELECT created_at FROM inserted",
     )
-    .bind(&ids)
-    .bind(&types)
-    .bind(&aggregate_ids)
-    .bind(&aggregate_types)
-    .bind(&versions)
-    .bind(&data)
-    .bind(&streams)
-    .bind(&metadata)
+    .bind(&columns.ids)
+    .bind(&columns.types)
+    .bind(&columns.aggregate_ids)
+    .bind(&columns.aggregate_types)
+    .bind(&columns.versions)
+    .bind(&columns.data)
+    .bind(&columns.streams)
+    .bind(&columns.metadata)
     .fetch_all(&mut **tx)
     .await?;
     let created_at = inserted.first().copied();
@@ -386,6 +504,34 @@ mod tests {
             metadata: BTreeMap::new(),
             created_at: OffsetDateTime::UNIX_EPOCH,
         }
+    }
+
+    #[test]
+    fn a_plain_run_of_new_events_expects_each_aggregates_first_expectation() {
+        let batch = [
+            new_event("a", 3),
+            new_event("b", 0),
+            new_event("a", 4),
+            new_event("a", 5),
+        ];
+        assert_eq!(
+            as_expected(&batch),
+            Some(AsExpected {
+                aggregates: vec!["a", "b"],
+                expected: vec![3, 0],
+                versions: vec![4, 1, 5, 6],
+            })
+        );
+    }
+
+    #[test]
+    fn a_batch_that_conflicts_or_repeats_itself_is_not_a_plain_run() {
+        // The second event of `a` expects the version the first one makes no more.
+        assert_eq!(as_expected(&[new_event("a", 3), new_event("a", 3)]), None);
+        assert_eq!(as_expected(&[new_event("a", 3), new_event("a", 7)]), None);
+        // The same event twice: the careful way answers the second as a duplicate.
+        let event = new_event("a", 0);
+        assert_eq!(as_expected(&[event.clone(), event]), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A TCP proxy in front of PostgreSQL that can break connections at the worst moment: right after
-//! the server received a `COMMIT`, before the client hears whether it committed (an ambiguous
-//! commit, as a failover or a network fault leaves it), or in the middle of any other query.
+//! the server received a `COMMIT` (or ran a statement that is its own transaction), before the
+//! client hears whether it committed (an ambiguous commit, as a failover or a network fault leaves
+//! it), or in the middle of any other query.
 //!
 //! The proxy reads the frontend side of the PostgreSQL wire protocol message by message (the
 //! untyped startup packets first, then type byte + length + body) and copies the backend side as
@@ -8,6 +9,7 @@
 //! swallows the answer and closes both sockets: the server did the work, the client sees its
 //! connection end.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +53,9 @@ struct Trigger {
     /// Upper-case text the query (`Q` simple query, `P` Parse) must contain, or be.
     text: String,
     whole: bool,
+    /// Trigger on the `Bind` that executes a matching statement (prepared by an earlier `Parse` of
+    /// the connection, maybe before the trigger was armed), not on its `Parse`.
+    on_execution: bool,
     /// Cut this many matching messages, then forward again.
     remaining: usize,
 }
@@ -111,10 +116,24 @@ impl CutProxy {
         self.arm_trigger(contains, false, times);
     }
 
+    /// Cuts the connection that next executes a prepared statement containing `contains` (any
+    /// case), once, after the server answered the execution: for a statement that is its own
+    /// transaction, after it committed. (A statement's `Parse`, answered before it runs, is
+    /// what [`CutProxy::arm`] cuts.)
+    pub fn arm_execution(&self, contains: &str) {
+        *lock(&self.shared.armed) = Some(Trigger {
+            text: contains.to_ascii_uppercase(),
+            whole: false,
+            on_execution: true,
+            remaining: 1,
+        });
+    }
+
     fn arm_trigger(&self, text: &str, whole: bool, times: usize) {
         *lock(&self.shared.armed) = Some(Trigger {
             text: text.to_ascii_uppercase(),
             whole,
+            on_execution: false,
             remaining: times,
         });
     }
@@ -207,6 +226,8 @@ async fn frontend(
     let mut started = false;
     // A matching Parse runs at the next Sync: the cut waits for it.
     let mut cut_at_sync = false;
+    // The text of each statement this connection prepared, by name.
+    let mut statements: HashMap<Vec<u8>, String> = HashMap::new();
     loop {
         let Ok(message) = read_frontend_message(&mut client, started).await else {
             return;
@@ -217,7 +238,7 @@ async fn frontend(
             link.started.store(started, Ordering::SeqCst);
         }
         let kind = if started { message[0] } else { 0 };
-        if started && takes_trigger(shared, &message) {
+        if started && takes_trigger(shared, &message, &mut statements) {
             cut_at_sync = true;
         }
         let answered = link.answered.notified();
@@ -328,29 +349,60 @@ async fn read_frontend_message(
 }
 
 /// Whether `message` (a typed frontend message) matches the armed trigger; counts it down if so.
-fn takes_trigger(shared: &Shared, message: &[u8]) -> bool {
+/// Notes the text of each statement the connection prepares in `statements`.
+fn takes_trigger(
+    shared: &Shared,
+    message: &[u8],
+    statements: &mut HashMap<Vec<u8>, String>,
+) -> bool {
     let Some((&kind, body)) = message.split_first() else {
         return false;
     };
-    // Simple query: the text follows the length. Parse: statement name, then the text.
-    let text = match kind {
-        b'Q' => body.get(4..),
-        b'P' => body.get(4..).and_then(|rest| {
-            let name_end = rest.iter().position(|&b| b == 0)?;
-            rest.get(name_end + 1..)
-        }),
-        _ => None,
+    // A NUL-terminated string at the start of `bytes`, and what follows its NUL.
+    let string = |bytes: &[u8]| -> Option<(Vec<u8>, usize)> {
+        let end = bytes.iter().position(|&b| b == 0)?;
+        Some((bytes[..end].to_vec(), end + 1))
+    };
+    // Simple query: the text follows the length. Parse: statement name, then the text. Bind:
+    // portal name, then the name of the statement it executes.
+    let (text, execution) = match kind {
+        b'Q' => (body.get(4..).and_then(string).map(|(text, _)| text), false),
+        b'P' => {
+            let parsed = body.get(4..).and_then(|rest| {
+                let (name, at) = string(rest)?;
+                let (text, _) = string(rest.get(at..)?)?;
+                Some((name, text))
+            });
+            let Some((name, text)) = parsed else {
+                return false;
+            };
+            statements.insert(name, String::from_utf8_lossy(&text).to_ascii_uppercase());
+            (Some(text), false)
+        }
+        b'B' => {
+            let statement = body.get(4..).and_then(|rest| {
+                let (_, at) = string(rest)?;
+                let (statement, _) = string(rest.get(at..)?)?;
+                Some(statement)
+            });
+            let text = statement
+                .and_then(|statement| statements.get(&statement))
+                .map(|text| text.as_bytes().to_vec());
+            (text, true)
+        }
+        _ => (None, false),
     };
     let Some(text) = text else {
         return false;
     };
-    // The text ends at its NUL; a Parse's parameter types follow it.
-    let text = text.split(|&b| b == 0).next().unwrap_or_default();
-    let text = String::from_utf8_lossy(text).to_ascii_uppercase();
+    let text = String::from_utf8_lossy(&text).to_ascii_uppercase();
     let mut armed = lock(&shared.armed);
     let Some(trigger) = armed.as_mut() else {
         return false;
     };
+    if trigger.on_execution != execution {
+        return false;
+    }
     let matches = if trigger.whole {
         text.trim().trim_end_matches(';').trim_end() == trigger.text
     } else {

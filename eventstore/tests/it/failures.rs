@@ -127,6 +127,9 @@ async fn a_graceful_stop_ends_followed_streams_and_publishes_what_was_committed(
 /// store cannot know, so it answers UNAVAILABLE (it does not retry by itself: the database may be
 /// gone for seconds, and the client's deadline is the client's), and the client's retry with the
 /// same event id finds the event and gets its version back: one event, one publish.
+///
+/// This is the fast path, where the append is one statement and its own transaction: the cut
+/// comes after the server answered that statement.
 #[tokio::test]
 async fn an_append_whose_commit_was_cut_is_unavailable_and_its_retry_finds_it_committed() {
     let stack = Stack::start().await;
@@ -139,38 +142,95 @@ async fn an_append_whose_commit_was_cut_is_unavailable_and_its_retry_finds_it_co
     .await;
     let mut client = instance.client();
     let aggregate = Uuid::new_v4().to_string();
-    append(&mut client, event(&aggregate, "created", json!({})), 0)
+
+    // The fast path: the execution of its one statement.
+    proxy.arm_execution("INSERT INTO outbox");
+    let pending = event(&aggregate, "created", json!({}));
+    let status = append(&mut client, pending.clone(), 0)
+        .await
+        .expect_err("the answer to the append's statement was cut");
+    assert_eq!(proxy.cuts(), 1, "the append's statement was cut");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let retry = append(&mut client, pending.clone(), 0)
+        .await
+        .expect("the retry succeeds");
+    assert_eq!(
+        retry.aggregate_version, 1,
+        "the version of the first commit"
+    );
+    assert!(retry.duplicate, "the first attempt had committed");
+    assert_committed_once(&stack, &aggregate, &pending, 1).await;
+}
+
+/// The same on the careful path (a batch that repeats a stored event goes that way): the cut comes
+/// after the server answered the transaction's `COMMIT`.
+#[tokio::test]
+async fn a_careful_append_whose_commit_was_cut_is_unavailable_and_its_retry_finds_it_committed() {
+    let stack = Stack::start().await;
+    let proxy = testkit::CutProxy::to_port(stack.postgres.port())
+        .await
+        .expect("proxy");
+    let instance = crate::harness::Instance::start(
+        stack.config_with_database(&proxy.url_for(&stack.database_url)),
+    )
+    .await;
+    let mut client = instance.client();
+    let aggregate = Uuid::new_v4().to_string();
+    let created = event(&aggregate, "created", json!({}));
+    append(&mut client, created.clone(), 0)
         .await
         .expect("append");
 
     proxy.arm_commit();
     let pending = event(&aggregate, "approved", json!({}));
-    let status = append(&mut client, pending.clone(), 1)
+    let batch = vec![(created.clone(), 0), (pending.clone(), 1)];
+    let cut = crate::harness::append_all(&mut client, batch.clone())
         .await
-        .expect_err("the commit's answer was cut");
+        .expect("the call answers, one outcome per event");
     assert_eq!(proxy.cuts(), 1, "the append's COMMIT was cut");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let codes: Vec<i32> = cut.iter().map(|o| o.code).collect();
+    assert_eq!(codes, vec![Code::Unavailable as i32; 2], "{cut:?}");
 
-    let retry = append(&mut client, pending.clone(), 1)
+    let retry = crate::harness::append_all(&mut client, batch)
         .await
         .expect("the retry succeeds");
+    let versions: Vec<(i32, i64, bool)> = retry
+        .iter()
+        .map(|o| (o.code, o.aggregate_version, o.duplicate))
+        .collect();
     assert_eq!(
-        retry.aggregate_version, 2,
-        "the version of the first commit"
+        versions,
+        vec![(Code::Ok as i32, 1, true), (Code::Ok as i32, 2, true)],
+        "both found committed, at their versions"
     );
-    assert!(retry.duplicate, "the first attempt had committed");
+    assert_committed_once(&stack, &aggregate, &pending, 2).await;
+}
 
+/// The aggregate holds `count` events, the outbox drains, and `pending` was published once.
+async fn assert_committed_once(
+    stack: &Stack,
+    aggregate: &str,
+    pending: &eventstore_proto::Event,
+    count: u64,
+) {
     let pool = stack.pool().await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
-        .bind(&aggregate)
+        .bind(aggregate)
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(rows, 2, "created and approved, once each");
+    assert_eq!(u64::try_from(rows).ok(), Some(count), "each event once");
     // The relay never heard of the cut commit; its sweep publishes the outbox row, once.
     stack.wait_for_empty_outbox(Duration::from_secs(10)).await;
-    stack.wait_for_stream_count(2, Duration::from_secs(5)).await;
+    stack
+        .wait_for_stream_count(count, Duration::from_secs(5))
+        .await;
     let published = crate::outbox::msg_id_counts(&stack.stream_messages().await);
     assert_eq!(published.get(&pending.event_id), Some(&1), "{published:?}");
-    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(
+        u64::try_from(published.len()).ok(),
+        Some(count),
+        "{published:?}"
+    );
 }

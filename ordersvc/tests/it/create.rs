@@ -242,12 +242,13 @@ async fn an_idempotency_key_makes_a_retry_answer_the_same_order_without_a_second
 async fn a_post_whose_event_commit_was_cut_is_a_503_and_its_retry_answers_the_one_order() {
     let stack = Stack::start_with_eventstore_cut().await;
     let proxy = stack.eventstore_cut.as_ref().expect("the cut proxy");
-    // The event store commits the created event; neither it nor ordersvc hears that it did.
-    proxy.arm_commit();
+    // The event store commits the created event (its append's one statement, its own transaction);
+    // neither it nor ordersvc hears that it did.
+    proxy.arm_execution("INSERT INTO outbox");
     let first = stack
         .call(post_with_key("/api/orders", "order-77", REFERENCE_BODY))
         .await;
-    assert_eq!(proxy.cuts(), 1, "the event store's COMMIT was cut");
+    assert_eq!(proxy.cuts(), 1, "the event store's append was cut");
     assert_eq!(
         first.status,
         StatusCode::SERVICE_UNAVAILABLE,
