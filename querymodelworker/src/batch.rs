@@ -2,20 +2,29 @@
 //!
 //! The batch does what [`Projector::project`] does one event at a time, with a handful of
 //! statements for the whole batch: it locks the batch's rows, folds each order's due events in
-//! memory with the domain, and writes every new row, every item and every changed row with one
+//! memory with the domain, and writes every new row with its items and every changed row with one
 //! statement each. What the fold cannot settle alone (a gap before a delivered event, an event the
 //! state machine refuses) and rows another instance changed first leave the batch and take the
 //! per-message path after the commit, which fills gaps from the event store and refuses.
 //!
+//! Rows are read only when the batch cannot know them: a new order has none, and an order this
+//! instance wrote last is folded onto what it wrote ([`Written`]). A batch that reads nothing and
+//! writes with one statement is that one statement, its own transaction: one round trip.
+//!
 //! No SERIALIZABLE is needed on PostgreSQL; each race is caught by its own guard:
-//! - `SELECT … FOR UPDATE` locks every existing row of the batch until the commit, so no other
+//! - `SELECT … FOR UPDATE` locks every existing row the batch reads until the commit, so no other
 //!   writer changes an order between our read and our write. The rows are locked in `order_id`
-//!   order (and new rows inserted in that order), so two batches cannot deadlock.
+//!   order (and new rows inserted in that order), so two batches that read cannot deadlock. Two
+//!   that did not (copies of the same events at two instances at once) may: PostgreSQL then fails
+//!   one, and its events take the per-message path.
 //! - `ON CONFLICT (order_id) DO NOTHING` on the insert: a row that did not exist when we read (so
-//!   nothing was locked) but that another instance inserted since is left alone; that order is
-//!   projected again, per message, after the commit. Its items are inserted only with its row.
+//!   nothing was locked), or that we did not read (a new order's `created` delivered again), is
+//!   left alone; that order is projected again, per message, after the commit. Its items are
+//!   inserted only with its row.
 //! - `orders.version = t.stored` in the update: a row we did not see at that version is not
-//!   written (redundant with the lock on PostgreSQL; the guard on an engine that does not lock).
+//!   written. For a row we read and locked it is redundant on PostgreSQL (the guard on an engine
+//!   that does not lock); for a row folded from what this instance wrote last it is the guard: a
+//!   row another instance moved on is never moved back.
 //!
 //! At SERIALIZABLE (CockroachDB, the tests) the same races may instead abort the transaction with
 //! a serialization failure; [`db::retry`] runs it again from the start.
@@ -109,7 +118,7 @@ impl Projector {
         let later = if size == 0 {
             HashSet::new()
         } else {
-            match db::retry(|| transaction(self.pool(), &orders, size)).await {
+            match db::retry(|| transaction(self.pool(), self.written(), &orders, size)).await {
                 Ok(settled) => {
                     for (index, outcome) in settled.outcomes {
                         results[index] = Some(Ok(outcome));
@@ -152,25 +161,51 @@ impl Projector {
 }
 
 /// One transaction for the whole batch: lock, fold in memory, write with one statement per table.
+///
+/// Rows the batch can fold onto without reading them are not read: a new order's (its first event
+/// is `created`), and one this instance wrote last at the version just before the batch's first
+/// event of it ([`Written`]). When no row has to be read and one statement writes the batch, that
+/// statement is the transaction (one round trip); otherwise the reads and writes share one.
 // Debug level: a batch serves many orders, so it belongs to none of their traces (each
 // message's CONSUMER span is in its order's trace).
 #[tracing::instrument(name = "ordersdb project_batch", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.namespace = "ordersdb", db.collection.name = "orders", batch.size = size))]
 async fn transaction(
     pool: &PgPool,
+    written: &Written,
     orders: &BTreeMap<Uuid, Vec<Event>>,
     size: usize,
 ) -> Result<Settled, sqlx::Error> {
+    let mut known: HashMap<Uuid, Option<Order>> = HashMap::new();
+    let mut unknown: Vec<Uuid> = Vec::new();
+    for (&order_id, events) in orders {
+        let first = events.first().map_or(1, |event| event.decoded.version());
+        if first == 1 {
+            known.insert(order_id, None);
+        } else if let Some(order) = written.at(order_id, first - 1) {
+            known.insert(order_id, Some(order));
+        } else {
+            unknown.push(order_id);
+        }
+    }
     // READ COMMITTED (see the guards above): no serialization failures between batches that only
     // share index pages.
-    let mut tx = db::begin_guarded(pool).await?;
-    let ids: Vec<Uuid> = orders.keys().copied().collect();
-    let mut stored = load_all(&mut tx, &ids).await?;
+    let mut tx = None;
+    let mut stored = HashMap::new();
+    if !unknown.is_empty() {
+        let mut opened = db::begin_guarded(pool).await?;
+        stored = load_all(&mut opened, &unknown).await?;
+        tx = Some(opened);
+    }
 
     let mut settled = Settled::default();
     let mut inserts = Vec::new();
     let mut updates = Vec::new();
     for (&order_id, events) in orders {
-        let plan = plan(order_id, stored.remove(&order_id), events);
+        let current = match known.remove(&order_id) {
+            Some(known) => known,
+            None => stored.remove(&order_id),
+        };
+        let plan = plan(order_id, current, events);
         settled.outcomes.extend(plan.settled);
         settled.later.extend(plan.later);
         match plan.write {
@@ -179,23 +214,99 @@ async fn transaction(
             None => {}
         }
     }
-    let inserted = insert_all(&mut tx, &inserts).await?;
-    let updated = update_all(&mut tx, &updates).await?;
-    tx.commit().await?;
+    // Two statements are one transaction, so that the batch is written whole or not at all.
+    if tx.is_none() && !inserts.is_empty() && !updates.is_empty() {
+        tx = Some(db::begin_guarded(pool).await?);
+    }
+    let (inserted, updated) = match tx {
+        Some(mut tx) => {
+            let inserted = insert_all(&mut *tx, &inserts).await?;
+            let updated = update_all(&mut *tx, &updates).await?;
+            tx.commit().await?;
+            (inserted, updated)
+        }
+        None => (
+            insert_all(pool, &inserts).await?,
+            update_all(pool, &updates).await?,
+        ),
+    };
 
+    let mut remembered = Vec::new();
+    let mut forgotten: Vec<Uuid> = orders
+        .iter()
+        .filter(|(_, events)| {
+            events
+                .iter()
+                .any(|event| settled.later.contains(&event.index))
+        })
+        .map(|(order_id, _)| *order_id)
+        .collect();
     for (writes, written) in [(inserts, inserted), (updates, updated)] {
         for write in writes {
             if written.contains(&write.order.order_id) {
                 settled.outcomes.extend(write.outcomes);
+                let mut order = write.order;
+                order.version = write.version;
+                remembered.push(order);
             } else {
                 tracing::debug!(order.id = %write.order.order_id, "row changed by another instance; projecting its events one by one");
+                forgotten.push(write.order.order_id);
                 settled
                     .later
                     .extend(write.outcomes.into_iter().map(|(index, _)| index));
             }
         }
     }
+    written.forget(&forgotten);
+    written.remember(remembered);
     Ok(settled)
+}
+
+/// The orders this instance wrote last, by id, at the version it wrote: a batch folds an order's
+/// next events onto it without reading (and locking) the row. A row that moved on meanwhile
+/// (another instance, a rebuild) is not at that version, so the update's version guard leaves it
+/// alone and its events take the per-message path. Bounded: cleared when full (a forgotten order
+/// costs one read).
+#[derive(Default)]
+pub(crate) struct Written {
+    orders: std::sync::Mutex<HashMap<Uuid, Order>>,
+}
+
+/// Orders [`Written`] remembers at most.
+const WRITTEN_CAPACITY: usize = 100_000;
+
+impl Written {
+    /// The order as this instance wrote it, if it wrote it last at `version`.
+    fn at(&self, order_id: Uuid, version: i64) -> Option<Order> {
+        self.lock()
+            .get(&order_id)
+            .filter(|order| order.version == version)
+            .cloned()
+    }
+
+    fn remember(&self, orders: Vec<Order>) {
+        let mut remembered = self.lock();
+        if remembered.len() + orders.len() > WRITTEN_CAPACITY {
+            remembered.clear();
+        }
+        for order in orders {
+            remembered.insert(order.order_id, order);
+        }
+    }
+
+    fn forget(&self, order_ids: &[Uuid]) {
+        let mut remembered = self.lock();
+        for order_id in order_ids {
+            remembered.remove(order_id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Order>> {
+        // Held only for a map operation: a panic cannot leave an order half-written.
+        self.orders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The batch's stored orders, locked until the transaction ends, in `order_id` order.
@@ -274,9 +385,10 @@ fn plan(order_id: Uuid, current: Option<Order>, events: &[Event]) -> Plan<'_> {
     }
 }
 
-/// Inserts the new rows, then the items of those that were inserted; the ids inserted.
-async fn insert_all(
-    tx: &mut Transaction<'static, Postgres>,
+/// Inserts the new rows and the items of those that were inserted, in one statement; the ids
+/// inserted.
+async fn insert_all<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
     writes: &[Write<'_>],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     if writes.is_empty() {
@@ -312,14 +424,39 @@ async fn insert_all(
         created_ons.push(order.created_on);
         updated_ats.push(write.updated_at);
     }
+    let mut item_orders = Vec::new();
+    let mut line_nos = Vec::new();
+    let mut codes = Vec::new();
+    let mut names = Vec::new();
+    let mut unit_prices = Vec::new();
+    let mut quantities = Vec::new();
+    // Every new row's items; the statement keeps those of the rows it inserted.
+    for write in writes {
+        for (line_no, item) in (1i64..).zip(&write.order.items) {
+            item_orders.push(write.order.order_id);
+            line_nos.push(line_no);
+            codes.push(item.code.as_str());
+            names.push(item.name.as_str());
+            unit_prices.push(item.unit_price.as_decimal());
+            quantities.push(i64::from(item.quantity));
+        }
+    }
     let inserted: Vec<(Uuid,)> = sqlx::query_as(
-        "INSERT INTO orders (order_id, customer_id, restaurant_id, status, amount, refunded, version,
-                             reason, trace_id, payment_id, created_on, updated_at)
-         SELECT * FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::DECIMAL[],
-                              $6::BOOL[], $7::INT8[], $8::TEXT[], $9::TEXT[], $10::UUID[],
-                              $11::TIMESTAMPTZ[], $12::TIMESTAMPTZ[])
-         ON CONFLICT (order_id) DO NOTHING
-         RETURNING order_id",
+        "WITH inserted AS (
+             INSERT INTO orders (order_id, customer_id, restaurant_id, status, amount, refunded,
+                                 version, reason, trace_id, payment_id, created_on, updated_at)
+             SELECT * FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::DECIMAL[],
+                                  $6::BOOL[], $7::INT8[], $8::TEXT[], $9::TEXT[], $10::UUID[],
+                                  $11::TIMESTAMPTZ[], $12::TIMESTAMPTZ[])
+             ON CONFLICT (order_id) DO NOTHING
+             RETURNING order_id),
+         items AS (
+             INSERT INTO order_items (order_id, line_no, code, name, unit_price, quantity)
+             SELECT * FROM UNNEST($13::UUID[], $14::INT8[], $15::TEXT[], $16::TEXT[],
+                                  $17::DECIMAL[], $18::INT8[])
+                  AS i(order_id, line_no, code, name, unit_price, quantity)
+             WHERE i.order_id IN (SELECT order_id FROM inserted))
+         SELECT order_id FROM inserted",
     )
     .bind(&ids)
     .bind(&customers)
@@ -333,50 +470,20 @@ async fn insert_all(
     .bind(&payment_ids)
     .bind(&created_ons)
     .bind(&updated_ats)
-    .fetch_all(&mut **tx)
+    .bind(&item_orders)
+    .bind(&line_nos)
+    .bind(&codes)
+    .bind(&names)
+    .bind(&unit_prices)
+    .bind(&quantities)
+    .fetch_all(executor)
     .await?;
-    let inserted: HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
-
-    let mut item_orders = Vec::new();
-    let mut line_nos = Vec::new();
-    let mut codes = Vec::new();
-    let mut names = Vec::new();
-    let mut unit_prices = Vec::new();
-    let mut quantities = Vec::new();
-    for write in writes
-        .iter()
-        .filter(|w| inserted.contains(&w.order.order_id))
-    {
-        for (line_no, item) in (1i64..).zip(&write.order.items) {
-            item_orders.push(write.order.order_id);
-            line_nos.push(line_no);
-            codes.push(item.code.as_str());
-            names.push(item.name.as_str());
-            unit_prices.push(item.unit_price.as_decimal());
-            quantities.push(i64::from(item.quantity));
-        }
-    }
-    if !item_orders.is_empty() {
-        sqlx::query(
-            "INSERT INTO order_items (order_id, line_no, code, name, unit_price, quantity)
-             SELECT * FROM UNNEST($1::UUID[], $2::INT8[], $3::TEXT[], $4::TEXT[], $5::DECIMAL[],
-                                  $6::INT8[])",
-        )
-        .bind(&item_orders)
-        .bind(&line_nos)
-        .bind(&codes)
-        .bind(&names)
-        .bind(&unit_prices)
-        .bind(&quantities)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(inserted)
+    Ok(inserted.into_iter().map(|(id,)| id).collect())
 }
 
 /// Moves each row from its stored version to its new one; the ids updated.
-async fn update_all(
-    tx: &mut Transaction<'static, Postgres>,
+async fn update_all<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
     writes: &[Write<'_>],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     if writes.is_empty() {
@@ -420,7 +527,7 @@ async fn update_all(
     .bind(&payment_ids)
     .bind(&versions)
     .bind(&updated_ats)
-    .fetch_all(&mut **tx)
+    .fetch_all(executor)
     .await?;
     Ok(updated.into_iter().map(|(id,)| id).collect())
 }

@@ -22,6 +22,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::batch::Written;
 use crate::trace;
 
 /// How many times a projection starts over after losing a race or fetching a gap, before it gives
@@ -180,15 +181,25 @@ enum Step {
 pub struct Projector {
     pool: PgPool,
     events: EventStoreClient,
+    written: Arc<Written>,
 }
 
 impl Projector {
     pub fn new(pool: PgPool, events: EventStoreClient) -> Self {
-        Self { pool, events }
+        Self {
+            pool,
+            events,
+            written: Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The orders this instance's batches wrote last (see [`Written`]).
+    pub(crate) fn written(&self) -> &Written {
+        &self.written
     }
 
     pub fn event_store(&self) -> &EventStoreClient {

@@ -356,3 +356,40 @@ async fn a_batch_against_an_unreachable_database_is_an_outage_for_each_of_its_ev
         }
     }
 }
+
+#[tokio::test]
+async fn a_row_another_instance_moved_on_is_never_moved_back_onto_this_instances_state() {
+    let stack = Stack::start().await;
+    let order = created();
+    let events = history(
+        &stack,
+        &order,
+        &[
+            OrderEvent::Created(order.clone()),
+            debited(&order),
+            approved(&order),
+        ],
+    )
+    .await;
+    // This instance writes the new row (version 1) and remembers it; another instance then
+    // projects the next two events.
+    let ours = Projector::new(stack.orders.clone(), stack.store.clone());
+    let theirs = Projector::new(stack.orders.clone(), stack.store.clone());
+    let first = ours.project_batch(vec![events[0].clone()]).await;
+    assert!(
+        matches!(first[0], Ok(Outcome::Applied { from: 0, to: 1 })),
+        "{first:?}"
+    );
+    let later = theirs.project_batch(events[1..].to_vec()).await;
+    assert!(later.iter().all(Result::is_ok), "{later:?}");
+
+    // Expected: a late copy of version 2 reaching this instance, which remembers the order at
+    // version 1, is a duplicate; the row stays Approved at version 3.
+    let copy = ours.project_batch(vec![events[1].clone()]).await;
+    assert!(
+        matches!(copy[0], Ok(Outcome::Duplicate { stored: 3 })),
+        "{copy:?}"
+    );
+    let row = stack.row(order.order_id).await.expect("the row");
+    assert_eq!((row.status.as_str(), row.version), ("Approved", 3));
+}
