@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryScalar;
 use sqlx::{PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -16,6 +18,29 @@ use crate::model::{EventToStore, StoredAt, StoredEvent};
 
 const EVENT_COLUMNS: &str = "event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
      stream, event_data::TEXT AS event_data, metadata::TEXT AS metadata, created_at";
+
+/// The common tail of both inserts: the events of `$1`–`$8` (one array per column, see [`Columns`])
+/// with `$clause` (the fast path's check, the careful way's `ON CONFLICT`), and the outbox rows of
+/// those inserted, in the same statement; it returns their `created_at`.
+macro_rules! events_and_outbox {
+    ($clause:literal) => {
+        concat!(
+            "inserted AS ( \
+                 INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, \
+                                     aggregate_version, event_data, stream, metadata, created_at) \
+                 SELECT t.id, t.ty, t.agg, t.agg_ty, t.ver, t.data::JSONB, t.stream, t.meta::JSONB, now() \
+                 FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INT8[], $6::TEXT[], \
+                             $7::TEXT[], $8::TEXT[]) \
+                      AS t(id, ty, agg, agg_ty, ver, data, stream, meta) ",
+            $clause,
+            " RETURNING event_id, aggregate_id, aggregate_version, created_at), \
+             outboxed AS ( \
+                 INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
+                 SELECT event_id, aggregate_id, aggregate_version, created_at FROM inserted) \
+             SELECT created_at FROM inserted"
+        )
+    };
+}
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
@@ -199,35 +224,17 @@ async fn insert_as_expected(
     let rows: Vec<(&EventToStore, i64)> =
         batch.iter().zip(plain.versions.iter().copied()).collect();
     let columns = Columns::of(&rows);
-    let inserted: Result<Vec<OffsetDateTime>, sqlx::Error> = sqlx::query_scalar(
-        "WITH due AS ( \
-             SELECT bool_and(COALESCE( \
-                 (SELECT e.aggregate_version FROM events e WHERE e.aggregate_id = a.aggregate_id \
-                  ORDER BY e.aggregate_version DESC LIMIT 1), 0) = a.expected) AS ok \
-             FROM UNNEST($9::TEXT[], $10::INT8[]) AS a(aggregate_id, expected)), \
-         inserted AS ( \
-             INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
-                                 event_data, stream, metadata, created_at) \
-             SELECT t.id, t.ty, t.agg, t.agg_ty, t.ver, t.data::JSONB, t.stream, t.meta::JSONB, now() \
-             FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INT8[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) \
-                  AS t(id, ty, agg, agg_ty, ver, data, stream, meta) \
-             WHERE (SELECT ok FROM due) \
-             RETURNING event_id, aggregate_id, aggregate_version, created_at), \
-         outboxed AS ( \
-             INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
-             SELECT event_id, aggregate_id, aggregate_version, created_at FROM inserted) \
-         SELECT created_at FROM inserted",
-    )
-    .bind(&columns.ids)
-    .bind(&columns.types)
-    .bind(&columns.aggregate_ids)
-    .bind(&columns.aggregate_types)
-    .bind(&columns.versions)
-    .bind(&columns.data)
-    .bind(&columns.streams)
-    .bind(&columns.metadata)
-    .bind(&plain.aggregates)
-    .bind(&plain.expected)
+    let inserted: Result<Vec<OffsetDateTime>, sqlx::Error> = columns
+        .bind(sqlx::query_scalar(concat!(
+            "WITH due AS ( \
+                 SELECT bool_and(COALESCE( \
+                     (SELECT e.aggregate_version FROM events e WHERE e.aggregate_id = a.aggregate_id \
+                      ORDER BY e.aggregate_version DESC LIMIT 1), 0) = a.expected) AS ok \
+                 FROM UNNEST($9::TEXT[], $10::INT8[]) AS a(aggregate_id, expected)), ",
+            events_and_outbox!("WHERE (SELECT ok FROM due)")
+        )))
+        .bind(&plain.aggregates)
+        .bind(&plain.expected)
     .fetch_all(pool)
     .await;
     let inserted = match inserted {
@@ -341,6 +348,22 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// Binds the columns as `$1`–`$8` of [`events_and_outbox!`].
+    fn bind<'q, O>(
+        &'q self,
+        query: QueryScalar<'q, Postgres, O, PgArguments>,
+    ) -> QueryScalar<'q, Postgres, O, PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.aggregate_ids)
+            .bind(&self.aggregate_types)
+            .bind(&self.versions)
+            .bind(&self.data)
+            .bind(&self.streams)
+            .bind(&self.metadata)
+    }
+
     fn of(rows: &[(&'a EventToStore, i64)]) -> Self {
         Columns {
             ids: rows.iter().map(|(e, _)| e.event_id).collect(),
@@ -371,30 +394,13 @@ async fn insert(
     // ON CONFLICT DO NOTHING covers both keys: the event id (a replay, or a racing original) and
     // (aggregate_id, aggregate_version) (a writer racing us). Fewer rows back means a race was lost.
     // The outbox rows are those of the events inserted, in the same statement (one round trip).
-    let inserted: Vec<OffsetDateTime> = sqlx::query_scalar(
-        "WITH inserted AS ( \
-             INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
-                                 event_data, stream, metadata, created_at) \
-             SELECT t.id, t.ty, t.agg, t.agg_ty, t.ver, t.data::JSONB, t.stream, t.meta::JSONB, now() \
-             FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::INT8[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) \
-                  AS t(id, ty, agg, agg_ty, ver, data, stream, meta) \
-             ON CONFLICT DO NOTHING \
-             RETURNING event_id, aggregate_id, aggregate_version, created_at), \
-         outboxed AS ( \
-             INSERT INTO outbox (event_id, aggregate_id, aggregate_version, created_at) \
-             SELECT event_id, aggregate_id, aggregate_version, created_at FROM inserted) \
-         SELECT created_at FROM inserted",
-    )
-    .bind(&columns.ids)
-    .bind(&columns.types)
-    .bind(&columns.aggregate_ids)
-    .bind(&columns.aggregate_types)
-    .bind(&columns.versions)
-    .bind(&columns.data)
-    .bind(&columns.streams)
-    .bind(&columns.metadata)
-    .fetch_all(&mut **tx)
-    .await?;
+    let inserted: Vec<OffsetDateTime> = columns
+        .bind(sqlx::query_scalar(concat!(
+            "WITH ",
+            events_and_outbox!("ON CONFLICT DO NOTHING")
+        )))
+        .fetch_all(&mut **tx)
+        .await?;
     let created_at = inserted.first().copied();
     let inserted = inserted.len();
     Ok((inserted, created_at))

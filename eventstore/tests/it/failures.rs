@@ -133,13 +133,7 @@ async fn a_graceful_stop_ends_followed_streams_and_publishes_what_was_committed(
 #[tokio::test]
 async fn an_append_whose_commit_was_cut_is_unavailable_and_its_retry_finds_it_committed() {
     let stack = Stack::start().await;
-    let proxy = testkit::CutProxy::to_port(stack.postgres.port())
-        .await
-        .expect("proxy");
-    let instance = crate::harness::Instance::start(
-        stack.config_with_database(&proxy.url_for(&stack.database_url)),
-    )
-    .await;
+    let (proxy, instance) = behind_cut_proxy(&stack).await;
     let mut client = instance.client();
     let aggregate = Uuid::new_v4().to_string();
 
@@ -168,13 +162,7 @@ async fn an_append_whose_commit_was_cut_is_unavailable_and_its_retry_finds_it_co
 #[tokio::test]
 async fn a_careful_append_whose_commit_was_cut_is_unavailable_and_its_retry_finds_it_committed() {
     let stack = Stack::start().await;
-    let proxy = testkit::CutProxy::to_port(stack.postgres.port())
-        .await
-        .expect("proxy");
-    let instance = crate::harness::Instance::start(
-        stack.config_with_database(&proxy.url_for(&stack.database_url)),
-    )
-    .await;
+    let (proxy, instance) = behind_cut_proxy(&stack).await;
     let mut client = instance.client();
     let aggregate = Uuid::new_v4().to_string();
     let created = event(&aggregate, "created", json!({}));
@@ -205,6 +193,18 @@ async fn a_careful_append_whose_commit_was_cut_is_unavailable_and_its_retry_find
         "both found committed, at their versions"
     );
     assert_committed_once(&stack, &aggregate, &pending, 2).await;
+}
+
+/// An event store whose connections to the database go through a [`testkit::CutProxy`].
+async fn behind_cut_proxy(stack: &Stack) -> (testkit::CutProxy, crate::harness::Instance) {
+    let proxy = testkit::CutProxy::to_port(stack.postgres.port())
+        .await
+        .expect("proxy");
+    let instance = crate::harness::Instance::start(
+        stack.config_with_database(&proxy.url_for(&stack.database_url)),
+    )
+    .await;
+    (proxy, instance)
 }
 
 /// The aggregate holds `count` events, the outbox drains, and `pending` was published once.

