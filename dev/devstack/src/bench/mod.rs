@@ -17,6 +17,10 @@
 //!    appends/s, CreateEvent latency, CPU of the event store, PostgreSQL and nats-server per 1000
 //!    appends, commits per append, and how long the relay takes to empty the outbox ([`append`]).
 //!
+//! Before each saturated and steady step every database is vacuumed and analyzed and the server
+//! checkpointed, so that a set of binaries measured second does not pay for the dead rows and
+//! missing statistics the first one left.
+//!
 //! `--only` picks among steps 2-5 (pgbench always runs: the other figures are read against it).
 //!
 //! With `--baseline-bin DIR` (the binaries of another build, e.g. the previous commit's), steps 2,
@@ -445,6 +449,32 @@ impl Bench {
             .replacen("/?", &format!("/{database}?"), 1)
     }
 
+    /// Puts every step on the same footing: the set of binaries measured second would otherwise
+    /// find the tables the first one filled, with its dead rows (the outbox's, the read model's
+    /// old versions) and, until autovacuum comes by, without statistics; whichever set ran second
+    /// carried 12–17 % fewer orders/s (BENCHMARKS, 2026-12-07 16:41 UTC). Every database is
+    /// vacuumed and analyzed and the server checkpointed, before the step's clock starts.
+    async fn level(&self) -> anyhow::Result<()> {
+        for database in ["eventstoredb", "paymentsdb", "ordersdb"] {
+            let url = self.database_url(database);
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            sqlx::query("VACUUM (ANALYZE)")
+                .execute(&pool)
+                .await
+                .with_context(|| format!("VACUUM of {database}"))?;
+            pool.close().await;
+        }
+        sqlx::query("CHECKPOINT")
+            .execute(&self.postgres)
+            .await
+            .context("CHECKPOINT")?;
+        Ok(())
+    }
+
     async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
     }
@@ -523,6 +553,7 @@ impl Bench {
             self.profile(),
             self.duration.as_secs()
         ));
+        self.level().await?;
         let before = self.snapshot().await?;
         let created_before = self.created().await?;
         let finals_before = self.finals().await?;
@@ -584,6 +615,7 @@ impl Bench {
             self.profile(),
             self.duration.as_secs()
         ));
+        self.level().await?;
         let report = self
             .load(&[
                 "--rate".into(),
