@@ -8,6 +8,56 @@ use uuid::Uuid;
 
 use crate::harness::{Stack, append, event};
 
+/// Two instances, so two appenders, racing on one version again and again: each of their one-event
+/// batches takes the fast path, and when the two statements overlap the loser's fails on the
+/// unique (aggregate, version) key; it must still be told of the conflict, not of a failure.
+#[tokio::test]
+async fn two_instances_racing_on_one_version_leave_one_winner_and_one_conflict_each_time() {
+    let stack = Stack::start().await;
+    // At READ COMMITTED, PostgreSQL's default (the test server's is SERIALIZABLE, which reports
+    // the same race as a serialization failure, retried): the loser sees the unique violation.
+    let read_committed = format!(
+        "{}&options=-c%20default_transaction_isolation%3Dread%5C%20committed",
+        stack.database_url
+    );
+    let (first, second) = (
+        crate::harness::Instance::start(stack.config_with_database(&read_committed)).await,
+        crate::harness::Instance::start(stack.config_with_database(&read_committed)).await,
+    );
+    for round in 0..40 {
+        let aggregate = Uuid::new_v4().to_string();
+        append(
+            &mut first.client(),
+            event(&aggregate, "created", json!({})),
+            0,
+        )
+        .await
+        .expect("created");
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let race = [first.client(), second.client()].map(|mut client| {
+            let aggregate = aggregate.clone();
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                start.wait().await;
+                append(&mut client, event(&aggregate, "approved", json!({})), 1).await
+            })
+        });
+        let mut codes: Vec<Code> = Vec::new();
+        for outcome in futures::future::join_all(race).await {
+            codes.push(match outcome.expect("task") {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            });
+        }
+        codes.sort_by_key(|code| *code as i32);
+        assert_eq!(
+            codes,
+            [Code::Ok, Code::FailedPrecondition],
+            "round {round}: one winner, one conflict"
+        );
+    }
+}
+
 #[tokio::test]
 async fn sixteen_writers_on_one_version_leave_exactly_one_winner_and_no_gap() {
     let stack = Stack::start().await;
