@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use pipeline_runtime::db;
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryScalar;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -18,6 +19,20 @@ use crate::model::{EventToStore, StoredAt, StoredEvent};
 
 const EVENT_COLUMNS: &str = "event_id, event_type, aggregate_id, aggregate_type, aggregate_version, \
      stream, event_data::TEXT AS event_data, metadata::TEXT AS metadata, created_at";
+
+/// The last version of the aggregate `$aggregate` names (an SQL expression), NULL for none: one
+/// backward step in (aggregate_id, aggregate_version), a plan that does not depend on statistics.
+/// Before `events` is first analyzed, `= ANY … GROUP BY` was planned as a bitmap scan over every
+/// version (a quarter of the database's statement time in a saturated run on a fresh database).
+macro_rules! last_version {
+    ($aggregate:literal) => {
+        concat!(
+            "(SELECT e.aggregate_version FROM events e WHERE e.aggregate_id = ",
+            $aggregate,
+            " ORDER BY e.aggregate_version DESC LIMIT 1)"
+        )
+    };
+}
 
 /// The common tail of both inserts: the events of `$1`–`$8` (one array per column, see [`Columns`])
 /// with `$clause` (the fast path's check, the careful way's `ON CONFLICT`), and the outbox rows of
@@ -226,20 +241,19 @@ async fn insert_as_expected(
     let columns = Columns::of(&rows);
     let inserted: Result<Vec<OffsetDateTime>, sqlx::Error> = columns
         .bind(sqlx::query_scalar(concat!(
-            "WITH due AS ( \
-                 SELECT bool_and(COALESCE( \
-                     (SELECT e.aggregate_version FROM events e WHERE e.aggregate_id = a.aggregate_id \
-                      ORDER BY e.aggregate_version DESC LIMIT 1), 0) = a.expected) AS ok \
+            "WITH due AS (SELECT bool_and(COALESCE(",
+            last_version!("a.aggregate_id"),
+            ", 0) = a.expected) AS ok \
                  FROM UNNEST($9::TEXT[], $10::INT8[]) AS a(aggregate_id, expected)), ",
             events_and_outbox!("WHERE (SELECT ok FROM due)")
         )))
         .bind(&plain.aggregates)
         .bind(&plain.expected)
-    .fetch_all(pool)
-    .await;
+        .fetch_all(pool)
+        .await;
     let inserted = match inserted {
         Ok(inserted) => inserted,
-        Err(err) if is_unique_violation(&err) => return Ok(None),
+        Err(err) if db::sqlstate(&err).as_deref() == Some(db::UNIQUE_VIOLATION) => return Ok(None),
         Err(err) => return Err(err),
     };
     if inserted.len() < rows.len() {
@@ -260,12 +274,6 @@ async fn insert_as_expected(
     }))
 }
 
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .and_then(|err| err.code())
-        .is_some_and(|code| code == pipeline_runtime::db::UNIQUE_VIOLATION)
-}
-
 /// The careful way: one transaction that reads the stored events with the batch's ids and each
 /// aggregate's version, plans every outcome, and inserts what is new.
 async fn careful(pool: &PgPool, batch: &[EventToStore]) -> Result<Option<Committed>, sqlx::Error> {
@@ -273,7 +281,7 @@ async fn careful(pool: &PgPool, batch: &[EventToStore]) -> Result<Option<Committ
     // aggregate_version) are unique and the insert is ON CONFLICT DO NOTHING, so a writer that
     // slipped in between our reads and our insert makes the insert count short, and the attempt is
     // rolled back.
-    let mut tx = pipeline_runtime::db::begin_guarded(pool).await?;
+    let mut tx = db::begin_guarded(pool).await?;
     let mut aggregates: Vec<&str> = batch.iter().map(|e| e.aggregate_id.as_str()).collect();
     aggregates.sort_unstable();
     aggregates.dedup();
@@ -284,16 +292,11 @@ async fn careful(pool: &PgPool, batch: &[EventToStore]) -> Result<Option<Committ
         .into_iter()
         .map(|e| (e.event_id, e))
         .collect();
-    // Each aggregate's last version by one backward step in (aggregate_id, aggregate_version), a
-    // plan that does not depend on statistics: before `events` is first analyzed, `= ANY … GROUP
-    // BY` was planned as a bitmap scan over every version (a quarter of the database's statement
-    // time in a saturated run on a fresh database). The fast path reads it the same way.
-    let current: HashMap<String, i64> = sqlx::query_as::<_, (String, Option<i64>)>(
-        "SELECT t.aggregate_id, \
-                (SELECT e.aggregate_version FROM events e WHERE e.aggregate_id = t.aggregate_id \
-                 ORDER BY e.aggregate_version DESC LIMIT 1) \
-         FROM UNNEST($1::TEXT[]) AS t(aggregate_id)",
-    )
+    let current: HashMap<String, i64> = sqlx::query_as::<_, (String, Option<i64>)>(concat!(
+        "SELECT t.aggregate_id, ",
+        last_version!("t.aggregate_id"),
+        " FROM UNNEST($1::TEXT[]) AS t(aggregate_id)"
+    ))
     .bind(&aggregates)
     .fetch_all(&mut *tx)
     .await?
