@@ -107,13 +107,13 @@ impl CutProxy {
     /// Cuts the connection that next sends `COMMIT` (the whole statement: not `BEGIN … READ
     /// COMMITTED`), once, after the server has committed.
     pub fn arm_commit(&self) {
-        self.arm_trigger("COMMIT", true, 1);
+        self.arm_trigger("COMMIT", true, false, 1);
     }
 
     /// Cuts `times` connections, each right after it sent a query containing `contains` (any
     /// case) and the server answered it.
     pub fn arm(&self, contains: &str, times: usize) {
-        self.arm_trigger(contains, false, times);
+        self.arm_trigger(contains, false, false, times);
     }
 
     /// Cuts the connection that next executes a prepared statement containing `contains` (any
@@ -121,19 +121,14 @@ impl CutProxy {
     /// transaction, after it committed. (A statement's `Parse`, answered before it runs, is
     /// what [`CutProxy::arm`] cuts.)
     pub fn arm_execution(&self, contains: &str) {
-        *lock(&self.shared.armed) = Some(Trigger {
-            text: contains.to_ascii_uppercase(),
-            whole: false,
-            on_execution: true,
-            remaining: 1,
-        });
+        self.arm_trigger(contains, false, true, 1);
     }
 
-    fn arm_trigger(&self, text: &str, whole: bool, times: usize) {
+    fn arm_trigger(&self, text: &str, whole: bool, on_execution: bool, times: usize) {
         *lock(&self.shared.armed) = Some(Trigger {
             text: text.to_ascii_uppercase(),
             whole,
-            on_execution: false,
+            on_execution,
             remaining: times,
         });
     }
@@ -363,20 +358,24 @@ fn takes_trigger(
         let end = bytes.iter().position(|&b| b == 0)?;
         Some((bytes[..end].to_vec(), end + 1))
     };
+    let upper = |text: &[u8]| String::from_utf8_lossy(text).to_ascii_uppercase();
     // Simple query: the text follows the length. Parse: statement name, then the text. Bind:
     // portal name, then the name of the statement it executes.
     let (text, execution) = match kind {
-        b'Q' => (body.get(4..).and_then(string).map(|(text, _)| text), false),
+        b'Q' => (
+            body.get(4..).and_then(string).map(|(text, _)| upper(&text)),
+            false,
+        ),
         b'P' => {
             let parsed = body.get(4..).and_then(|rest| {
                 let (name, at) = string(rest)?;
                 let (text, _) = string(rest.get(at..)?)?;
-                Some((name, text))
+                Some((name, upper(&text)))
             });
             let Some((name, text)) = parsed else {
                 return false;
             };
-            statements.insert(name, String::from_utf8_lossy(&text).to_ascii_uppercase());
+            statements.insert(name, text.clone());
             (Some(text), false)
         }
         b'B' => {
@@ -385,9 +384,7 @@ fn takes_trigger(
                 let (statement, _) = string(rest.get(at..)?)?;
                 Some(statement)
             });
-            let text = statement
-                .and_then(|statement| statements.get(&statement))
-                .map(|text| text.as_bytes().to_vec());
+            let text = statement.and_then(|statement| statements.get(&statement).cloned());
             (text, true)
         }
         _ => (None, false),
@@ -395,7 +392,6 @@ fn takes_trigger(
     let Some(text) = text else {
         return false;
     };
-    let text = String::from_utf8_lossy(&text).to_ascii_uppercase();
     let mut armed = lock(&shared.armed);
     let Some(trigger) = armed.as_mut() else {
         return false;
