@@ -113,7 +113,12 @@ fn node_of(server_name: &str) -> usize {
 async fn the_consumer_loop_pulls_again_when_the_consumers_leader_dies_under_it() {
     testkit::init_tracing();
     let mut cluster = NatsCluster::start().expect("starting the cluster");
-    let admin = jetstream::new(connect(&cluster.urls()).await);
+    // A fresh cluster forms each asset's own group before it answers: with every core busy (CI
+    // runs tests side by side) the durable consumer once took longer than the client's default 5 s.
+    // The set-up may wait; what is timed is the loop after the kill.
+    let admin = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build(connect(&cluster.urls()).await);
     admin
         .create_stream(stream::Config {
             name: STREAM.to_owned(),
