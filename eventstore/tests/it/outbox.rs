@@ -123,6 +123,48 @@ async fn appends_succeed_while_nats_is_down_and_each_reaches_the_stream_exactly_
     assert_eq!(stack.outbox_len().await, 0);
 }
 
+/// The outbox has no foreign key to events (migration 0002: the key was checked, with a row lock,
+/// on every event appended). What pairs each row with its event is the one statement that writes
+/// both: with NATS stopped the rows stay, and each names an event's id, aggregate and version.
+#[tokio::test]
+async fn each_outbox_row_is_written_with_its_event_by_one_statement_and_no_foreign_key() {
+    let mut stack = Stack::start().await;
+    let instance = stack.instance().await;
+    let mut client = instance.client();
+    stack.nats.stop().expect("NATS stops");
+    let mut aggregates = Vec::new();
+    for _ in 0..3 {
+        aggregates.push(append_chain(&mut client, 3).await);
+    }
+
+    let pool = stack.pool().await;
+    let foreign_keys: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'outbox'::regclass AND contype = 'f'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("reading the outbox's constraints");
+    assert_eq!(foreign_keys, 0, "no key is checked per outbox row");
+    let (rows, paired): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(e.event_id) FROM outbox o \
+         LEFT JOIN events e ON e.event_id = o.event_id AND e.aggregate_id = o.aggregate_id \
+                           AND e.aggregate_version = o.aggregate_version \
+         WHERE o.aggregate_id = ANY($1)",
+    )
+    .bind(&aggregates)
+    .fetch_one(&pool)
+    .await
+    .expect("reading the outbox");
+    assert_eq!(
+        rows, 9,
+        "one outbox row per event appended while NATS is down"
+    );
+    assert_eq!(
+        paired, rows,
+        "every outbox row names its event's id, aggregate and version"
+    );
+}
+
 #[tokio::test]
 async fn an_event_committed_by_an_instance_that_crashed_before_publishing_is_published_by_the_next()
 {
