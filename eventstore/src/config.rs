@@ -48,7 +48,9 @@ pub struct Config {
     #[arg(long, env = "EVENTSTORE_MAX_EVENT_BYTES", value_name = "EVENTSTORE_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
     pub max_event_bytes: usize,
 
-    /// Connections in the SQL pool.
+    /// Connections in the SQL pool for reads, the relay's claims and the like. The appends and the
+    /// outbox deletes have a pool of their own besides, of `EVENTSTORE_BATCH_WORKERS` + 1
+    /// connections that plan each statement once.
     #[arg(
         long,
         env = "EVENTSTORE_DB_CONNECTIONS",

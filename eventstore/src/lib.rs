@@ -55,6 +55,8 @@ pub struct App {
     mtls: bool,
     listener: TcpListener,
     pool: PgPool,
+    /// The appends' and the outbox deletes' connections, which plan each statement once.
+    keyed: PgPool,
     nats: async_nats::Client,
 }
 
@@ -73,6 +75,14 @@ impl App {
             config.timeout(),
         )
         .context("EVENTSTORE_DATABASE_URL")?;
+        // The appends and the outbox deletes read only by key: their statements are planned once
+        // per connection.
+        let keyed = pipeline_runtime::db::keyed_pool(
+            config.database_url.expose_secret(),
+            u32::from(config.batch_workers) + 1,
+            config.timeout(),
+        )
+        .context("EVENTSTORE_DATABASE_URL")?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {} (EVENTSTORE_ADDR)", config.addr))?;
@@ -84,6 +94,7 @@ impl App {
             mtls,
             listener,
             pool,
+            keyed,
             nats,
         })
     }
@@ -129,6 +140,7 @@ impl App {
             mtls,
             listener,
             pool,
+            keyed,
             nats,
         } = self;
         // First, so that nothing is started when it fails (it cannot: `build` checked the files).
@@ -144,7 +156,7 @@ impl App {
         // committed everything queued.
         let (committed_sender, committed) = mpsc::channel(RELAY_QUEUE);
         let (appender, mut workers) = Appender::start(
-            pool.clone(),
+            keyed.clone(),
             usize::from(config.batch_workers),
             usize::from(config.batch_size),
             CommitSignals {
@@ -158,6 +170,7 @@ impl App {
         jetstream.set_timeout(config.timeout());
         let relay = Relay {
             pool: pool.clone(),
+            keyed: keyed.clone(),
             nats: nats.clone(),
             publisher: relay::Publisher {
                 jetstream,
@@ -218,6 +231,7 @@ impl App {
             tracing::warn!("shutdown grace period over; unpublished events stay in the outbox");
         }
         pool.close().await;
+        keyed.close().await;
         served
     }
 }

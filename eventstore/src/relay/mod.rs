@@ -71,6 +71,9 @@ const DELETE_RETRY: Duration = Duration::from_millis(500);
 
 pub struct Relay {
     pub pool: PgPool,
+    /// Where acked rows are deleted: a pool that plans each statement once
+    /// ([`pipeline_runtime::db::keyed_pool`]).
+    pub keyed: PgPool,
     pub nats: async_nats::Client,
     pub publisher: Publisher,
     /// What the appender committed; closed when the appender stops.
@@ -174,7 +177,7 @@ impl Relay {
     /// the stop go out.
     pub async fn run(mut self, stop: CancellationToken) {
         let (deletes, acked) = mpsc::unbounded_channel();
-        let deleter = tokio::spawn(delete_acked(self.pool.clone(), acked));
+        let deleter = tokio::spawn(delete_acked(self.keyed.clone(), acked));
         let mut state = State {
             acked: HashMap::new(),
             held: HashSet::new(),

@@ -1,12 +1,13 @@
 //! Appends: optimistic concurrency, idempotency, validation.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::harness::{Stack, append, event};
+use crate::harness::{Stack, append, append_chain, event};
 
 /// Two instances, so two appenders, racing on one version again and again: each of their one-event
 /// batches takes the fast path, and when the two statements overlap the loser's fails on the
@@ -273,7 +274,7 @@ async fn an_append_at_a_stale_version_names_expected_and_actual() {
     let stack = Stack::start().await;
     let instance = stack.instance().await;
     let mut client = instance.client();
-    let aggregate = crate::harness::append_chain(&mut client, 3).await;
+    let aggregate = append_chain(&mut client, 3).await;
     let status = append(&mut client, event(&aggregate, "cancelled", json!({})), 1)
         .await
         .expect_err("stale");
@@ -291,4 +292,69 @@ async fn an_append_at_a_stale_version_names_expected_and_actual() {
     .await
     .expect_err("a new aggregate is at version 0");
     assert_eq!(status.code(), Code::FailedPrecondition);
+}
+
+/// The appends run on connections that plan each statement once (a keyed pool). Planned while the
+/// tables were analyzed empty, which makes PostgreSQL's generic plan a sequential scan, the append
+/// still finds each aggregate's last version through the index once `events` holds many rows.
+#[tokio::test]
+async fn an_append_planned_on_an_analyzed_empty_table_reads_it_by_index_as_it_grows() {
+    let stack = Stack::start().await;
+    let pool = stack.pool().await;
+    for statement in [
+        "ALTER TABLE events SET (autovacuum_enabled = false)",
+        "ANALYZE events",
+        "ANALYZE outbox",
+    ] {
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect(statement);
+    }
+    let instance = stack.instance().await;
+    let mut client = instance.client();
+    // Planned now, on the empty tables.
+    for _ in 0..3 {
+        append_chain(&mut client, 1).await;
+    }
+    // The table grows, and its statistics still say it is empty.
+    sqlx::query(
+        "INSERT INTO events (event_id, event_type, aggregate_id, aggregate_type, \
+         aggregate_version, event_data, stream, metadata, created_at) \
+         SELECT gen_random_uuid(), 'created', 'bulk-' || n, 'order', 1, '{}', 'ORDERS', '{}', \
+         now() FROM generate_series(1, 20000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .expect("events inserted");
+    // An idle connection reports its table counters within a second: then nothing from before
+    // (the start-up check, the first appends) is counted after the reset.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("SELECT pg_stat_reset_single_table_counters('events'::regclass)")
+        .execute(&pool)
+        .await
+        .expect("counters reset");
+    const APPENDS: i64 = 6;
+    for _ in 0..APPENDS {
+        append_chain(&mut client, 1).await;
+    }
+    // Its connections close, and report their counters as they go.
+    instance.stop().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (seq_scans, index_scans) = loop {
+        let (seq, index): (i64, i64) = sqlx::query_as(
+            "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables \
+             WHERE relname = 'events'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("table counters");
+        if seq + index >= APPENDS || tokio::time::Instant::now() > deadline {
+            break (seq, index);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Expected: every append read the last version by the index; none read the table in full.
+    assert_eq!(seq_scans, 0, "{index_scans} index scans");
+    assert!(index_scans >= APPENDS, "{index_scans} index scans");
 }

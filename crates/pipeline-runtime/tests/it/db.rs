@@ -190,3 +190,51 @@ async fn a_prepared_batch_statement_is_planned_for_its_parameters_at_every_call(
     assert_eq!(generic, 0, "a generic plan was used");
     assert_eq!(custom, 12);
 }
+
+/// A keyed pool plans a statement once per connection, and that plan reads by index even when it
+/// was made on a table analyzed while empty: there PostgreSQL's generic plan of a batch statement
+/// is a sequential scan, which the long-lived connection would keep while the table grows.
+#[tokio::test]
+async fn a_keyed_pool_plans_once_and_reads_by_index_a_table_analyzed_while_empty() {
+    testkit::init_tracing();
+    let postgres = Postgres::start().expect("PostgreSQL starts");
+    let url = postgres.fresh_database().await.expect("a database");
+    let pool = db::keyed_pool(&url, 1, Duration::from_secs(5)).expect("pool");
+    sqlx::query("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    sqlx::query("ANALYZE t")
+        .execute(&pool)
+        .await
+        .expect("analyzed while empty");
+    const BATCH: &str = "SELECT v FROM t WHERE id = ANY($1)";
+    for _ in 0..3 {
+        let found: Vec<i32> = sqlx::query_scalar(BATCH)
+            .bind(vec![1, 2, 3])
+            .fetch_all(&pool)
+            .await
+            .expect("the batch statement");
+        assert!(found.is_empty());
+    }
+    // The pool has one connection: the one that prepared the statement answers.
+    let (name, generic, custom): (String, i64, i64) = sqlx::query_as(
+        "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind(BATCH)
+    .fetch_one(&pool)
+    .await
+    .expect("the statement is prepared");
+    assert_eq!((generic, custom), (3, 0), "planned once, generically");
+    let explain = format!("EXPLAIN EXECUTE {name}(NULL)");
+    let plan: Vec<String> = sqlx::query_scalar(&explain)
+        .fetch_all(&pool)
+        .await
+        .expect("the cached plan");
+    let plan = plan.join("\n");
+    // Expected: the primary key's index answers; the table is never read in full.
+    assert!(
+        plan.contains("t_pkey") && !plan.contains("Seq Scan"),
+        "{plan}"
+    );
+}
