@@ -35,7 +35,9 @@ impl App {
     /// Prepares the connections. None of NATS, the event store or the database needs to be up:
     /// the worker waits for them.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        let pool = db::lazy_pool(
+        // Every statement of the ledger finds its rows by a key (an order, a customer): each is
+        // planned once per connection.
+        let pool = db::keyed_pool(
             config.payments_database_url.expose_secret(),
             config.db_connections,
             config.worker.timeout(),

@@ -121,9 +121,11 @@ async fn notify(client: &async_nats::Client, moved: &[ReadModelChange]) {
 
 /// The projector for `config`: a lazy pool of ordersdb and a lazy event store channel.
 fn connect(config: &Config) -> anyhow::Result<Projector> {
-    // One batch transaction at a time, plus the one-at-a-time fallbacks after it.
+    // One batch transaction at a time, plus the one-at-a-time fallbacks after it. Every statement
+    // of the projection reads orders by their id, so each is planned once per connection (the
+    // rebuild's count and deletes read whole tables either way).
     let connections = 4;
-    let pool = db::lazy_pool(
+    let pool = db::keyed_pool(
         config.orders_database_url.expose_secret(),
         connections,
         config.timeout(),

@@ -10,6 +10,7 @@ pub mod net;
 pub mod patroni;
 mod postgres;
 pub mod procfs;
+pub mod scans;
 mod support;
 pub mod tls;
 pub mod tokens;

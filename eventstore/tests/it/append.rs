@@ -1,9 +1,9 @@
 //! Appends: optimistic concurrency, idempotency, validation.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
+use testkit::scans;
 use tonic::Code;
 use uuid::Uuid;
 
@@ -301,16 +301,7 @@ async fn an_append_at_a_stale_version_names_expected_and_actual() {
 async fn an_append_planned_on_an_analyzed_empty_table_reads_it_by_index_as_it_grows() {
     let stack = Stack::start().await;
     let pool = stack.pool().await;
-    for statement in [
-        "ALTER TABLE events SET (autovacuum_enabled = false)",
-        "ANALYZE events",
-        "ANALYZE outbox",
-    ] {
-        sqlx::query(statement)
-            .execute(&pool)
-            .await
-            .expect(statement);
-    }
+    scans::statistics_say_empty(&pool, &["events", "outbox"]).await;
     let instance = stack.instance().await;
     let mut client = instance.client();
     // Planned now, on the empty tables.
@@ -327,34 +318,14 @@ async fn an_append_planned_on_an_analyzed_empty_table_reads_it_by_index_as_it_gr
     .execute(&pool)
     .await
     .expect("events inserted");
-    // An idle connection reports its table counters within a second: then nothing from before
-    // (the start-up check, the first appends) is counted after the reset.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    sqlx::query("SELECT pg_stat_reset_single_table_counters('events'::regclass)")
-        .execute(&pool)
-        .await
-        .expect("counters reset");
+    scans::count_from_now(&pool, "events").await;
     const APPENDS: i64 = 6;
     for _ in 0..APPENDS {
         append_chain(&mut client, 1).await;
     }
-    // Its connections close, and report their counters as they go.
     instance.stop().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let (seq_scans, index_scans) = loop {
-        let (seq, index): (i64, i64) = sqlx::query_as(
-            "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables \
-             WHERE relname = 'events'",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("table counters");
-        if seq + index >= APPENDS || tokio::time::Instant::now() > deadline {
-            break (seq, index);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let scans = scans::counted(&pool, "events", APPENDS).await;
     // Expected: every append read the last version by the index; none read the table in full.
-    assert_eq!(seq_scans, 0, "{index_scans} index scans");
-    assert!(index_scans >= APPENDS, "{index_scans} index scans");
+    assert_eq!(scans.sequential, 0, "{scans:?}");
+    assert!(scans.index >= APPENDS, "{scans:?}");
 }

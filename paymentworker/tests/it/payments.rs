@@ -3,6 +3,7 @@ use std::time::Duration;
 use order_domain::{OrderStatus, event_type};
 use pipeline_runtime::deadletter;
 use pipeline_runtime::stream::EventEnvelope;
+use testkit::scans;
 use uuid::Uuid;
 
 use crate::harness::{Stack, money};
@@ -360,4 +361,39 @@ async fn a_debit_whose_commit_was_cut_is_redelivered_and_debits_once() {
         payment_status(&stack, order_id).await.as_deref(),
         Some("debited")
     );
+}
+
+/// The worker's connections plan each statement once (a keyed pool). Planned while the tables were
+/// analyzed empty, which makes PostgreSQL's generic plans of the batch statements sequential scans,
+/// a payment still finds its wallet by the customer's key once `wallets` holds many rows.
+#[tokio::test]
+async fn a_payment_planned_on_an_analyzed_empty_table_reads_it_by_index_as_it_grows() {
+    let stack = Stack::start().await;
+    scans::statistics_say_empty(&stack.payments, &["wallets", "payments"]).await;
+    let worker = start_worker(&stack).await;
+    let pay = async |customer: String| {
+        let order_id = stack.place(&customer, "10.00").await;
+        stack.wait_for_status(order_id, OrderStatus::Paid).await;
+    };
+    // Planned now, on the empty tables.
+    pay("first".to_owned()).await;
+    // The table grows, and its statistics still say it is empty.
+    sqlx::query(
+        "INSERT INTO wallets (customer_id, balance, created_at, updated_at) \
+         SELECT 'bulk-' || n, 1000, now(), now() FROM generate_series(1, 20000) AS n",
+    )
+    .execute(&stack.payments)
+    .await
+    .expect("wallets inserted");
+    scans::count_from_now(&stack.payments, "wallets").await;
+    const LATER: i64 = 3;
+    for n in 0..LATER {
+        pay(format!("later-{n}")).await;
+    }
+    stack.wait_idle(paymentworker::NAME).await;
+    worker.stop().await;
+    let scans = scans::counted(&stack.payments, "wallets", LATER).await;
+    // Expected: every statement found its wallet by the customer; none read the table in full.
+    assert_eq!(scans.sequential, 0, "{scans:?}");
+    assert!(scans.index >= LATER, "{scans:?}");
 }

@@ -12,6 +12,7 @@ use querymodelworker::{Outcome, ProjectionError, Projector};
 use sqlx::Executor as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use testkit::scans;
 use uuid::Uuid;
 
 use crate::harness::*;
@@ -392,4 +393,44 @@ async fn a_row_another_instance_moved_on_is_never_moved_back_onto_this_instances
     );
     let row = stack.row(order.order_id).await.expect("the row");
     assert_eq!((row.status.as_str(), row.version), ("Approved", 3));
+}
+
+/// The worker's connections plan each statement once (a keyed pool). Planned while the tables were
+/// analyzed empty, which makes PostgreSQL's generic plans of the batch statements sequential scans,
+/// the projection still finds its rows by their ids once `orders` holds many rows.
+#[tokio::test]
+async fn a_projection_planned_on_an_analyzed_empty_table_reads_it_by_index_as_it_grows() {
+    let stack = Stack::start().await;
+    scans::statistics_say_empty(&stack.orders, &["orders", "order_items"]).await;
+    let worker = stack.worker().await;
+    let project = async || {
+        let order = created();
+        stack
+            .append_all(&[OrderEvent::Created(order.clone()), debited(&order)])
+            .await;
+        stack.wait_until_consumed().await;
+    };
+    // Planned now, on the empty tables.
+    project().await;
+    // The table grows, and its statistics still say it is empty.
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, restaurant_id, status, amount, version, \
+         created_on, updated_at) \
+         SELECT gen_random_uuid(), 'c', 'r', 'Approved', 1, 3, now(), now() \
+         FROM generate_series(1, 20000)",
+    )
+    .execute(&stack.orders)
+    .await
+    .expect("orders inserted");
+    scans::count_from_now(&stack.orders, "orders").await;
+    const LATER: i64 = 3;
+    for _ in 0..LATER {
+        project().await;
+    }
+    worker.stop().await;
+    // Each order: its items' key checks and its debit's update.
+    let scans = scans::counted(&stack.orders, "orders", LATER * 2).await;
+    // Expected: every statement found its orders by their ids; none read the table in full.
+    assert_eq!(scans.sequential, 0, "{scans:?}");
+    assert!(scans.index >= LATER * 2, "{scans:?}");
 }

@@ -157,21 +157,40 @@ async fn a_connection_to_a_node_that_turned_read_only_is_not_handed_out_again() 
     assert_eq!(rows(&world).await, 1);
 }
 
-/// A prepared batch statement run many times while its table is empty (a fresh database) is still
-/// planned for its parameters at every call: PostgreSQL's default would switch to a cached
-/// generic plan after five calls and keep it while the table grows.
-#[tokio::test]
-async fn a_prepared_batch_statement_is_planned_for_its_parameters_at_every_call() {
+/// The batch statement of the planning tests.
+const BATCH: &str = "SELECT id FROM t WHERE id = ANY($1)";
+
+/// A batch statement after `calls` calls on the one connection of a pool (`open`) to a fresh
+/// database, whose table `t` is empty (and analyzed so, when `analyzed`).
+struct Prepared {
+    _postgres: Postgres,
+    pool: PgPool,
+    /// The statement's name on its connection.
+    name: String,
+    generic_plans: i64,
+    custom_plans: i64,
+}
+
+async fn prepared_after(
+    open: fn(&str, u32, Duration) -> anyhow::Result<PgPool>,
+    analyzed: bool,
+    calls: usize,
+) -> Prepared {
     testkit::init_tracing();
     let postgres = Postgres::start().expect("PostgreSQL starts");
     let url = postgres.fresh_database().await.expect("a database");
-    let pool = db::lazy_pool(&url, 1, Duration::from_secs(5)).expect("pool");
-    sqlx::query("CREATE TABLE t (id INT PRIMARY KEY)")
-        .execute(&pool)
-        .await
-        .expect("table");
-    const BATCH: &str = "SELECT id FROM t WHERE id = ANY($1)";
-    for _ in 0..12 {
+    let pool = open(&url, 1, Duration::from_secs(5)).expect("pool");
+    let mut setup = vec!["CREATE TABLE t (id INT PRIMARY KEY)"];
+    if analyzed {
+        setup.push("ANALYZE t");
+    }
+    for statement in setup {
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect(statement);
+    }
+    for _ in 0..calls {
         let found: Vec<i32> = sqlx::query_scalar(BATCH)
             .bind(vec![1, 2, 3])
             .fetch_all(&pool)
@@ -180,15 +199,30 @@ async fn a_prepared_batch_statement_is_planned_for_its_parameters_at_every_call(
         assert!(found.is_empty());
     }
     // The pool has one connection: the one that prepared the statement answers.
-    let (generic, custom): (i64, i64) = sqlx::query_as(
-        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    let (name, generic_plans, custom_plans) = sqlx::query_as(
+        "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
     )
     .bind(BATCH)
     .fetch_one(&pool)
     .await
     .expect("the statement is prepared (sent in one round trip from the second call on)");
-    assert_eq!(generic, 0, "a generic plan was used");
-    assert_eq!(custom, 12);
+    Prepared {
+        _postgres: postgres,
+        pool,
+        name,
+        generic_plans,
+        custom_plans,
+    }
+}
+
+/// A prepared batch statement run many times while its table is empty (a fresh database) is still
+/// planned for its parameters at every call: PostgreSQL's default would switch to a cached
+/// generic plan after five calls and keep it while the table grows.
+#[tokio::test]
+async fn a_prepared_batch_statement_is_planned_for_its_parameters_at_every_call() {
+    let prepared = prepared_after(db::lazy_pool, false, 12).await;
+    assert_eq!(prepared.generic_plans, 0, "a generic plan was used");
+    assert_eq!(prepared.custom_plans, 12);
 }
 
 /// A keyed pool plans a statement once per connection, and that plan reads by index even when it
@@ -196,39 +230,15 @@ async fn a_prepared_batch_statement_is_planned_for_its_parameters_at_every_call(
 /// is a sequential scan, which the long-lived connection would keep while the table grows.
 #[tokio::test]
 async fn a_keyed_pool_plans_once_and_reads_by_index_a_table_analyzed_while_empty() {
-    testkit::init_tracing();
-    let postgres = Postgres::start().expect("PostgreSQL starts");
-    let url = postgres.fresh_database().await.expect("a database");
-    let pool = db::keyed_pool(&url, 1, Duration::from_secs(5)).expect("pool");
-    sqlx::query("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
-        .execute(&pool)
-        .await
-        .expect("table");
-    sqlx::query("ANALYZE t")
-        .execute(&pool)
-        .await
-        .expect("analyzed while empty");
-    const BATCH: &str = "SELECT v FROM t WHERE id = ANY($1)";
-    for _ in 0..3 {
-        let found: Vec<i32> = sqlx::query_scalar(BATCH)
-            .bind(vec![1, 2, 3])
-            .fetch_all(&pool)
-            .await
-            .expect("the batch statement");
-        assert!(found.is_empty());
-    }
-    // The pool has one connection: the one that prepared the statement answers.
-    let (name, generic, custom): (String, i64, i64) = sqlx::query_as(
-        "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-    )
-    .bind(BATCH)
-    .fetch_one(&pool)
-    .await
-    .expect("the statement is prepared");
-    assert_eq!((generic, custom), (3, 0), "planned once, generically");
-    let explain = format!("EXPLAIN EXECUTE {name}(NULL)");
+    let prepared = prepared_after(db::keyed_pool, true, 3).await;
+    assert_eq!(
+        (prepared.generic_plans, prepared.custom_plans),
+        (3, 0),
+        "planned once, generically"
+    );
+    let explain = format!("EXPLAIN EXECUTE {}(NULL)", prepared.name);
     let plan: Vec<String> = sqlx::query_scalar(&explain)
-        .fetch_all(&pool)
+        .fetch_all(&prepared.pool)
         .await
         .expect("the cached plan");
     let plan = plan.join("\n");
