@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use order_domain::Deadlines;
 use pipeline_runtime::eventstore::ClientTls;
+use pipeline_runtime::service::RuntimeArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 use secrecy::SecretString;
 
@@ -103,6 +104,10 @@ pub struct Config {
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// The threads that run the service (`SERVICE_THREADS`).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 impl Config {

@@ -8,25 +8,26 @@ use pipeline_runtime::{service, shutdown};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
-    let _telemetry = match service::telemetry(deadlinewatcher::NAME, &config.telemetry) {
-        Ok(guard) => guard,
-        Err(code) => return code,
-    };
-    service::run(
-        App::build(config),
-        |app| {
-            let deadlines = app.deadlines();
-            tracing::info!(
-                payment_deadline = %order_domain::format_duration(deadlines.payment),
-                review_deadline = %order_domain::format_duration(deadlines.review),
-                scan_interval = %order_domain::format_duration(app.scan_interval()),
-                "deadlinewatcher watching"
-            );
-        },
-        |app| app.run_until_stopped(shutdown::signal()),
-    )
-    .await
+    service::block_on(deadlinewatcher::NAME, config.runtime, async move {
+        let _telemetry = match service::telemetry(deadlinewatcher::NAME, &config.telemetry) {
+            Ok(guard) => guard,
+            Err(code) => return code,
+        };
+        service::run(
+            App::build(config),
+            |app| {
+                let deadlines = app.deadlines();
+                tracing::info!(
+                    payment_deadline = %order_domain::format_duration(deadlines.payment),
+                    review_deadline = %order_domain::format_duration(deadlines.review),
+                    scan_interval = %order_domain::format_duration(app.scan_interval()),
+                    "deadlinewatcher watching"
+                );
+            },
+            |app| app.run_until_stopped(shutdown::signal()),
+        )
+        .await
+    })
 }

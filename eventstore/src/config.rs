@@ -10,6 +10,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use pipeline_runtime::nats::NatsArgs;
 use pipeline_runtime::pem::{self, Pem};
+use pipeline_runtime::service::RuntimeArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 
 /// Configuration of the event store. Every field can be given as a flag or an environment variable.
@@ -114,6 +115,10 @@ pub struct Config {
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// The threads that run the service (`SERVICE_THREADS`).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// A subcommand; none: serve.
     #[command(subcommand)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use pipeline_runtime::db::redact;
 use pipeline_runtime::eventstore::ClientTls;
 use pipeline_runtime::nats::NatsArgs;
+use pipeline_runtime::service::RuntimeArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -128,6 +129,10 @@ pub struct Config {
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// The threads that run the service (`SERVICE_THREADS`).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// A variable's value unless unset or blank.

@@ -10,21 +10,22 @@ use pipeline_runtime::{service, shutdown};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
-    let _telemetry = match service::telemetry("ordersvc", &config.telemetry) {
-        Ok(guard) => guard,
-        Err(code) => return code,
-    };
-    tracing::info!(?config, "starting");
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("ordersvc: {error:#}");
-            ExitCode::FAILURE
+    service::block_on("ordersvc", config.runtime, async move {
+        let _telemetry = match service::telemetry("ordersvc", &config.telemetry) {
+            Ok(guard) => guard,
+            Err(code) => return code,
+        };
+        tracing::info!(?config, "starting");
+        match run(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("ordersvc: {error:#}");
+                ExitCode::FAILURE
+            }
         }
-    }
+    })
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 
 use order_domain::Money;
 use pipeline_runtime::consumer::WorkerArgs;
+use pipeline_runtime::service::RuntimeArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 use secrecy::SecretString;
 
@@ -42,6 +43,10 @@ pub struct Config {
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// The threads that run the service (`SERVICE_THREADS`).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 fn parse_initial_credit(value: &str) -> Result<Money, String> {

@@ -8,17 +8,18 @@ use pipeline_runtime::{service, shutdown};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
-    let _telemetry = match service::telemetry("paymentworker", &config.telemetry) {
-        Ok(guard) => guard,
-        Err(code) => return code,
-    };
-    service::run(
-        App::build(config),
-        |_| tracing::info!("paymentworker consuming"),
-        |app| app.run_until_stopped(shutdown::signal()),
-    )
-    .await
+    service::block_on("paymentworker", config.runtime, async move {
+        let _telemetry = match service::telemetry("paymentworker", &config.telemetry) {
+            Ok(guard) => guard,
+            Err(code) => return code,
+        };
+        service::run(
+            App::build(config),
+            |_| tracing::info!("paymentworker consuming"),
+            |app| app.run_until_stopped(shutdown::signal()),
+        )
+        .await
+    })
 }

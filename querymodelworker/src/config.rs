@@ -5,6 +5,7 @@ use std::time::Duration;
 use pipeline_runtime::consumer;
 use pipeline_runtime::eventstore::ClientTls;
 use pipeline_runtime::nats::NatsArgs;
+use pipeline_runtime::service::RuntimeArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 use secrecy::SecretString;
 
@@ -60,6 +61,10 @@ pub struct Config {
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// The threads that run the service (`SERVICE_THREADS`).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 impl Config {

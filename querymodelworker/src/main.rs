@@ -8,31 +8,32 @@ use querymodelworker::{App, Cli, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = match service::telemetry(querymodelworker::WORKER, &cli.config.telemetry) {
-        Ok(guard) => guard,
-        Err(code) => return code,
-    };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
-            service::run(
-                App::build(cli.config),
-                |_| tracing::info!("querymodelworker consuming"),
-                |app| app.run_until_stopped(shutdown::signal()),
-            )
-            .await
+    service::block_on(querymodelworker::WORKER, cli.config.runtime, async move {
+        let _telemetry = match service::telemetry(querymodelworker::WORKER, &cli.config.telemetry) {
+            Ok(guard) => guard,
+            Err(code) => return code,
+        };
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => {
+                service::run(
+                    App::build(cli.config),
+                    |_| tracing::info!("querymodelworker consuming"),
+                    |app| app.run_until_stopped(shutdown::signal()),
+                )
+                .await
+            }
+            Command::Rebuild => match querymodelworker::rebuild(&cli.config).await {
+                Ok(report) => {
+                    tracing::info!(?report, "read model rebuilt");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    tracing::error!("rebuild failed: {err:#}");
+                    ExitCode::FAILURE
+                }
+            },
         }
-        Command::Rebuild => match querymodelworker::rebuild(&cli.config).await {
-            Ok(report) => {
-                tracing::info!(?report, "read model rebuilt");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                tracing::error!("rebuild failed: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    })
 }

@@ -2,6 +2,7 @@
 
 use order_domain::Money;
 use pipeline_runtime::consumer::WorkerArgs;
+use pipeline_runtime::service::RuntimeArgs;
 use pipeline_runtime::telemetry::TelemetryConfig;
 #[cfg(feature = "test-util")]
 use tokio::sync::watch;
@@ -33,6 +34,10 @@ pub struct Config {
     /// Span export (`ZIPKIN_ENDPOINT`).
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+
+    /// The threads that run the service (`SERVICE_THREADS`).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 fn parse_max_amount(value: &str) -> Result<Money, String> {

@@ -8,17 +8,18 @@ use reviewworker::{App, Config};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
-    let _telemetry = match service::telemetry("reviewworker", &config.telemetry) {
-        Ok(guard) => guard,
-        Err(code) => return code,
-    };
-    service::run(
-        App::build(config),
-        |_| tracing::info!("reviewworker consuming"),
-        |app| app.run_until_stopped(shutdown::signal()),
-    )
-    .await
+    service::block_on("reviewworker", config.runtime, async move {
+        let _telemetry = match service::telemetry("reviewworker", &config.telemetry) {
+            Ok(guard) => guard,
+            Err(code) => return code,
+        };
+        service::run(
+            App::build(config),
+            |_| tracing::info!("reviewworker consuming"),
+            |app| app.run_until_stopped(shutdown::signal()),
+        )
+        .await
+    })
 }

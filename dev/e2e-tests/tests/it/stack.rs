@@ -156,6 +156,25 @@ impl Drop for Stack {
     }
 }
 
+/// The stack's processes that are this project's services.
+const SERVICES: [&str; 6] = [
+    "eventstore",
+    "ordersvc",
+    "paymentworker",
+    "reviewworker",
+    "querymodelworker",
+    "deadlinewatcher",
+];
+
+/// The names of a process's threads (`/proc/<pid>/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -194,6 +213,19 @@ async fn the_stack_starts_from_a_clean_folder_serves_an_order_and_stops_without_
     let mut expected = PROCESSES.to_vec();
     expected.sort_unstable();
     assert_eq!(names, expected, "one pid file per process");
+
+    // Expected: every service runs its tasks on its main thread alone (`SERVICE_THREADS` unset),
+    // so none has a thread of a multi-threaded tokio runtime.
+    for (name, pid) in &pids {
+        if !SERVICES.contains(&name.as_str()) {
+            continue;
+        }
+        let workers = thread_names(*pid)
+            .into_iter()
+            .filter(|thread| thread.starts_with("tokio-rt") || thread.starts_with("tokio-runtime"))
+            .count();
+        assert_eq!(workers, 0, "{name} runs tokio worker threads");
+    }
 
     // Expected: the stack's own nats-server syncs every write where its version knows how (2.10
     // and later), and runs on the server's timer on 2.9, which refuses the setting.
