@@ -156,16 +156,6 @@ impl Drop for Stack {
     }
 }
 
-/// The stack's processes that are this project's services.
-const SERVICES: [&str; 6] = [
-    "eventstore",
-    "ordersvc",
-    "paymentworker",
-    "reviewworker",
-    "querymodelworker",
-    "deadlinewatcher",
-];
-
 /// The names of a process's threads (`/proc/<pid>/task/*/comm`).
 fn thread_names(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -217,7 +207,7 @@ async fn the_stack_starts_from_a_clean_folder_serves_an_order_and_stops_without_
     // Expected: every service runs its tasks on its main thread alone (`SERVICE_THREADS` unset),
     // so none has a thread of a multi-threaded tokio runtime.
     for (name, pid) in &pids {
-        if !SERVICES.contains(&name.as_str()) {
+        if !e2e_tests::pipeline::SERVICES.contains(&name.as_str()) {
             continue;
         }
         let workers = thread_names(*pid)
