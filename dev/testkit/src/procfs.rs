@@ -44,6 +44,34 @@ pub fn process(pid: &str) -> Option<ProcStat> {
     stat(&Path::new("/proc").join(pid).join("stat"))
 }
 
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of one `status` file: the times a
+/// thread went to sleep and was woken again, or was preempted.
+pub fn parse_switches(text: &str) -> Option<u64> {
+    let mut total = None;
+    for line in text.lines() {
+        let count = line
+            .strip_prefix("voluntary_ctxt_switches:")
+            .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+        if let Some(count) = count {
+            *total.get_or_insert(0) += count.trim().parse::<u64>().ok()?;
+        }
+    }
+    total
+}
+
+/// Context switches of every live thread of a process so far (`/proc/<pid>/task/*/status`).
+pub fn switches(pid: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(Path::new("/proc").join(pid).join("task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|task| {
+                parse_switches(&std::fs::read_to_string(task.path().join("status")).ok()?)
+            })
+            .sum(),
+    )
+}
+
 /// `/proc/stat`'s first line: the ticks all cores were busy (user, nice, system, irq, softirq,
 /// steal; not idle nor iowait).
 pub fn parse_machine_busy(text: &str) -> Option<u64> {

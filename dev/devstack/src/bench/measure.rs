@@ -1,6 +1,6 @@
-//! What a phase of the benchmark costs: CPU seconds of every process of the stack (from `/proc`;
-//! an HA cluster's by group: PostgreSQL, Patroni and etcd ×3, HAProxy), the machine's busy time,
-//! and commits and rollbacks per database (`pg_stat_database`).
+//! What a phase of the benchmark costs: CPU seconds and context switches of every process of the
+//! stack (from `/proc`; an HA cluster's by group: PostgreSQL, Patroni and etcd ×3, HAProxy), the
+//! machine's busy time, and commits and rollbacks per database (`pg_stat_database`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub at: Instant,
     /// CPU seconds by process.
     pub cpu: BTreeMap<String, f64>,
+    /// Context switches by process, of its live threads (PostgreSQL: of its live backends).
+    pub switches: BTreeMap<String, i64>,
     /// The machine's busy seconds (user, nice, system, irq, softirq, steal) over all cores.
     pub machine: f64,
     pub commits: BTreeMap<String, i64>,
@@ -47,21 +49,52 @@ pub(super) fn pid_of(pids: &Path, name: &str) -> Option<String> {
         .then(|| pid.to_owned())
 }
 
-/// Ticks of a process, the children it reaped, and, with `children` (ppid → their ticks, from one
-/// scan of `/proc`), its live children's own: a postmaster's backends and walsenders come and go.
-/// Patroni's and HAProxy's live children are not added: a postmaster may be one of them.
-fn tree_ticks(pid: u32, children: Option<&BTreeMap<u32, u64>>) -> Option<u64> {
+/// The live processes of each parent: their own ticks summed, and their pids.
+#[derive(Default)]
+struct Children {
+    ticks: u64,
+    pids: Vec<u32>,
+}
+
+/// Ticks of a process, the children it reaped, and, with `children` (from one scan of `/proc`),
+/// its live children's own: a postmaster's backends and walsenders come and go. Patroni's and
+/// HAProxy's live children are not added: a postmaster may be one of them.
+fn tree_ticks(pid: u32, children: Option<&BTreeMap<u32, Children>>) -> Option<u64> {
     let own = procfs::process(&pid.to_string())?;
-    let live = children.and_then(|c| c.get(&pid)).copied().unwrap_or(0);
+    let live = children
+        .and_then(|c| c.get(&pid))
+        .map_or(0, |live| live.ticks);
     Some(own.own_ticks + own.reaped_ticks + live)
 }
 
-/// The live processes' own ticks summed by parent pid.
-fn ticks_by_parent() -> anyhow::Result<BTreeMap<u32, u64>> {
-    let mut by_parent = BTreeMap::new();
+/// Context switches of a process's threads and, with `children`, of its live children's: a
+/// postmaster's backends (the ones that ended are not counted).
+fn tree_switches(pid: u32, children: Option<&BTreeMap<u32, Children>>) -> Option<u64> {
+    let own = procfs::switches(&pid.to_string())?;
+    let live = children.and_then(|c| c.get(&pid)).map_or(0, |live| {
+        live.pids
+            .iter()
+            .filter_map(|child| procfs::switches(&child.to_string()))
+            .sum()
+    });
+    Some(own + live)
+}
+
+/// The live processes summed by parent pid.
+fn children_by_parent() -> anyhow::Result<BTreeMap<u32, Children>> {
+    let mut by_parent: BTreeMap<u32, Children> = BTreeMap::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
+            continue;
+        };
         if let Some(child) = procfs::stat(&entry.path().join("stat")) {
-            *by_parent.entry(child.ppid).or_default() += child.own_ticks;
+            let parent = by_parent.entry(child.ppid).or_default();
+            parent.ticks += child.own_ticks;
+            parent.pids.push(pid);
         }
     }
     Ok(by_parent)
@@ -79,19 +112,35 @@ pub async fn snapshot(
 ) -> anyhow::Result<Snapshot> {
     let seconds = |ticks: u64| ticks as f64 / procfs::TICKS_PER_SECOND;
     let mut cpu = BTreeMap::new();
+    let mut switches = BTreeMap::new();
     for name in PROCESSES {
-        if let Some(stat) = pid_of(pids, name).and_then(|pid| procfs::process(&pid)) {
+        let Some(pid) = pid_of(pids, name) else {
+            continue;
+        };
+        if let Some(stat) = procfs::process(&pid) {
             cpu.insert(name.to_owned(), seconds(stat.own_ticks));
         }
+        if let Some(count) = procfs::switches(&pid) {
+            switches.insert(name.to_owned(), i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
-    let children = ticks_by_parent()?;
-    let sum = |pids: &[u32], postmasters: bool| -> Option<f64> {
+    let children = children_by_parent()?;
+    let sum = |pids: &[u32], postmasters: bool| -> Option<(f64, i64)> {
         let children = postmasters.then_some(&children);
         let ticks: Vec<u64> = pids
             .iter()
             .filter_map(|&pid| tree_ticks(pid, children))
             .collect();
-        (!ticks.is_empty()).then(|| seconds(ticks.iter().sum()))
+        let switched: u64 = pids
+            .iter()
+            .filter_map(|&pid| tree_switches(pid, children))
+            .sum();
+        (!ticks.is_empty()).then(|| {
+            (
+                seconds(ticks.iter().sum()),
+                i64::try_from(switched).unwrap_or(i64::MAX),
+            )
+        })
     };
     let from_files = |names: &[&str]| -> Vec<u32> {
         names
@@ -116,8 +165,9 @@ pub async fn snapshot(
         ],
     };
     for (label, members, postmasters) in groups {
-        if let Some(seconds) = sum(&members, postmasters) {
-            cpu.insert(label, seconds);
+        if let Some((seconds, switched)) = sum(&members, postmasters) {
+            cpu.insert(label.clone(), seconds);
+            switches.insert(label, switched);
         }
     }
     if let Some(me) = procfs::process("self") {
@@ -138,10 +188,32 @@ pub async fn snapshot(
     Ok(Snapshot {
         at: Instant::now(),
         cpu,
+        switches,
         machine,
         commits,
         rollbacks,
     })
+}
+
+/// CPU milliseconds and context switches per order between two snapshots, by process, over
+/// `orders` orders. The load generator's CPU is left out: it is not the pipeline's. A counter that
+/// went back (a process restarted) counts nothing.
+pub fn per_order(
+    before: &Snapshot,
+    after: &Snapshot,
+    orders: u64,
+) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let orders = orders.max(1) as f64;
+    let cpu = difference(&before.cpu, &after.cpu)
+        .into_iter()
+        .filter(|(process, _)| process != LOAD_GENERATOR)
+        .map(|(process, seconds)| (process, seconds.max(0.0) * 1000.0 / orders))
+        .collect();
+    let switches = difference(&before.switches, &after.switches)
+        .into_iter()
+        .map(|(process, count)| (process, count.max(0) as f64 / orders))
+        .collect();
+    (cpu, switches)
 }
 
 /// `after - before` per key of `after` (a key missing before counts from zero).
@@ -164,6 +236,41 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(cpu: &[(&str, f64)], switches: &[(&str, i64)]) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            cpu: cpu.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            switches: switches
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            machine: 0.0,
+            commits: BTreeMap::new(),
+            rollbacks: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn per_order_figures_leave_out_the_load_generator_and_restarted_counters() {
+        let before = at(
+            &[("eventstore", 1.0), (LOAD_GENERATOR, 0.0)],
+            &[("eventstore", 100), ("ordersvc", 900)],
+        );
+        let after = at(
+            &[("eventstore", 1.5), (LOAD_GENERATOR, 2.0)],
+            &[("eventstore", 1100), ("ordersvc", 40)],
+        );
+        let (cpu, switches) = per_order(&before, &after, 100);
+        assert_eq!(cpu, BTreeMap::from([("eventstore".to_owned(), 5.0)]));
+        assert_eq!(
+            switches,
+            BTreeMap::from([
+                ("eventstore".to_owned(), 10.0),
+                ("ordersvc".to_owned(), 0.0)
+            ])
+        );
+    }
 
     #[test]
     fn a_difference_counts_a_new_key_from_zero() {

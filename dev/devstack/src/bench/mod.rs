@@ -51,7 +51,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use self::measure::{LOAD_GENERATOR, Snapshot, difference, snapshot};
+use self::measure::{Snapshot, difference, per_order, snapshot};
 use self::stack::{Profile, Stack, Tracing};
 use self::table::{Binaries, Results, Saturated, Steady};
 use crate::settings::repository_root;
@@ -578,12 +578,7 @@ impl Bench {
         tokio::time::sleep(STATS_FLUSH_WAIT).await;
         let after = self.snapshot().await?;
 
-        let cpu = difference(&before.cpu, &cpu_after.cpu);
-        let cpu_ms_per_order = cpu
-            .into_iter()
-            .filter(|(process, _)| process != LOAD_GENERATOR)
-            .map(|(process, seconds)| (process, seconds * 1000.0 / finals.max(1) as f64))
-            .collect();
+        let (cpu_ms_per_order, switches_per_order) = per_order(&before, &cpu_after, finals);
         let wall = cpu_after.at.duration_since(before.at).as_secs_f64();
         let row = Saturated {
             profile: self.profile(),
@@ -595,6 +590,7 @@ impl Bench {
             finals,
             seconds,
             cpu_ms_per_order,
+            switches_per_order,
             commits: difference(&before.commits, &after.commits).values().sum(),
             rollbacks: difference(&before.rollbacks, &after.rollbacks)
                 .values()
@@ -616,6 +612,7 @@ impl Bench {
             self.duration.as_secs()
         ));
         self.level().await?;
+        let before = self.snapshot().await?;
         let report = self
             .load(&[
                 "--rate".into(),
@@ -629,6 +626,8 @@ impl Bench {
             ])
             .await?;
         self.drain().await?;
+        let after = self.snapshot().await?;
+        let (cpu_ms_per_order, switches_per_order) = per_order(&before, &after, report.accepted);
         let latency = report.post_to_final.latency;
         let row = Steady {
             profile: self.profile(),
@@ -638,6 +637,8 @@ impl Bench {
             errors: report.errors.values().sum(),
             not_final: report.not_final,
             followed_by: report.followed_by,
+            cpu_ms_per_order,
+            switches_per_order,
             p50_ms: latency.p50_ms,
             p95_ms: latency.p95_ms,
             p99_ms: latency.p99_ms,

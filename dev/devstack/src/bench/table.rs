@@ -41,6 +41,8 @@ pub struct Saturated {
     pub seconds: f64,
     /// CPU milliseconds per final order, by process.
     pub cpu_ms_per_order: BTreeMap<String, f64>,
+    /// Context switches per final order, by process: how often it was woken.
+    pub switches_per_order: BTreeMap<String, f64>,
     pub commits: i64,
     pub rollbacks: i64,
     /// Busy share of the whole machine over the phase, in % of one core.
@@ -87,6 +89,11 @@ pub struct Steady {
     pub errors: u64,
     pub not_final: u64,
     pub followed_by: String,
+    /// CPU milliseconds per accepted order, by process (settling included): at a steady rate
+    /// most of it is the price of being woken.
+    pub cpu_ms_per_order: BTreeMap<String, f64>,
+    /// Context switches per accepted order, by process.
+    pub switches_per_order: BTreeMap<String, f64>,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -291,8 +298,8 @@ pub fn markdown(started_at: &str, command_line: &str, results: &Results) -> Stri
 
 fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
     out.push_str(
-        "\n| PostgreSQL | run | binaries | orders final | orders/s | ÷ goal | POST/s | CPU ms/order (all) | by process | commits/order | rollbacks/order | machine busy |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n| PostgreSQL | run | binaries | orders final | orders/s | ÷ goal | POST/s | CPU ms/order (all) | by process | commits/order | rollbacks/order | machine busy | switches/order (all) | by process |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let rows = paired(
         rows,
@@ -300,16 +307,9 @@ fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
         |a, b| a.profile == b.profile && a.name == b.name,
     );
     for (row, baseline) in rows {
-        let mut by_process: Vec<(&String, &f64)> = row.cpu_ms_per_order.iter().collect();
-        by_process.sort_by(|a, b| b.1.total_cmp(a.1));
-        let by_process = by_process
-            .iter()
-            .map(|(name, ms)| format!("{name} {ms:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.2} | {:.3} | {:.0}% of 200% |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.2} | {:.3} | {:.0}% of 200% | {:.0} | {} |",
             row.profile,
             row.name,
             row.binaries,
@@ -318,15 +318,17 @@ fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
             ratio(row.orders_per_s(), goal),
             row.posts_per_s,
             row.cpu_ms_per_order_total(),
-            by_process,
+            by_process(&row.cpu_ms_per_order, 2),
             row.commits_per_order(),
             ratio(row.rollbacks as f64, row.finals as f64),
             row.busy_pct,
+            total(&row.switches_per_order),
+            by_process(&row.switches_per_order, 0),
         );
         if let Some(base) = baseline {
             let _ = writeln!(
                 out,
-                "| {} | {} | **{RATIO}** | | **{}** | | {} | **{}** | | {} | | |",
+                "| {} | {} | **{RATIO}** | | **{}** | | {} | **{}** | | {} | | | {} | |",
                 row.profile,
                 row.name,
                 times(Some(row.orders_per_s()), Some(base.orders_per_s())),
@@ -339,6 +341,10 @@ fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
                     Some(row.commits_per_order()),
                     Some(base.commits_per_order())
                 ),
+                times(
+                    Some(total(&row.switches_per_order)),
+                    Some(total(&base.switches_per_order))
+                ),
             );
         }
     }
@@ -346,8 +352,8 @@ fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
 
 fn steady_table(out: &mut String, rows: &[Steady]) {
     out.push_str(
-        "\n| PostgreSQL | steady rate | binaries | accepted | errors | not final | final seen by | p50 ms | p95 ms | p99 ms | max ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n| PostgreSQL | steady rate | binaries | accepted | errors | not final | final seen by | p50 ms | p95 ms | p99 ms | max ms | CPU ms/order (all) | by process | switches/order (all) | by process |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let rows = paired(
         rows,
@@ -357,7 +363,7 @@ fn steady_table(out: &mut String, rows: &[Steady]) {
     for (row, baseline) in rows {
         let _ = writeln!(
             out,
-            "| {} | {}/s | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {}/s | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} |",
             row.profile,
             row.rate,
             row.binaries,
@@ -369,20 +375,48 @@ fn steady_table(out: &mut String, rows: &[Steady]) {
             millis(row.p95_ms),
             millis(row.p99_ms),
             millis(row.max_ms),
+            total(&row.cpu_ms_per_order),
+            by_process(&row.cpu_ms_per_order, 2),
+            total(&row.switches_per_order),
+            by_process(&row.switches_per_order, 0),
         );
         if let Some(base) = baseline {
             let _ = writeln!(
                 out,
-                "| {} | {}/s | **{RATIO}** | | | | | {} | {} | **{}** | {} |",
+                "| {} | {}/s | **{RATIO}** | | | | | {} | {} | **{}** | {} | {} | | {} | |",
                 row.profile,
                 row.rate,
                 times(row.p50_ms, base.p50_ms),
                 times(row.p95_ms, base.p95_ms),
                 times(row.p99_ms, base.p99_ms),
                 times(row.max_ms, base.max_ms),
+                times(
+                    Some(total(&row.cpu_ms_per_order)),
+                    Some(total(&base.cpu_ms_per_order))
+                ),
+                times(
+                    Some(total(&row.switches_per_order)),
+                    Some(total(&base.switches_per_order))
+                ),
             );
         }
     }
+}
+
+/// The sum of a by-process figure.
+fn total(values: &BTreeMap<String, f64>) -> f64 {
+    values.values().sum()
+}
+
+/// `name value, …`, the largest first, with `decimals` digits.
+fn by_process(values: &BTreeMap<String, f64>, decimals: usize) -> String {
+    let mut sorted: Vec<(&String, &f64)> = values.iter().collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(a.1));
+    sorted
+        .iter()
+        .map(|(name, value)| format!("{name} {value:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn append_table(out: &mut String, rows: &[Append], pgbench_tps: f64) {
@@ -394,13 +428,6 @@ fn append_table(out: &mut String, rows: &[Append], pgbench_tps: f64) {
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (row, baseline) in paired(rows, |row| row.binaries, |a, b| a.clients == b.clients) {
-        let mut by_process: Vec<(&String, &f64)> = row.cpu_ms_per_1000.iter().collect();
-        by_process.sort_by(|a, b| b.1.total_cmp(a.1));
-        let by_process = by_process
-            .iter()
-            .map(|(name, ms)| format!("{name} {ms:.1}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let _ = writeln!(
             out,
             "| {} | {} | {:.0} | {:.2} | {} | {} | {} | {} | {:.1} | {} | {:.3} | {} | {:.0} |",
@@ -413,7 +440,7 @@ fn append_table(out: &mut String, rows: &[Append], pgbench_tps: f64) {
             millis(row.max_ms),
             row.errors,
             row.cpu_ms_per_1000_total(),
-            by_process,
+            by_process(&row.cpu_ms_per_1000, 1),
             row.commits_per_append(),
             row.outbox_at_end,
             row.drain_ms,
@@ -558,6 +585,10 @@ mod tests {
                 ("ordersvc".to_owned(), 0.5),
                 ("postgresql".to_owned(), 1.5),
             ]),
+            switches_per_order: BTreeMap::from([
+                ("eventstore".to_owned(), 4.0),
+                ("postgresql".to_owned(), 6.0),
+            ]),
             commits: 570,
             rollbacks: 0,
             busy_pct: 150.0,
@@ -573,6 +604,14 @@ mod tests {
             errors: 0,
             not_final: 0,
             followed_by: "notices".to_owned(),
+            cpu_ms_per_order: BTreeMap::from([
+                ("postgresql".to_owned(), 4.25),
+                ("nats-server".to_owned(), 2.0),
+            ]),
+            switches_per_order: BTreeMap::from([
+                ("postgresql".to_owned(), 55.0),
+                ("nats-server".to_owned(), 61.0),
+            ]),
             p50_ms: Some(75.0),
             p95_ms: None,
             p99_ms,
@@ -614,12 +653,12 @@ mod tests {
         assert!(text.contains("the goal is ≥ 360 orders/s"), "{text}");
         assert!(!text.contains("HA"), "{text}");
         assert!(
-            text.contains("| single | saturated | current | 1000 | 250 | 0.69 | 500 | 2.00 | postgresql 1.50, ordersvc 0.50 | 0.57 | 0.000 | 150% of 200% |"),
+            text.contains("| single | saturated | current | 1000 | 250 | 0.69 | 500 | 2.00 | postgresql 1.50, ordersvc 0.50 | 0.57 | 0.000 | 150% of 200% | 10 | postgresql 6, eventstore 4 |"),
             "{text}"
         );
         assert!(
             text.contains(
-                "| single | 100/s | current | 2000 | 0 | 0 | notices | 75 | - | 258 | 400.5 |"
+                "| single | 100/s | current | 2000 | 0 | 0 | notices | 75 | - | 258 | 400.5 | 6.25 | postgresql 4.25, nats-server 2.00 | 116 | nats-server 61, postgresql 55 |"
             ),
             "{text}"
         );
@@ -673,18 +712,18 @@ mod tests {
         // Orders/s 250 ÷ 200, POST/s equal, CPU 2.0 ÷ 4.0, commits per order equal.
         assert_eq!(
             lines[base + 2],
-            "| single | saturated | **current ÷ baseline** | | **1.25** | | 1.00 | **0.50** | | 1.00 | | |"
+            "| single | saturated | **current ÷ baseline** | | **1.25** | | 1.00 | **0.50** | | 1.00 | | | 1.00 | |"
         );
         let base = at("| single | 100/s | baseline |");
         assert_eq!(at("| single | 100/s | current |"), base + 1);
         assert_eq!(
             lines[base + 2],
-            "| single | 100/s | **current ÷ baseline** | | | | | 1.00 | - | **1.29** | 1.00 |"
+            "| single | 100/s | **current ÷ baseline** | | | | | 1.00 | - | **1.29** | 1.00 | 1.00 | | 1.00 | |"
         );
         // A missing percentile on either side gives no ratio.
         assert!(
             text.contains(
-                "| single | 500/s | **current ÷ baseline** | | | | | 1.00 | - | **-** | 1.00 |"
+                "| single | 500/s | **current ÷ baseline** | | | | | 1.00 | - | **-** | 1.00 | 1.00 | | 1.00 | |"
             ),
             "{text}"
         );

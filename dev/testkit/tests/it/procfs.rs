@@ -1,6 +1,8 @@
 //! The `/proc` reader of the benchmarks, on lines of known shape and on this process.
 
-use testkit::procfs::{ProcStat, parse_machine_busy, parse_stat, process};
+use testkit::procfs::{
+    ProcStat, parse_machine_busy, parse_stat, parse_switches, process, switches,
+};
 
 #[test]
 fn a_stat_line_is_read_after_the_last_parenthesis_of_the_name() {
@@ -29,4 +31,25 @@ fn the_machine_is_busy_for_everything_but_idle_and_iowait() {
 fn this_process_can_be_read() {
     let me = process("self").expect("/proc/self/stat");
     assert!(me.ppid > 0);
+}
+
+#[test]
+fn a_threads_switches_are_its_voluntary_and_involuntary_ones() {
+    let status = "Name:\tpostgres\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+    assert_eq!(parse_switches(status), Some(127));
+    assert_eq!(parse_switches("Name:\tx\n"), None, "no counters, no number");
+    assert_eq!(parse_switches("voluntary_ctxt_switches:\tmany\n"), None);
+}
+
+#[test]
+fn a_process_counts_the_switches_of_every_thread() {
+    // A thread that went to sleep has switched at least once; `/proc/self/status` counts only the
+    // leader's, `switches` every live thread's.
+    let sleeper = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let leader = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let leader = parse_switches(&leader).expect("the leader's switches");
+    let all = switches("self").expect("/proc/self/task");
+    sleeper.join().expect("the sleeper ends");
+    assert!(all > leader, "every thread {all}, the leader {leader}");
 }
