@@ -56,28 +56,27 @@ struct Children {
     pids: Vec<u32>,
 }
 
-/// Ticks of a process, the children it reaped, and, with `children` (from one scan of `/proc`),
-/// its live children's own: a postmaster's backends and walsenders come and go. Patroni's and
-/// HAProxy's live children are not added: a postmaster may be one of them.
-fn tree_ticks(pid: u32, children: Option<&BTreeMap<u32, Children>>) -> Option<u64> {
-    let own = procfs::process(&pid.to_string())?;
-    let live = children
-        .and_then(|c| c.get(&pid))
-        .map_or(0, |live| live.ticks);
-    Some(own.own_ticks + own.reaped_ticks + live)
-}
-
-/// Context switches of a process's threads and, with `children`, of its live children's: a
-/// postmaster's backends (the ones that ended are not counted).
-fn tree_switches(pid: u32, children: Option<&BTreeMap<u32, Children>>) -> Option<u64> {
-    let own = procfs::switches(&pid.to_string())?;
-    let live = children.and_then(|c| c.get(&pid)).map_or(0, |live| {
-        live.pids
+/// CPU ticks and context switches of a process. Ticks: its own and the children it reaped;
+/// switches: of its live threads. With `children` (from one scan of `/proc`), its live children's
+/// are added: a postmaster's backends and walsenders come and go (the switches of the ones that
+/// ended are not counted). Patroni's and HAProxy's live children are not added: a postmaster may
+/// be one of them.
+fn tree(pid: u32, children: Option<&BTreeMap<u32, Children>>) -> Option<(u64, u64)> {
+    let id = pid.to_string();
+    let own = procfs::process(&id)?;
+    let switched = procfs::switches(&id).unwrap_or(0);
+    let (live_ticks, live_switches) = children.and_then(|c| c.get(&pid)).map_or((0, 0), |live| {
+        let switched = live
+            .pids
             .iter()
             .filter_map(|child| procfs::switches(&child.to_string()))
-            .sum()
+            .sum();
+        (live.ticks, switched)
     });
-    Some(own + live)
+    Some((
+        own.own_ticks + own.reaped_ticks + live_ticks,
+        switched + live_switches,
+    ))
 }
 
 /// The live processes summed by parent pid.
@@ -127,19 +126,11 @@ pub async fn snapshot(
     let children = children_by_parent()?;
     let sum = |pids: &[u32], postmasters: bool| -> Option<(f64, i64)> {
         let children = postmasters.then_some(&children);
-        let ticks: Vec<u64> = pids
-            .iter()
-            .filter_map(|&pid| tree_ticks(pid, children))
-            .collect();
-        let switched: u64 = pids
-            .iter()
-            .filter_map(|&pid| tree_switches(pid, children))
-            .sum();
-        (!ticks.is_empty()).then(|| {
-            (
-                seconds(ticks.iter().sum()),
-                i64::try_from(switched).unwrap_or(i64::MAX),
-            )
+        let members: Vec<(u64, u64)> = pids.iter().filter_map(|&pid| tree(pid, children)).collect();
+        (!members.is_empty()).then(|| {
+            let ticks: u64 = members.iter().map(|(ticks, _)| ticks).sum();
+            let switched: u64 = members.iter().map(|(_, switched)| switched).sum();
+            (seconds(ticks), i64::try_from(switched).unwrap_or(i64::MAX))
         })
     };
     let from_files = |names: &[&str]| -> Vec<u32> {
