@@ -94,18 +94,39 @@ impl AppState {
         self.moves.requests_asleep()
     }
 
-    /// Follows querymodelworker's read-model notices on the NATS of `nats`, so that a
-    /// `min_version` request is answered as soon as its order moved. Returns at once: while NATS
-    /// is unreachable the client connects in the background and those requests re-read. A server
-    /// that refuses our user is an error.
+    /// Follows querymodelworker's read-model notices on the NATS of `nats` while a
+    /// `min_version` request waits, so that it is answered as soon as its order moved; a few
+    /// seconds after the last one left, unsubscribes until another comes. Returns at once: while
+    /// NATS is unreachable the client connects in the background and those requests re-read. A
+    /// server that refuses our user is an error.
     pub async fn follow_read_model(
         &self,
         nats: &NatsArgs,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        self.follow_read_model_lingering(nats, moves::LINGER).await
+    }
+
+    /// [`AppState::follow_read_model`], unsubscribing `linger` after the last waiting request left.
+    pub async fn follow_read_model_lingering(
+        &self,
+        nats: &NatsArgs,
+        linger: Duration,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let client = pipeline_runtime::nats::connect_in_background(nats, "ordersvc")
             .await
             .context("read-model notices (NATS_URL)")?;
-        Ok(tokio::spawn(moves::follow(client, self.moves.clone())))
+        Ok(tokio::spawn(moves::follow(
+            client,
+            self.moves.clone(),
+            linger,
+        )))
+    }
+
+    /// Whether this instance follows the read-model notices right now (subscribed, and the
+    /// subscription confirmed by the server): only while a `min_version` request waits, and for a
+    /// few seconds after.
+    pub fn follows_read_model(&self) -> bool {
+        self.moves.following()
     }
 }
 

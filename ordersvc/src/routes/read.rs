@@ -85,45 +85,59 @@ pub async fn get_order(
     };
 
     // Waiting for a version: woken by the read-model notice of this order (or, if that got lost,
-    // by the slow re-read), then read once more.
-    let watch = min_version.map(|_| state.moves.watch(order_id));
+    // by the slow re-read), then read once more. The watch starts at the first read that finds
+    // the order behind: only then are the notices followed.
+    let mut watch: Option<Watch> = None;
     let deadline = Instant::now() + state.min_version_wait;
     loop {
-        let mut notified = pin!(watch.as_ref().map(Watch::notified));
-        if let Some(notified) = notified.as_mut().as_pin_mut() {
-            // Registered before the read: a notice that lands during it still wakes us.
-            notified.enable();
-        }
-        // Another customer's order is missing as far as this caller can tell, down to the
-        // `min_version` wait that a missing order waits out.
-        let found = db::retry(|| fetch_order(&state.db, order_id))
-            .await?
-            .filter(|(row, _)| caller.reaches(&row.customer_id));
-        let caught_up = match (&found, min_version) {
-            (_, None) => true,
-            (Some((row, _)), Some(wanted)) => row.version >= wanted,
-            (None, Some(_)) => false,
-        };
-        let now = Instant::now();
-        if caught_up || now >= deadline {
-            let Some((row, items)) = found else {
-                return Err(ApiError::NotFound(format!("order {order_id} not found")));
+        let follow_until = {
+            let mut notified = pin!(watch.as_ref().map(Watch::notified));
+            if let Some(notified) = notified.as_mut().as_pin_mut() {
+                // Registered before the read: a notice that lands during it still wakes us.
+                notified.enable();
+            }
+            // Another customer's order is missing as far as this caller can tell, down to the
+            // `min_version` wait that a missing order waits out.
+            let found = db::retry(|| fetch_order(&state.db, order_id))
+                .await?
+                .filter(|(row, _)| caller.reaches(&row.customer_id));
+            let caught_up = match (&found, min_version) {
+                (_, None) => true,
+                (Some((row, _)), Some(wanted)) => row.version >= wanted,
+                (None, Some(_)) => false,
             };
-            let mut response = Json(order_view(row, items)?).into_response();
-            if !caught_up {
-                response
-                    .headers_mut()
-                    .insert(STALE_HEADER, HeaderValue::from_static("true"));
+            let now = Instant::now();
+            if caught_up || now >= deadline {
+                let Some((row, items)) = found else {
+                    return Err(ApiError::NotFound(format!("order {order_id} not found")));
+                };
+                let mut response = Json(order_view(row, items)?).into_response();
+                if !caught_up {
+                    response
+                        .headers_mut()
+                        .insert(STALE_HEADER, HeaderValue::from_static("true"));
+                }
+                return Ok(response);
             }
-            return Ok(response);
-        }
-        let reread = now + state.min_version_reread.min(deadline - now);
-        if let Some(notified) = notified.as_pin_mut() {
-            let _asleep = state.moves.asleep();
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep_until(reread) => {}
+            let reread = now + state.min_version_reread.min(deadline - now);
+            match notified.as_pin_mut() {
+                Some(notified) => {
+                    let _asleep = state.moves.asleep();
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(reread) => {}
+                    }
+                    None
+                }
+                None => Some(reread),
             }
+        };
+        if let Some(until) = follow_until {
+            // First found behind. A notice sent before the notices were followed has passed us
+            // by: read again once they are (or once the re-read is due, if NATS is away).
+            let started = state.moves.watch(order_id);
+            let _ = tokio::time::timeout_at(until, started.followed()).await;
+            watch = Some(started);
         }
     }
 }

@@ -236,6 +236,22 @@ async fn set_version(stack: &Stack, order_id: Uuid, version: i64) {
         .expect("update order");
 }
 
+/// Publishes one read-model notice saying `order_id` is at `version` now.
+async fn notify(stack: &Stack, order_id: Uuid, version: i64) {
+    let client = async_nats::connect(stack.nats.url()).await.expect("NATS");
+    let notice = serde_json::to_vec(&[ReadModelChange {
+        order_id,
+        version,
+        event_type: "orderapproved".into(),
+    }])
+    .expect("notice");
+    client
+        .publish(READ_MODEL_SUBJECT, notice.into())
+        .await
+        .expect("publish notice");
+    client.flush().await.expect("flush");
+}
+
 #[tokio::test]
 async fn a_min_version_read_is_answered_by_the_notice_of_its_order() {
     let stack = Stack::start().await;
@@ -251,36 +267,21 @@ async fn a_min_version_read_is_answered_by_the_notice_of_its_order() {
         .await
         .expect("follows the stack's NATS");
     let request = waiting_read(&state, order_id, 3).await;
+    // A request sleeps only once the server has the subscription (or after its re-read interval,
+    // 10 minutes here): one notice sent now must reach it.
+    assert!(state.follows_read_model(), "a read waits: notices followed");
 
-    // The read model moves to version 3, and querymodelworker says so. The subscription may not
-    // be in place yet when the first notice goes out: say it again until the read answers.
+    // The read model moves to version 3, and querymodelworker says so, once.
     set_version(&stack, order_id, 3).await;
-    let client = async_nats::connect(stack.nats.url()).await.expect("NATS");
-    let notice = serde_json::to_vec(&[ReadModelChange {
-        order_id,
-        version: 3,
-        event_type: "orderapproved".into(),
-    }])
-    .expect("notice");
+    notify(&stack, order_id, 3).await;
+
     // Expected: the read answers with version 3, caught up, while its wait (30 s) still runs: at
     // the end of the wait it would read the row once more and find version 3 anyway, so an answer
-    // only counts before then. A third of the wait is given to the notices.
-    let notices_until = tokio::time::Instant::now() + Duration::from_secs(10);
-    let answer = loop {
-        client
-            .publish(READ_MODEL_SUBJECT, notice.clone().into())
-            .await
-            .expect("publish notice");
-        client.flush().await.expect("flush");
-        if request.is_finished() {
-            break request.await.expect("the read task");
-        }
-        assert!(
-            tokio::time::Instant::now() < notices_until,
-            "notices of the order for 10 s, and the read still waits"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // only counts before then.
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the notice answers the read within 10 s")
+        .expect("the read task");
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(answer.body["version"], 3, "{}", answer.body);
     assert_eq!(answer.body["status"], "Approved", "{}", answer.body);
@@ -289,6 +290,67 @@ async fn a_min_version_read_is_answered_by_the_notice_of_its_order() {
         "caught up, not stale: {:?}",
         answer.headers
     );
+    follower.abort();
+}
+
+#[tokio::test]
+async fn the_notices_are_followed_only_while_a_min_version_read_waits() {
+    let stack = Stack::start().await;
+    let created_on = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+    let order_id = insert_order(&stack, "c1", created_on, 2).await;
+    let (config, state) = stack.state_with(|config| {
+        config.min_version_wait_ms = 30_000;
+        config.min_version_reread_ms = 600_000;
+    });
+    let linger = Duration::from_millis(200);
+    let follower = state
+        .follow_read_model_lingering(&config.nats, linger)
+        .await
+        .expect("follows the stack's NATS");
+
+    // Expected: reads that do not wait never subscribe: a plain read, and a min_version read
+    // that the row already satisfies. Every notice would otherwise wake this instance for nothing.
+    let app = ordersvc::router(state.clone());
+    let plain = call(app.clone(), get(&format!("/api/orders/{order_id}"))).await;
+    assert_eq!(plain.status, StatusCode::OK, "{}", plain.body);
+    let satisfied = call(app, get(&format!("/api/orders/{order_id}?min_version=2"))).await;
+    assert_eq!(satisfied.status, StatusCode::OK, "{}", satisfied.body);
+    tokio::time::sleep(linger * 2).await;
+    assert!(
+        !state.follows_read_model(),
+        "nobody waited: no subscription"
+    );
+
+    let request = waiting_read(&state, order_id, 3).await;
+    assert!(state.follows_read_model(), "a read waits: notices followed");
+    set_version(&stack, order_id, 3).await;
+    notify(&stack, order_id, 3).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the notice answers the read")
+        .expect("the read task");
+    assert_eq!(answer.body["version"], 3, "{}", answer.body);
+
+    // Expected: the subscription goes within a few lingers of the last waiting read.
+    let gone_by = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state.follows_read_model() {
+        assert!(
+            tokio::time::Instant::now() < gone_by,
+            "still subscribed 5 s after the last read left (linger {linger:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Expected: the next waiting read subscribes again and is answered by its notice.
+    let request = waiting_read(&state, order_id, 4).await;
+    assert!(state.follows_read_model(), "subscribed again");
+    set_version(&stack, order_id, 4).await;
+    notify(&stack, order_id, 4).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the notice answers the second read")
+        .expect("the read task");
+    assert_eq!(answer.body["version"], 4, "{}", answer.body);
     follower.abort();
 }
 
