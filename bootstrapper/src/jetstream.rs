@@ -174,9 +174,11 @@ pub async fn ensure_consumers(js: &Context) -> anyhow::Result<Vec<(String, Outco
         .get_stream_no_info(STREAM)
         .await
         .with_context(|| format!("cannot open stream {STREAM}"))?;
+    // On a server that filters on several subjects, a consumer made on 2.9 takes fewer now.
+    let client = js.client();
     let mut outcomes = Vec::with_capacity(CONSUMERS.len());
     for spec in CONSUMERS {
-        let outcome = ensure_consumer(&stream, spec).await?;
+        let outcome = ensure_consumer(&stream, spec, &client).await?;
         outcomes.push((spec.durable.to_owned(), outcome));
     }
     Ok(outcomes)
@@ -186,8 +188,9 @@ pub async fn ensure_consumers(js: &Context) -> anyhow::Result<Vec<(String, Outco
 async fn ensure_consumer(
     stream: &stream::Stream<()>,
     spec: &ConsumerSpec,
+    client: &async_nats::Client,
 ) -> anyhow::Result<Outcome> {
-    let desired = spec.config();
+    let desired = spec.config_for(client);
     let outcome = match stream.consumer_info(spec.durable).await {
         Ok(info) if !consumer_differs(&info.config, &desired) => return Ok(Outcome::Unchanged),
         Ok(_) => Outcome::Updated,
@@ -216,6 +219,7 @@ async fn ensure_consumer(
 fn consumer_differs(current: &consumer::Config, desired: &pull::Config) -> bool {
     current.durable_name != desired.durable_name
         || current.filter_subject != desired.filter_subject
+        || current.filter_subjects != desired.filter_subjects
         || current.ack_policy != desired.ack_policy
         || current.ack_wait != desired.ack_wait
         || current.max_ack_pending != desired.max_ack_pending
@@ -267,15 +271,26 @@ mod tests {
 
     #[test]
     fn a_consumer_as_the_server_fills_it_in_is_unchanged() {
-        for spec in CONSUMERS {
-            let desired = spec.config();
-            let mut stored: consumer::Config =
-                consumer::IntoConsumerConfig::into_consumer_config(&desired);
-            stored.max_deliver = -1;
-            stored.max_waiting = 512;
-            assert!(!consumer_differs(&stored, &desired), "{}", spec.durable);
-            stored.max_deliver = 5;
-            assert!(consumer_differs(&stored, &desired), "{}", spec.durable);
+        for several_filters in [false, true] {
+            for spec in CONSUMERS {
+                let desired = spec.config(several_filters);
+                let mut stored: consumer::Config =
+                    consumer::IntoConsumerConfig::into_consumer_config(&desired);
+                stored.max_deliver = -1;
+                stored.max_waiting = 512;
+                assert!(!consumer_differs(&stored, &desired), "{}", spec.durable);
+                stored.max_deliver = 5;
+                assert!(consumer_differs(&stored, &desired), "{}", spec.durable);
+            }
         }
+    }
+
+    #[test]
+    fn a_consumer_made_on_2_9_is_updated_on_a_server_that_filters_on_several_subjects() {
+        let spec = pipeline_runtime::stream::consumer("paymentworker").expect("defined");
+        let made_on_2_9: consumer::Config =
+            consumer::IntoConsumerConfig::into_consumer_config(&spec.config(false));
+        assert!(consumer_differs(&made_on_2_9, &spec.config(true)));
+        assert!(!consumer_differs(&made_on_2_9, &spec.config(false)));
     }
 }

@@ -67,10 +67,9 @@ impl App {
             let worker = Arc::clone(&worker);
             async move { worker.handle_batch(deliveries).await }
         };
-        let options = consumer::Options {
-            handles: Some(worker::HANDLES),
-            ..self.config.worker.options()
-        };
+        // The event types it acts on are its consumer's (`stream::CONSUMERS`): on nats-server
+        // 2.10+ the only ones delivered, on 2.9 the others are acked unseen.
+        let options = self.config.worker.options();
         let result =
             consumer::run_batches_until_stopped(self.nats, NAME, options, handler, shutdown).await;
         self.pool.close().await;

@@ -24,13 +24,6 @@ use uuid::Uuid;
 use crate::ledger::{self, Decision, LedgerError, Refund, ToSettle};
 use pipeline_runtime::orders::{self, History};
 
-/// The event types the payment worker acts on; the consumer acks the others unseen.
-pub const HANDLES: &[&str] = &[
-    event_type::CREATED,
-    event_type::REJECTED,
-    event_type::CANCELLED,
-];
-
 /// Everything a message needs; shared by the messages in hand.
 pub struct Worker {
     pub store: EventStoreClient,

@@ -66,7 +66,7 @@ async fn a_consumer_changed_by_hand_is_put_back() {
     let js = servers.jetstream().await;
     let orders = js.get_stream(STREAM).await.expect("ORDERS exists");
     let spec = pipeline_runtime::stream::consumer("reviewworker").expect("defined");
-    let mut changed = spec.config();
+    let mut changed = spec.config_for(&js.client());
     changed.ack_wait = Duration::from_secs(5);
     changed.max_ack_pending = 7;
     let _: async_nats::jetstream::consumer::PullConsumer = orders

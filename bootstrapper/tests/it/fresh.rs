@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::AckPolicy;
 use async_nats::jetstream::stream::StorageType;
 use bootstrapper::{Context, Outcome};
-use pipeline_runtime::stream::{CONSUMERS, DEAD_LETTER_STREAM, STREAM};
+use pipeline_runtime::stream::{CONSUMERS, DEAD_LETTER_STREAM, STREAM, filters_several_subjects};
 
 use crate::{Servers, migrations};
 
@@ -85,6 +85,7 @@ async fn a_fresh_server_gets_databases_tables_streams_and_consumers() {
     assert_eq!(dead.max_age, Duration::ZERO);
 
     let stream = js.get_stream(STREAM).await.expect("ORDERS exists");
+    let several = filters_several_subjects(&js.client().server_info().version);
     for spec in CONSUMERS {
         let info = stream
             .consumer_info(spec.durable)
@@ -92,7 +93,13 @@ async fn a_fresh_server_gets_databases_tables_streams_and_consumers() {
             .expect("consumer exists");
         assert_eq!(info.config.durable_name.as_deref(), Some(spec.durable));
         assert_eq!(info.config.ack_policy, AckPolicy::Explicit);
-        assert_eq!(info.config.filter_subject, spec.filter_subject);
+        match spec.handles {
+            Some(types) if several => {
+                let subjects: Vec<String> = types.iter().map(|t| format!("{STREAM}.{t}")).collect();
+                assert_eq!(info.config.filter_subjects, subjects, "{}", spec.durable);
+            }
+            _ => assert_eq!(info.config.filter_subject, spec.filter_subject),
+        }
         assert_eq!(info.config.ack_wait, spec.ack_wait);
         assert!(
             info.config.deliver_subject.is_none(),
@@ -218,4 +225,48 @@ async fn snapshot(servers: &Servers) -> Snapshot {
         consumers,
         migrations,
     }
+}
+
+#[tokio::test]
+async fn paymentworker_is_delivered_only_what_it_acts_on_where_the_server_can_filter() {
+    let servers = Servers::nats_only();
+    bootstrapper::run(&servers.config())
+        .await
+        .expect("bootstrap succeeds");
+    let js = servers.jetstream().await;
+    for event_type in ["created", "paymentdebited", "approved", "cancelled"] {
+        js.publish(format!("{STREAM}.{event_type}"), "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    let version = js.client().server_info().version;
+    let stream = js.get_stream(STREAM).await.expect("ORDERS exists");
+    let mut pending = Vec::new();
+    for durable in ["paymentworker", "reviewworker", "querymodelworker"] {
+        let info = stream
+            .consumer_info(durable)
+            .await
+            .expect("consumer exists");
+        pending.push((durable, info.num_pending));
+    }
+    // Expected: on nats-server 2.10+ paymentworker's consumer holds only the `created` and the
+    // `cancelled` (its `paymentdebited` and `approved` are never delivered to it); on 2.9 it holds
+    // all four, and the worker acks the two unseen. The others take the same on both.
+    let payments = if filters_several_subjects(&version) {
+        2
+    } else {
+        4
+    };
+    assert_eq!(
+        pending,
+        [
+            ("paymentworker", payments),
+            ("reviewworker", 1),
+            ("querymodelworker", 4)
+        ],
+        "nats-server {version}"
+    );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::{
     Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType,
 };
+use order_domain::event_type;
 use serde::{Deserialize, Serialize};
 
 /// The JetStream stream every order event is published to.
@@ -136,8 +137,13 @@ impl EventEnvelope {
 pub struct ConsumerSpec {
     /// Durable name, also the worker's binary name.
     pub durable: &'static str,
-    /// nats-server 2.9 takes one filter subject per consumer.
+    /// The one filter subject nats-server 2.9 takes per consumer.
     pub filter_subject: &'static str,
+    /// The event types the worker acts on, where they are fewer than `filter_subject` covers. On
+    /// a server that filters a consumer on several subjects (nats-server 2.10 and later) the
+    /// consumer takes only their subjects, so the others are never delivered; on 2.9 the worker
+    /// acks the others unseen ([`crate::consumer::Options::handles`]).
+    pub handles: Option<&'static [&'static str]>,
     /// How long a delivered message may stay un-acked before it is delivered again.
     pub ack_wait: Duration,
     /// Upper bound of un-acked messages across all instances.
@@ -150,18 +156,26 @@ pub const CONSUMERS: &[ConsumerSpec] = &[
     ConsumerSpec {
         durable: "paymentworker",
         filter_subject: SUBJECTS,
+        // An approved order's `paymentdebited` and `approved` are not its business.
+        handles: Some(&[
+            event_type::CREATED,
+            event_type::REJECTED,
+            event_type::CANCELLED,
+        ]),
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 1000,
     },
     ConsumerSpec {
         durable: "reviewworker",
         filter_subject: "ORDERS.paymentdebited",
+        handles: None,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 1000,
     },
     ConsumerSpec {
         durable: "querymodelworker",
         filter_subject: SUBJECTS,
+        handles: None,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 1000,
     },
@@ -172,12 +186,47 @@ pub fn consumer(durable: &str) -> Option<&'static ConsumerSpec> {
     CONSUMERS.iter().find(|spec| spec.durable == durable)
 }
 
+/// Whether a nats-server of `version` (as its INFO gives it: `2.10.7`, `2.11.0-RC.1`) takes
+/// several filter subjects per consumer: 2.10 and later. An unknown version does not.
+pub fn filters_several_subjects(version: &str) -> bool {
+    let mut numbers = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (2, 10),
+        _ => false,
+    }
+}
+
 impl ConsumerSpec {
-    /// The JetStream configuration the bootstrapper creates and the workers bind to.
-    pub fn config(&self) -> async_nats::jetstream::consumer::pull::Config {
+    /// The JetStream configuration the bootstrapper creates and the workers bind to, for the
+    /// server `client` is connected to: on one that filters on several subjects (see
+    /// [`filters_several_subjects`]) only the subjects of [`ConsumerSpec::handles`].
+    pub fn config_for(
+        &self,
+        client: &async_nats::Client,
+    ) -> async_nats::jetstream::consumer::pull::Config {
+        self.config(filters_several_subjects(&client.server_info().version))
+    }
+
+    /// The JetStream configuration, for a server that filters a consumer on several subjects or
+    /// on one only.
+    pub fn config(&self, several_filters: bool) -> async_nats::jetstream::consumer::pull::Config {
+        let (filter_subject, filter_subjects) = match self.handles {
+            Some(types) if several_filters => (
+                String::new(),
+                types
+                    .iter()
+                    .map(|event_type| subject(STREAM, event_type))
+                    .collect(),
+            ),
+            _ => (self.filter_subject.to_owned(), Vec::new()),
+        };
         async_nats::jetstream::consumer::pull::Config {
             durable_name: Some(self.durable.to_owned()),
-            filter_subject: self.filter_subject.to_owned(),
+            filter_subject,
+            filter_subjects,
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_ack_pending: self.max_ack_pending,
@@ -207,6 +256,48 @@ mod tests {
         let json = serde_json::to_vec(&envelope).expect("serialises");
         let back: EventEnvelope = serde_json::from_slice(&json).expect("deserialises");
         assert_eq!(back, envelope);
+    }
+
+    #[test]
+    fn servers_from_2_10_filter_on_several_subjects() {
+        for (version, several) in [
+            ("2.9.10", false),
+            ("2.9.25", false),
+            ("2.10.0", true),
+            ("2.10.7", true),
+            ("2.11.0-RC.1", true),
+            ("2.15.1", true),
+            ("3.0.0", true),
+            ("v2.12.1", true),
+            ("1.4.1", false),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(filters_several_subjects(version), several, "{version:?}");
+        }
+    }
+
+    #[test]
+    fn paymentworker_takes_only_its_subjects_where_the_server_can_filter_on_several() {
+        let spec = consumer("paymentworker").expect("defined");
+        // Expected on 2.10+: the three subjects it acts on, and no single filter beside them
+        // (a server refuses both at once).
+        let several = spec.config(true);
+        assert_eq!(several.filter_subject, "");
+        assert_eq!(
+            several.filter_subjects,
+            ["ORDERS.created", "ORDERS.rejected", "ORDERS.cancelled"]
+        );
+        // Expected on 2.9: the stream's subjects; the worker acks the others unseen.
+        let one = spec.config(false);
+        assert_eq!(one.filter_subject, SUBJECTS);
+        assert!(one.filter_subjects.is_empty());
+        // The workers that act on all they get keep their one filter on every server.
+        for name in ["reviewworker", "querymodelworker"] {
+            let spec = consumer(name).expect("defined");
+            assert_eq!(spec.config(true).filter_subject, spec.filter_subject);
+            assert!(spec.config(true).filter_subjects.is_empty());
+        }
     }
 
     #[test]

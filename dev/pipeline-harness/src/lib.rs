@@ -117,7 +117,7 @@ pub async fn create_streams(js: &jetstream::Context, consumers: bool) {
         let stream = js.get_stream(STREAM).await.expect("stream");
         for spec in CONSUMERS {
             stream
-                .create_consumer(spec.config())
+                .create_consumer(spec.config_for(&js.client()))
                 .await
                 .expect("consumer created");
         }

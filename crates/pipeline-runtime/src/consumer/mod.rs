@@ -141,7 +141,7 @@ where
         &js,
         spec,
         max_batch,
-        options.handles,
+        options.handles.or(spec.handles),
         senders,
         &stop,
     );
@@ -388,7 +388,7 @@ async fn bind(js: &jetstream::Context, spec: &ConsumerSpec) -> anyhow::Result<Pu
         .await
         .with_context(|| format!("stream {STREAM} not available (has the bootstrapper run?)"))?;
     stream
-        .get_or_create_consumer(spec.durable, spec.config())
+        .get_or_create_consumer(spec.durable, spec.config_for(&js.client()))
         .await
         .with_context(|| format!("consumer {} not available", spec.durable))
 }

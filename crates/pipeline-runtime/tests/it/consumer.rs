@@ -134,7 +134,7 @@ async fn the_consumer_loop_pulls_again_when_the_consumers_leader_dies_under_it()
         .get_stream(STREAM)
         .await
         .expect("ORDERS")
-        .create_consumer(spec.config())
+        .create_consumer(spec.config_for(&admin.client()))
         .await
         .expect("creating the durable consumer");
     let leader = consumer_leader(&admin, None).await;
