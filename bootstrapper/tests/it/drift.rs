@@ -7,7 +7,7 @@ use async_nats::jetstream::{
     stream::{self, StorageType},
 };
 use bootstrapper::Outcome;
-use pipeline_runtime::stream::{DUPLICATE_WINDOW, STREAM};
+use pipeline_runtime::stream::{DUPLICATE_WINDOW, STREAM, filters_several_subjects};
 
 use crate::Servers;
 
@@ -92,6 +92,66 @@ async fn a_consumer_changed_by_hand_is_put_back() {
         .expect("consumer exists");
     assert_eq!(info.config.ack_wait, spec.ack_wait);
     assert_eq!(info.config.max_ack_pending, spec.max_ack_pending);
+}
+
+#[tokio::test]
+async fn a_consumer_made_for_nats_server_2_9_takes_fewer_subjects_once_the_server_can_filter() {
+    let servers = Servers::nats_only();
+    let config = servers.config();
+    bootstrapper::run(&config)
+        .await
+        .expect("first run succeeds");
+    // paymentworker's consumer as a bootstrapper made it on 2.9: every subject of the stream,
+    // with an event waiting that is not paymentworker's business.
+    let js = servers.jetstream().await;
+    let orders = js.get_stream(STREAM).await.expect("ORDERS exists");
+    let spec = pipeline_runtime::stream::consumer("paymentworker").expect("defined");
+    orders
+        .delete_consumer(spec.durable)
+        .await
+        .expect("consumer deleted");
+    let _: async_nats::jetstream::consumer::PullConsumer = orders
+        .create_consumer(spec.config(false))
+        .await
+        .expect("made as on 2.9");
+    js.publish(format!("{STREAM}.approved"), "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    let report = bootstrapper::run(&config)
+        .await
+        .expect("second run succeeds");
+    let version = js.client().server_info().version;
+    let info = orders
+        .consumer_info(spec.durable)
+        .await
+        .expect("consumer exists");
+    if filters_several_subjects(&version) {
+        // Expected on 2.10+: updated in place (same durable, no message lost) to the subjects it
+        // acts on, and the waiting `approved` is no longer its to take.
+        assert_eq!(
+            report.outcome("consumer paymentworker"),
+            Some(Outcome::Updated),
+            "nats-server {version}: {report:#?}"
+        );
+        assert_eq!(
+            info.config.filter_subjects,
+            ["ORDERS.created", "ORDERS.rejected", "ORDERS.cancelled"],
+            "nats-server {version}"
+        );
+        assert_eq!(info.num_pending, 0, "nats-server {version}");
+    } else {
+        // Expected on 2.9: nothing to change.
+        assert_eq!(
+            report.outcome("consumer paymentworker"),
+            Some(Outcome::Unchanged),
+            "nats-server {version}: {report:#?}"
+        );
+        assert_eq!(info.config.filter_subject, "ORDERS.*");
+        assert_eq!(info.num_pending, 1, "nats-server {version}");
+    }
 }
 
 #[tokio::test]

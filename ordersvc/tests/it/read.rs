@@ -252,36 +252,54 @@ async fn notify(stack: &Stack, order_id: Uuid, version: i64) {
     client.flush().await.expect("flush");
 }
 
-#[tokio::test]
-async fn a_min_version_read_is_answered_by_the_notice_of_its_order() {
+/// Has a read of `order_id` at `version` wait on `state`, then moves the read model to `version`
+/// and says so with one notice, and returns the read's answer. A request sleeps only once the
+/// server has the subscription (or after its re-read interval): the one notice must reach it, well
+/// within the 10 s given (the callers' waits are 30 s, their re-reads 10 minutes).
+async fn answered_by_one_notice(
+    stack: &Stack,
+    state: &ordersvc::AppState,
+    order_id: Uuid,
+    version: i64,
+) -> Answer {
+    let request = waiting_read(state, order_id, version).await;
+    assert!(state.follows_read_model(), "a read waits: notices followed");
+    set_version(stack, order_id, version).await;
+    notify(stack, order_id, version).await;
+    tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the notice answers the read within 10 s")
+        .expect("the read task")
+}
+
+/// An order at version 2, and an instance that follows the notices (until `linger` after the
+/// last waiting read) but does not re-read within a wait: only a notice can answer a waiting read
+/// before its wait (30 s) is over.
+async fn answered_by_notices_only(
+    linger: Duration,
+) -> (Stack, Uuid, ordersvc::AppState, tokio::task::JoinHandle<()>) {
     let stack = Stack::start().await;
     let created_on = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
     let order_id = insert_order(&stack, "c1", created_on, 2).await;
-    // No re-read within the wait: only a notice can answer it before the wait is over.
     let (config, state) = stack.state_with(|config| {
         config.min_version_wait_ms = 30_000;
         config.min_version_reread_ms = 600_000;
     });
     let follower = state
-        .follow_read_model(&config.nats)
+        .follow_read_model_lingering(&config.nats, linger)
         .await
         .expect("follows the stack's NATS");
-    let request = waiting_read(&state, order_id, 3).await;
-    // A request sleeps only once the server has the subscription (or after its re-read interval,
-    // 10 minutes here): one notice sent now must reach it.
-    assert!(state.follows_read_model(), "a read waits: notices followed");
+    (stack, order_id, state, follower)
+}
 
+#[tokio::test]
+async fn a_min_version_read_is_answered_by_the_notice_of_its_order() {
+    let (stack, order_id, state, follower) = answered_by_notices_only(Duration::from_secs(5)).await;
     // The read model moves to version 3, and querymodelworker says so, once.
-    set_version(&stack, order_id, 3).await;
-    notify(&stack, order_id, 3).await;
-
     // Expected: the read answers with version 3, caught up, while its wait (30 s) still runs: at
     // the end of the wait it would read the row once more and find version 3 anyway, so an answer
     // only counts before then.
-    let answer = tokio::time::timeout(Duration::from_secs(10), request)
-        .await
-        .expect("the notice answers the read within 10 s")
-        .expect("the read task");
+    let answer = answered_by_one_notice(&stack, &state, order_id, 3).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(answer.body["version"], 3, "{}", answer.body);
     assert_eq!(answer.body["status"], "Approved", "{}", answer.body);
@@ -295,18 +313,8 @@ async fn a_min_version_read_is_answered_by_the_notice_of_its_order() {
 
 #[tokio::test]
 async fn the_notices_are_followed_only_while_a_min_version_read_waits() {
-    let stack = Stack::start().await;
-    let created_on = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
-    let order_id = insert_order(&stack, "c1", created_on, 2).await;
-    let (config, state) = stack.state_with(|config| {
-        config.min_version_wait_ms = 30_000;
-        config.min_version_reread_ms = 600_000;
-    });
     let linger = Duration::from_millis(200);
-    let follower = state
-        .follow_read_model_lingering(&config.nats, linger)
-        .await
-        .expect("follows the stack's NATS");
+    let (stack, order_id, state, follower) = answered_by_notices_only(linger).await;
 
     // Expected: reads that do not wait never subscribe: a plain read, and a min_version read
     // that the row already satisfies. Every notice would otherwise wake this instance for nothing.
@@ -321,14 +329,7 @@ async fn the_notices_are_followed_only_while_a_min_version_read_waits() {
         "nobody waited: no subscription"
     );
 
-    let request = waiting_read(&state, order_id, 3).await;
-    assert!(state.follows_read_model(), "a read waits: notices followed");
-    set_version(&stack, order_id, 3).await;
-    notify(&stack, order_id, 3).await;
-    let answer = tokio::time::timeout(Duration::from_secs(10), request)
-        .await
-        .expect("the notice answers the read")
-        .expect("the read task");
+    let answer = answered_by_one_notice(&stack, &state, order_id, 3).await;
     assert_eq!(answer.body["version"], 3, "{}", answer.body);
 
     // Expected: the subscription goes within a few lingers of the last waiting read.
@@ -342,14 +343,7 @@ async fn the_notices_are_followed_only_while_a_min_version_read_waits() {
     }
 
     // Expected: the next waiting read subscribes again and is answered by its notice.
-    let request = waiting_read(&state, order_id, 4).await;
-    assert!(state.follows_read_model(), "subscribed again");
-    set_version(&stack, order_id, 4).await;
-    notify(&stack, order_id, 4).await;
-    let answer = tokio::time::timeout(Duration::from_secs(10), request)
-        .await
-        .expect("the notice answers the second read")
-        .expect("the read task");
+    let answer = answered_by_one_notice(&stack, &state, order_id, 4).await;
     assert_eq!(answer.body["version"], 4, "{}", answer.body);
     follower.abort();
 }
