@@ -289,7 +289,7 @@ mod tests {
     fn a_consumer_made_on_2_9_is_updated_on_a_server_that_filters_on_several_subjects() {
         let spec = pipeline_runtime::stream::consumer("paymentworker").expect("defined");
         let made_on_2_9: consumer::Config =
-            consumer::IntoConsumerConfig::into_consumer_config(&spec.config(false));
+            consumer::IntoConsumerConfig::into_consumer_config(spec.config(false));
         assert!(consumer_differs(&made_on_2_9, &spec.config(true)));
         assert!(!consumer_differs(&made_on_2_9, &spec.config(false)));
     }
