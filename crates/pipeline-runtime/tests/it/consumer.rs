@@ -615,7 +615,9 @@ async fn messages_of_types_the_worker_does_not_handle_are_acked_as_they_arrive_u
     stops_cleanly(&stop, worker).await;
 }
 
-/// Waits (at most 10 s) until the test consumer's info satisfies `reached`; fails with `what`.
+/// Waits (at most 10 s) until the test consumer exists and its info satisfies `reached`; fails
+/// with `what`. The worker under test creates the consumer when it binds, which may be after the
+/// test's first look.
 async fn consumer_reaches(
     admin: &jetstream::Context,
     what: &str,
@@ -623,18 +625,21 @@ async fn consumer_reaches(
 ) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut consumer: PullConsumer = admin
+        let found = admin
             .get_stream(STREAM)
             .await
             .expect("stream")
-            .get_consumer(DURABLE)
-            .await
-            .expect("consumer");
-        let info = consumer.info().await.expect("consumer info").clone();
-        if reached(&info) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {info:?}");
+            .consumer_info(DURABLE)
+            .await;
+        let seen = match found {
+            Ok(info) if reached(&info) => return,
+            Ok(info) => format!("{info:?}"),
+            Err(err) if err.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                "no consumer yet".to_owned()
+            }
+            Err(err) => panic!("consumer info: {err}"),
+        };
+        assert!(Instant::now() < deadline, "{what}: {seen}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
