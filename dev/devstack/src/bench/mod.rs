@@ -28,7 +28,10 @@
 //! same PostgreSQL and nats-server (the stack restarted with the other binaries), and the other way
 //! round for 5 (current first), so neither set always goes first. Each table prints the baseline
 //! row, the current row and their ratio: a before/after in the same run, on a machine whose
-//! pgbench moves by 2× from one day to the next.
+//! pgbench moves by 2× from one day to the next. `--rounds N` measures steps 2 and 3 N times,
+//! the sets' order swapped each round (baseline first in odd rounds, current first in even ones),
+//! so that the machine's drift during a run falls on both sets alike; each round's pair has its
+//! ratio, and a line per step says in how many rounds the current set did better.
 //!
 //! With `--ha`, once the single node's stacks are stopped, a second bench stack (`<dir>-ha`, ports
 //! of its own) runs PostgreSQL as the HA profile (`STACK_DB=ha`: three nodes under Patroni, one
@@ -70,6 +73,10 @@ pub struct Args {
     /// baseline.
     #[arg(long, value_name = "DIR")]
     baseline_bin: Option<PathBuf>,
+    /// With --baseline-bin: run the saturated and steady steps this many times, baseline first in
+    /// odd rounds and current first in even ones, and compare each round's pair.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// The steps to run, comma-separated (pgbench always runs): saturated, steady (100/s and
     /// 500/s), spans (saturated with span export on), append (the event store alone).
     #[arg(long, value_enum, value_name = "STEP,...", value_delimiter = ',', default_values_t = Step::ALL)]
@@ -124,6 +131,16 @@ impl Args {
         self.only.contains(&step)
     }
 
+    /// How many times the saturated and steady steps run each set: `--rounds` with a baseline,
+    /// else once.
+    fn rounds(&self) -> u32 {
+        if self.baseline_bin.is_some() {
+            self.rounds.max(1)
+        } else {
+            1
+        }
+    }
+
     /// About how long the whole run takes, printed at its start.
     fn planned(&self) -> Duration {
         let sets = if self.baseline_bin.is_some() { 2 } else { 1 };
@@ -140,7 +157,8 @@ impl Args {
         let mut total = RESTART + pgbench;
         if !pipeline.is_zero() {
             // The first set runs on the stack pgbench ran on; each other one restarts it.
-            total += pipeline * sets + RESTART * (sets - 1);
+            let measured = sets * self.rounds();
+            total += pipeline * measured + RESTART * (measured - 1);
         }
         if self.runs(Step::Spans) {
             total += RESTART + saturated;
@@ -159,6 +177,16 @@ impl Args {
         }
         total
     }
+}
+
+/// The sets in the order round `round` (from 1) measures them: as given (baseline first) in odd
+/// rounds, the other way round in even ones.
+fn round_order(sets: &[(Binaries, PathBuf)], round: u32) -> Vec<&(Binaries, PathBuf)> {
+    let mut order: Vec<_> = sets.iter().collect();
+    if round.is_multiple_of(2) {
+        order.reverse();
+    }
+    order
 }
 
 /// The domain's final statuses as an SQL list: `'Approved','PaymentFailed',…`.
@@ -263,19 +291,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Results::default()
     };
 
-    for (index, (binaries, bin_dir)) in sets.iter().enumerate() {
-        if index > 0 {
-            step(&format!("the {binaries} binaries ({})", bin_dir.display()));
-            bench = Bench::start(&mut stack, bin_dir, Tracing::Off, &orderctl, &args).await?;
-        }
-        if args.runs(Step::Saturated) {
-            results
-                .saturated
-                .push(bench.saturated("saturated", *binaries).await?);
-        }
-        if args.runs(Step::Steady) {
-            for rate in STEADY_RATES {
-                results.steady.push(bench.steady(rate, *binaries).await?);
+    let mut first = true;
+    for round in 1..=args.rounds() {
+        for (binaries, bin_dir) in round_order(&sets, round) {
+            if !first {
+                step(&format!(
+                    "the {binaries} binaries ({}){}",
+                    bin_dir.display(),
+                    if args.rounds() > 1 {
+                        format!(", round {round}")
+                    } else {
+                        String::new()
+                    }
+                ));
+                bench = Bench::start(&mut stack, bin_dir, Tracing::Off, &orderctl, &args).await?;
+            }
+            first = false;
+            if args.runs(Step::Saturated) {
+                let mut row = bench.saturated("saturated", *binaries).await?;
+                row.round = round;
+                results.saturated.push(row);
+            }
+            if args.runs(Step::Steady) {
+                for rate in STEADY_RATES {
+                    let mut row = bench.steady(rate, *binaries).await?;
+                    row.round = round;
+                    results.steady.push(row);
+                }
             }
         }
     }
@@ -583,6 +625,7 @@ impl Bench {
         let row = Saturated {
             profile: self.profile(),
             binaries,
+            round: 1,
             name: name.to_owned(),
             accepted: report.accepted,
             refused: report.errors.values().sum(),
@@ -632,6 +675,7 @@ impl Bench {
         let row = Steady {
             profile: self.profile(),
             binaries,
+            round: 1,
             rate,
             accepted: report.accepted,
             errors: report.errors.values().sum(),
@@ -795,11 +839,35 @@ impl Jsz {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::time::Duration;
 
     use clap::Parser as _;
 
-    use super::{Args, Step};
+    use super::{Args, Binaries, Step, round_order};
+
+    #[test]
+    fn rounds_alternate_which_set_goes_first() {
+        let sets = vec![
+            (Binaries::Baseline, PathBuf::from("/base")),
+            (Binaries::Current, PathBuf::from("/current")),
+        ];
+        let firsts: Vec<Binaries> = (1..=4)
+            .map(|round| round_order(&sets, round)[0].0)
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                Binaries::Baseline,
+                Binaries::Current,
+                Binaries::Baseline,
+                Binaries::Current
+            ]
+        );
+        // Expected: one set alone goes first in every round.
+        let alone = &sets[1..];
+        assert_eq!(round_order(alone, 2)[0].0, Binaries::Current);
+    }
 
     /// `devstack bench`'s arguments on their own.
     #[derive(Debug, clap::Parser)]
@@ -873,6 +941,26 @@ mod tests {
             compared.planned(),
             pipeline.planned() + Duration::from_secs(10 + 26 + 30)
         );
+        let rounds = parse(&[
+            "--duration",
+            "10s",
+            "--only",
+            "saturated,steady",
+            "--baseline-bin",
+            "/tmp/base-bin",
+            "--rounds",
+            "3",
+        ])
+        .expect("three rounds");
+        // Six sets measured: five restarts after the first.
+        assert_eq!(
+            rounds.planned(),
+            pipeline.planned() + Duration::from_secs(5 * (10 + 26 + 30))
+        );
+        // Expected: rounds without a baseline are one; none at all is refused.
+        let alone = parse(&["--only", "saturated", "--rounds", "3"]).expect("rounds alone");
+        assert_eq!(alone.rounds(), 1);
+        assert!(parse(&["--rounds", "0"]).is_err());
     }
 
     #[test]

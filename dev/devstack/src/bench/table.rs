@@ -29,6 +29,8 @@ const RATIO: &str = "current ÷ baseline";
 pub struct Saturated {
     pub profile: Profile,
     pub binaries: Binaries,
+    /// The round of `--rounds` (from 1); a row is compared with the other set's of its round.
+    pub round: u32,
     /// The phase; an HA row is compared with the single row of the same name.
     pub name: String,
     /// POSTs answered 201, and the ones that were not.
@@ -84,6 +86,8 @@ impl Saturated {
 pub struct Steady {
     pub profile: Profile,
     pub binaries: Binaries,
+    /// The round of `--rounds` (from 1).
+    pub round: u32,
     pub rate: f64,
     pub accepted: u64,
     pub errors: u64,
@@ -270,7 +274,8 @@ pub fn markdown(started_at: &str, command_line: &str, results: &Results) -> Stri
     if compared {
         out.push_str(
             "\nThe steps ran with the baseline binaries (`--baseline-bin`) and the current ones in the \
-             same run (saturated and steady on one PostgreSQL and nats-server, baseline first; \
+             same run (saturated and steady on one PostgreSQL and nats-server, baseline first, \
+             or first in odd rounds only with `--rounds`; \
              append on a fresh stack for each, current first); `current ÷ baseline` above 1 is more \
              of the figure (better for orders/s and appends/s, worse for CPU, commits and \
              latency).\n",
@@ -282,6 +287,7 @@ pub fn markdown(started_at: &str, command_line: &str, results: &Results) -> Stri
     if !results.steady.is_empty() {
         steady_table(&mut out, &results.steady);
     }
+    out.push_str(&rounds_summary(results));
     if !results.appends.is_empty() {
         append_table(&mut out, &results.appends, pgbench_tps);
     }
@@ -301,17 +307,19 @@ fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
         "\n| PostgreSQL | run | binaries | orders final | orders/s | ÷ goal | POST/s | CPU ms/order (all) | by process | commits/order | rollbacks/order | machine busy | switches/order (all) | by process |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
+    let rounds = rows.iter().map(|row| row.round).max().unwrap_or(1);
     let rows = paired(
         rows,
         |row| row.binaries,
-        |a, b| a.profile == b.profile && a.name == b.name,
+        |a, b| a.profile == b.profile && a.name == b.name && a.round == b.round,
     );
     for (row, baseline) in rows {
+        let name = in_round(&row.name, row.round, rounds);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.2} | {:.3} | {:.0}% of 200% | {:.0} | {} |",
             row.profile,
-            row.name,
+            name,
             row.binaries,
             row.finals,
             row.orders_per_s(),
@@ -330,7 +338,7 @@ fn saturated_table(out: &mut String, rows: &[Saturated], goal: f64) {
                 out,
                 "| {} | {} | **{RATIO}** | | **{}** | | {} | **{}** | | {} | | | {} | |",
                 row.profile,
-                row.name,
+                name,
                 times(Some(row.orders_per_s()), Some(base.orders_per_s())),
                 times(Some(row.posts_per_s), Some(base.posts_per_s)),
                 times(
@@ -355,17 +363,19 @@ fn steady_table(out: &mut String, rows: &[Steady]) {
         "\n| PostgreSQL | steady rate | binaries | accepted | errors | not final | final seen by | p50 ms | p95 ms | p99 ms | max ms | CPU ms/order (all) | by process | switches/order (all) | by process |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
+    let rounds = rows.iter().map(|row| row.round).max().unwrap_or(1);
     let rows = paired(
         rows,
         |row| row.binaries,
-        |a, b| a.profile == b.profile && a.rate == b.rate,
+        |a, b| a.profile == b.profile && a.rate == b.rate && a.round == b.round,
     );
     for (row, baseline) in rows {
+        let rate = in_round(&format!("{}/s", row.rate), row.round, rounds);
         let _ = writeln!(
             out,
-            "| {} | {}/s | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} |",
             row.profile,
-            row.rate,
+            rate,
             row.binaries,
             row.accepted,
             row.errors,
@@ -383,9 +393,9 @@ fn steady_table(out: &mut String, rows: &[Steady]) {
         if let Some(base) = baseline {
             let _ = writeln!(
                 out,
-                "| {} | {}/s | **{RATIO}** | | | | | {} | {} | **{}** | {} | {} | | {} | |",
+                "| {} | {} | **{RATIO}** | | | | | {} | {} | **{}** | {} | {} | | {} | |",
                 row.profile,
-                row.rate,
+                rate,
                 times(row.p50_ms, base.p50_ms),
                 times(row.p95_ms, base.p95_ms),
                 times(row.p99_ms, base.p99_ms),
@@ -401,6 +411,144 @@ fn steady_table(out: &mut String, rows: &[Steady]) {
             );
         }
     }
+}
+
+/// A step's label, with its round when the run had more than one.
+fn in_round(label: &str, round: u32, rounds: u32) -> String {
+    if rounds > 1 {
+        format!("{label}, round {round}")
+    } else {
+        label.to_owned()
+    }
+}
+
+/// One line per figure of a step measured in several rounds: current ÷ baseline in each round,
+/// their geometric mean, and in how many rounds the current set did better.
+fn rounds_summary(results: &Results) -> String {
+    let mut out = String::new();
+    let single = |profile: &Profile| *profile == Profile::Single;
+    let saturated: Vec<(&Saturated, &Saturated)> = results
+        .saturated
+        .iter()
+        .filter(|row| single(&row.profile) && row.binaries == Binaries::Current)
+        .filter_map(|current| {
+            results
+                .saturated
+                .iter()
+                .find(|base| {
+                    base.binaries == Binaries::Baseline
+                        && single(&base.profile)
+                        && base.name == current.name
+                        && base.round == current.round
+                })
+                .map(|base| (current, base))
+        })
+        .collect();
+    if saturated.len() > 1 {
+        out.push_str(&round_line(
+            "saturated, CPU ms/order",
+            saturated.iter().map(|(current, base)| {
+                (
+                    current.cpu_ms_per_order_total(),
+                    base.cpu_ms_per_order_total(),
+                )
+            }),
+            Better::Lower,
+        ));
+        out.push_str(&round_line(
+            "saturated, orders/s",
+            saturated
+                .iter()
+                .map(|(current, base)| (current.orders_per_s(), base.orders_per_s())),
+            Better::Higher,
+        ));
+    }
+    let mut rates: Vec<f64> = results.steady.iter().map(|row| row.rate).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    for rate in rates {
+        let steady: Vec<(&Steady, &Steady)> = results
+            .steady
+            .iter()
+            .filter(|row| {
+                single(&row.profile) && row.binaries == Binaries::Current && row.rate == rate
+            })
+            .filter_map(|current| {
+                results
+                    .steady
+                    .iter()
+                    .find(|base| {
+                        base.binaries == Binaries::Baseline
+                            && single(&base.profile)
+                            && base.rate == rate
+                            && base.round == current.round
+                    })
+                    .map(|base| (current, base))
+            })
+            .collect();
+        if steady.len() < 2 {
+            continue;
+        }
+        out.push_str(&round_line(
+            &format!("{rate}/s, CPU ms/order"),
+            steady.iter().map(|(current, base)| {
+                (
+                    total(&current.cpu_ms_per_order),
+                    total(&base.cpu_ms_per_order),
+                )
+            }),
+            Better::Lower,
+        ));
+        out.push_str(&round_line(
+            &format!("{rate}/s, p99 ms"),
+            steady
+                .iter()
+                .filter_map(|(current, base)| current.p99_ms.zip(base.p99_ms)),
+            Better::Lower,
+        ));
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!(
+        "\nCurrent ÷ baseline by round (odd rounds measured the baseline first, even ones the current set):\n\n{out}"
+    )
+}
+
+/// Which way a figure is better.
+#[derive(Clone, Copy)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+/// `- what: 0.69, 0.81 (geometric mean 0.75); better in 2 of 2 rounds` from (current, baseline)
+/// pairs; pairs with a zero are left out.
+fn round_line(what: &str, pairs: impl Iterator<Item = (f64, f64)>, better: Better) -> String {
+    let ratios: Vec<f64> = pairs
+        .filter(|(current, base)| *current > 0.0 && *base > 0.0)
+        .map(|(current, base)| current / base)
+        .collect();
+    if ratios.is_empty() {
+        return String::new();
+    }
+    let mean = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+    let wins = ratios
+        .iter()
+        .filter(|r| match better {
+            Better::Lower => **r < 1.0,
+            Better::Higher => **r > 1.0,
+        })
+        .count();
+    let listed = ratios
+        .iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "- {what}: {listed} (geometric mean {mean:.2}); better in {wins} of {} rounds\n",
+        ratios.len()
+    )
 }
 
 /// The sum of a by-process figure.
@@ -575,6 +723,7 @@ mod tests {
         Saturated {
             profile: Profile::Single,
             binaries: Binaries::Current,
+            round: 1,
             name: "saturated".to_owned(),
             accepted: 1000,
             refused: 0,
@@ -599,6 +748,7 @@ mod tests {
         Steady {
             profile,
             binaries,
+            round: 1,
             rate: 100.0,
             accepted: 2000,
             errors: 0,
@@ -639,6 +789,100 @@ mod tests {
             outbox_at_end: 12,
             drain_ms: 40.0,
         }
+    }
+
+    #[test]
+    fn each_round_is_compared_with_its_own_baseline_and_summed_up_by_round() {
+        // Two rounds; the current set used 0.8× and 0.9× of the baseline's CPU saturated, and
+        // its p99 at 100/s was lower in round 1 and higher in round 2.
+        let cpu = |ms: f64| BTreeMap::from([("postgresql".to_owned(), ms)]);
+        let mut saturated_rows = Vec::new();
+        let mut steady_rows = Vec::new();
+        for (round, base_ms, current_ms, base_p99, current_p99) in
+            [(1, 2.0, 1.6, 50.0, 40.0), (2, 1.0, 0.9, 30.0, 60.0)]
+        {
+            for (binaries, ms, p99) in [
+                (Binaries::Baseline, base_ms, base_p99),
+                (Binaries::Current, current_ms, current_p99),
+            ] {
+                saturated_rows.push(Saturated {
+                    binaries,
+                    round,
+                    cpu_ms_per_order: cpu(ms),
+                    ..saturated()
+                });
+                steady_rows.push(Steady {
+                    round,
+                    cpu_ms_per_order: cpu(ms * 4.0),
+                    ..steady(Profile::Single, binaries, Some(p99))
+                });
+            }
+        }
+        let results = Results {
+            pgbench: vec![(Profile::Single, 7200.0)],
+            saturated: saturated_rows,
+            steady: steady_rows,
+            appends: Vec::new(),
+        };
+        let text = markdown("2026-12-08 03:00 UTC", "scripts/bench --rounds 2", &results);
+
+        // Expected: each round's rows are labelled and paired within the round, never across.
+        assert!(
+            text.contains("| single | saturated, round 1 | **current ÷ baseline** | | **1.00** | | 1.00 | **0.80** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| single | saturated, round 2 | **current ÷ baseline** | | **1.00** | | 1.00 | **0.90** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| single | 100/s, round 2 | **current ÷ baseline** | | | | | 1.00 | - | **2.00** |"
+            ),
+            "{text}"
+        );
+        // Expected: one line per figure, with the geometric mean and the rounds won.
+        assert!(
+            text.contains("- saturated, CPU ms/order: 0.80, 0.90 (geometric mean 0.85); better in 2 of 2 rounds"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "- 100/s, p99 ms: 0.80, 2.00 (geometric mean 1.26); better in 1 of 2 rounds"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "- saturated, orders/s: 1.00, 1.00 (geometric mean 1.00); better in 0 of 2 rounds"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn one_round_prints_no_round_labels_and_no_summary() {
+        let results = Results {
+            pgbench: vec![(Profile::Single, 7200.0)],
+            saturated: vec![
+                Saturated {
+                    binaries: Binaries::Baseline,
+                    ..saturated()
+                },
+                saturated(),
+            ],
+            steady: Vec::new(),
+            appends: Vec::new(),
+        };
+        let text = markdown("2026-12-08 03:00 UTC", "scripts/bench", &results);
+        assert!(
+            !text.contains(", round ") && !text.contains("by round"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| single | saturated | **current ÷ baseline** |"),
+            "{text}"
+        );
     }
 
     #[test]
