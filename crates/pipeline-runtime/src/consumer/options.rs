@@ -28,8 +28,9 @@ pub struct Options {
     pub lanes: usize,
     /// The event types this worker handles. A message on the subject of another type is acked
     /// as it arrives, undecoded, and takes no place in a batch; one that is only found to be of
-    /// another type once decoded is acked without a span or a call of the handler. `None`: every
-    /// message.
+    /// another type once decoded is acked without a span or a call of the handler. `None`: the
+    /// types of the consumer's [`crate::stream::ConsumerSpec::handles`], or every message if it
+    /// names none.
     pub handles: Option<&'static [&'static str]>,
     /// Delay of the first `nak`; doubled on each delivery, up to `max_delay`.
     pub base_delay: Duration,
