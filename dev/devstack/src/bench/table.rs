@@ -523,7 +523,7 @@ enum Better {
 }
 
 /// `- what: 0.69, 0.81 (geometric mean 0.75); better in 2 of 2 rounds` from (current, baseline)
-/// pairs; pairs with a zero are left out.
+/// pairs; pairs with a zero are left out. A ratio that prints as 1.00 is even, not better.
 fn round_line(what: &str, pairs: impl Iterator<Item = (f64, f64)>, better: Better) -> String {
     let ratios: Vec<f64> = pairs
         .filter(|(current, base)| *current > 0.0 && *base > 0.0)
@@ -535,9 +535,10 @@ fn round_line(what: &str, pairs: impl Iterator<Item = (f64, f64)>, better: Bette
     let mean = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
     let wins = ratios
         .iter()
+        .map(|r| (r * 100.0).round() / 100.0)
         .filter(|r| match better {
-            Better::Lower => **r < 1.0,
-            Better::Higher => **r > 1.0,
+            Better::Lower => *r < 1.0,
+            Better::Higher => *r > 1.0,
         })
         .count();
     let listed = ratios
@@ -857,6 +858,24 @@ mod tests {
                 "- saturated, orders/s: 1.00, 1.00 (geometric mean 1.00); better in 0 of 2 rounds"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_ratio_that_prints_as_one_is_even() {
+        // 1.75 against 1.76 is 0.994: printed 0.99, better; 1.759 against 1.76 prints 1.00: even.
+        assert_eq!(
+            round_line(
+                "cpu",
+                [(1.75, 1.76), (1.759, 1.76)].into_iter(),
+                Better::Lower
+            ),
+            "- cpu: 0.99, 1.00 (geometric mean 1.00); better in 1 of 2 rounds\n"
+        );
+        assert_eq!(
+            round_line("orders/s", [(0.0, 1.0)].into_iter(), Better::Higher),
+            "",
+            "a pair with a zero is left out"
         );
     }
 
