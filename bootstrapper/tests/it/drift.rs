@@ -55,16 +55,21 @@ async fn a_duplicate_window_changed_by_hand_is_put_back() {
     assert!(third.all_unchanged(), "{third:#?}");
 }
 
-#[tokio::test]
-async fn a_consumer_changed_by_hand_is_put_back() {
+/// A NATS server the bootstrapper has run on once, a JetStream context on it and its ORDERS stream.
+async fn bootstrapped() -> (Servers, jetstream::Context, stream::Stream) {
     let servers = Servers::nats_only();
-    let config = servers.config();
-    bootstrapper::run(&config)
+    bootstrapper::run(&servers.config())
         .await
         .expect("first run succeeds");
-
     let js = servers.jetstream().await;
     let orders = js.get_stream(STREAM).await.expect("ORDERS exists");
+    (servers, js, orders)
+}
+
+#[tokio::test]
+async fn a_consumer_changed_by_hand_is_put_back() {
+    let (servers, js, orders) = bootstrapped().await;
+    let config = servers.config();
     let spec = pipeline_runtime::stream::consumer("reviewworker").expect("defined");
     let mut changed = spec.config_for(&js.client());
     changed.ack_wait = Duration::from_secs(5);
@@ -96,15 +101,10 @@ async fn a_consumer_changed_by_hand_is_put_back() {
 
 #[tokio::test]
 async fn a_consumer_made_for_nats_server_2_9_takes_fewer_subjects_once_the_server_can_filter() {
-    let servers = Servers::nats_only();
+    let (servers, js, orders) = bootstrapped().await;
     let config = servers.config();
-    bootstrapper::run(&config)
-        .await
-        .expect("first run succeeds");
     // paymentworker's consumer as a bootstrapper made it on 2.9: every subject of the stream,
     // with an event waiting that is not paymentworker's business.
-    let js = servers.jetstream().await;
-    let orders = js.get_stream(STREAM).await.expect("ORDERS exists");
     let spec = pipeline_runtime::stream::consumer("paymentworker").expect("defined");
     orders
         .delete_consumer(spec.durable)

@@ -927,31 +927,22 @@ mod tests {
             parse(&["--duration", "10s", "--only", "saturated,steady"]).expect("pipeline");
         // Saturated: 10 s + 5 s to settle + 11 s; steady: two rates of 10 s + 5 s.
         assert_eq!(pipeline.planned(), Duration::from_secs(10 + 15 + 26 + 30));
-        let compared = parse(&[
+        let with_baseline = [
             "--duration",
             "10s",
             "--only",
             "saturated,steady",
             "--baseline-bin",
             "/tmp/base-bin",
-        ])
-        .expect("pipeline twice");
+        ];
+        let compared = parse(&with_baseline).expect("pipeline twice");
         // The same steps again after one restart with the other binaries.
         assert_eq!(
             compared.planned(),
             pipeline.planned() + Duration::from_secs(10 + 26 + 30)
         );
-        let rounds = parse(&[
-            "--duration",
-            "10s",
-            "--only",
-            "saturated,steady",
-            "--baseline-bin",
-            "/tmp/base-bin",
-            "--rounds",
-            "3",
-        ])
-        .expect("three rounds");
+        let rounds =
+            parse(&[&with_baseline[..], &["--rounds", "3"]].concat()).expect("three rounds");
         // Six sets measured: five restarts after the first.
         assert_eq!(
             rounds.planned(),

@@ -422,28 +422,31 @@ fn in_round(label: &str, round: u32, rounds: u32) -> String {
     }
 }
 
+/// The single node's current rows, each with the baseline row it is compared with (`same`).
+fn compared<T>(
+    rows: &[T],
+    kind: impl Fn(&T) -> (Profile, Binaries),
+    same: impl Fn(&T, &T) -> bool,
+) -> Vec<(&T, &T)> {
+    paired(
+        rows,
+        |row| kind(row).1,
+        |a, b| kind(a).0 == Profile::Single && kind(b).0 == Profile::Single && same(a, b),
+    )
+    .into_iter()
+    .filter_map(|(row, baseline)| baseline.map(|baseline| (row, baseline)))
+    .collect()
+}
+
 /// One line per figure of a step measured in several rounds: current ÷ baseline in each round,
 /// their geometric mean, and in how many rounds the current set did better.
 fn rounds_summary(results: &Results) -> String {
     let mut out = String::new();
-    let single = |profile: &Profile| *profile == Profile::Single;
-    let saturated: Vec<(&Saturated, &Saturated)> = results
-        .saturated
-        .iter()
-        .filter(|row| single(&row.profile) && row.binaries == Binaries::Current)
-        .filter_map(|current| {
-            results
-                .saturated
-                .iter()
-                .find(|base| {
-                    base.binaries == Binaries::Baseline
-                        && single(&base.profile)
-                        && base.name == current.name
-                        && base.round == current.round
-                })
-                .map(|base| (current, base))
-        })
-        .collect();
+    let saturated = compared(
+        &results.saturated,
+        |row| (row.profile, row.binaries),
+        |a, b| a.name == b.name && a.round == b.round,
+    );
     if saturated.len() > 1 {
         out.push_str(&round_line(
             "saturated, CPU ms/order",
@@ -467,25 +470,11 @@ fn rounds_summary(results: &Results) -> String {
     rates.sort_by(f64::total_cmp);
     rates.dedup();
     for rate in rates {
-        let steady: Vec<(&Steady, &Steady)> = results
-            .steady
-            .iter()
-            .filter(|row| {
-                single(&row.profile) && row.binaries == Binaries::Current && row.rate == rate
-            })
-            .filter_map(|current| {
-                results
-                    .steady
-                    .iter()
-                    .find(|base| {
-                        base.binaries == Binaries::Baseline
-                            && single(&base.profile)
-                            && base.rate == rate
-                            && base.round == current.round
-                    })
-                    .map(|base| (current, base))
-            })
-            .collect();
+        let steady = compared(
+            &results.steady,
+            |row| (row.profile, row.binaries),
+            |a, b| a.rate == rate && b.rate == rate && a.round == b.round,
+        );
         if steady.len() < 2 {
             continue;
         }
