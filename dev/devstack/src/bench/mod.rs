@@ -135,7 +135,7 @@ impl Args {
     /// else once.
     fn rounds(&self) -> u32 {
         if self.baseline_bin.is_some() {
-            self.rounds.max(1)
+            self.rounds
         } else {
             1
         }
@@ -295,14 +295,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for round in 1..=args.rounds() {
         for (binaries, bin_dir) in round_order(&sets, round) {
             if !first {
-                step(&format!(
-                    "the {binaries} binaries ({}){}",
-                    bin_dir.display(),
-                    if args.rounds() > 1 {
-                        format!(", round {round}")
-                    } else {
-                        String::new()
-                    }
+                step(&table::in_round(
+                    &format!("the {binaries} binaries ({})", bin_dir.display()),
+                    round,
+                    args.rounds(),
                 ));
                 bench = Bench::start(&mut stack, bin_dir, Tracing::Off, &orderctl, &args).await?;
             }

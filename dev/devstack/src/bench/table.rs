@@ -414,7 +414,7 @@ fn steady_table(out: &mut String, rows: &[Steady]) {
 }
 
 /// A step's label, with its round when the run had more than one.
-fn in_round(label: &str, round: u32, rounds: u32) -> String {
+pub(super) fn in_round(label: &str, round: u32, rounds: u32) -> String {
     if rounds > 1 {
         format!("{label}, round {round}")
     } else {
